@@ -1,0 +1,85 @@
+"""A text corpus on disk: the hub's layout of parquet shards with a `text` column, or plain text files.
+
+The files of a corpus folder, sorted by name, are its documents' order; the last file is the validation
+file (as in the hub datasets we use). A parquet file holds one document per row; a `.txt` file is one
+document. Reading goes by parquet row group, the unit that tokenization parallelizes over and resumes from.
+"""
+
+import os
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+
+CORPUS_SUFFIXES = (".parquet", ".txt")
+
+
+class CorpusError(ValueError):
+    """A corpus folder or file that cannot be used; the message says what to do."""
+
+
+def corpus_files(folder):
+    """Returns (train_files, val_file) of a corpus folder: every data file but the last, and the last."""
+    if not os.path.isdir(folder):
+        raise CorpusError(f"{folder}: no such corpus folder; download one first (python -m data.download --help)")
+    files = sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                   if name.endswith(CORPUS_SUFFIXES) and not name.startswith("."))
+    if len(files) < 2:
+        raise CorpusError(f"{folder}: a corpus needs at least 2 files (.parquet or .txt; the last one is the "
+                          f"validation file), found {len(files)}")
+    return files[:-1], files[-1]
+
+
+@dataclass(frozen=True)
+class Block:
+    """A contiguous run of documents in one file: rows [start, stop) of parquet row group `group`."""
+    path: str
+    group: int
+    start: int
+    stop: int
+    first_row: int  # index in the file of row `start` of this group
+
+
+def file_blocks(path, start_row=0):
+    """The file's row groups as Blocks, from the one holding `start_row` on (skipping rows before it)."""
+    if path.endswith(".txt"):
+        return [Block(path, 0, 0, 1, 0)] if start_row == 0 else []
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise CorpusError(f"{path}: not a readable parquet file ({e}); delete it and download it again") from None
+    blocks, first_row = [], 0
+    for group in range(meta.num_row_groups):
+        rows = meta.row_group(group).num_rows
+        if first_row + rows > start_row:
+            blocks.append(Block(path, group, max(0, start_row - first_row), rows, first_row))
+        first_row += rows
+    return blocks
+
+
+def read_block(block):
+    """The documents (strings) of a Block."""
+    if block.path.endswith(".txt"):
+        with open(block.path, encoding="utf-8") as f:
+            return [f.read()]
+    parquet = pq.ParquetFile(block.path)
+    if "text" not in parquet.schema_arrow.names:
+        raise CorpusError(f"{block.path}: parquet file has no 'text' column (columns: {parquet.schema_arrow.names})")
+    column = parquet.read_row_group(block.group, columns=["text"]).column("text")
+    return column.slice(block.start, block.stop - block.start).to_pylist()
+
+
+def iter_documents(paths, max_chars=None, doc_cap=None):
+    """Yields the documents of the files in order, each cut to doc_cap characters, until max_chars are given."""
+    given = 0
+    for path in paths:
+        for block in file_blocks(path):
+            for doc in read_block(block):
+                if doc_cap:
+                    doc = doc[:doc_cap]
+                if max_chars is not None and given + len(doc) > max_chars:
+                    doc = doc[:max_chars - given]
+                if doc:
+                    yield doc
+                given += len(doc)
+                if max_chars is not None and given >= max_chars:
+                    return
