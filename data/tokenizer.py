@@ -164,7 +164,7 @@ def train_tokenizer(documents, vocab_size=DEFAULT_VOCAB_SIZE, pattern=SPLIT_PATT
     if len(ranks) != vocab_size - NUM_SPECIAL_SLOTS:
         raise TokenizerError(f"the training text supports only {len(ranks)} merge ranks, fewer than the "
                              f"{vocab_size - NUM_SPECIAL_SLOTS} asked for: give more text or a smaller vocab")
-    return Tokenizer(ranks, pattern, special_tokens_for(len(ranks)), BOS)
+    return Tokenizer(ranks, pattern, special_tokens_for(len(ranks)), BOS, name=f"bpe{vocab_size}")
 
 
 def gpt2_tokenizer(ranks_path=None):
@@ -193,17 +193,16 @@ def compression(tok, documents):
 def compression_report(tok, val_file, gpt2=None, max_chars=10_000_000):
     documents = list(iter_documents([val_file], max_chars=max_chars))
     report = {"val_file": os.path.basename(val_file), "chars": sum(map(len, documents)),
-              tok.enc.name: compression(tok, documents)}
+              "tokenizers": {tok.enc.name: compression(tok, documents)}}
     if gpt2 is not None:
-        report["gpt2"] = compression(gpt2, documents)
+        report["tokenizers"]["gpt2"] = compression(gpt2, documents)
     return report
 
 
 def format_report(report):
     lines = [f"compression on {report['val_file']} ({report['chars']:,} chars):"]
-    for name, row in report.items():
-        if isinstance(row, dict):
-            lines.append(f"  {name:>10}: {row['bytes_per_token']:.3f} bytes/token ({row['tokens']:,} tokens)")
+    for name, row in report["tokenizers"].items():
+        lines.append(f"  {name:>10}: {row['bytes_per_token']:.3f} bytes/token ({row['tokens']:,} tokens)")
     return "\n".join(lines)
 
 

@@ -1,0 +1,146 @@
+"""Tokenization: BOS before every document, exact shard sizes, determinism, resumption after a crash."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import data.tokenize as tokenize_module
+from data.corpus import CorpusError, corpus_files, iter_documents
+from data.shards import read_shard
+from data.tokenize import main, tokenize_corpus
+from data.tokenizer import load_tokenizer
+from tests.conftest import write_corpus
+
+SHARD = 3000  # small shards, so that boundaries fall inside documents
+
+
+def shard_bytes(folder):
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder)) if name.endswith(".bin")}
+
+
+def split_documents(tokens, bos_id):
+    """The documents of a token stream, cut at BOS (each document's tokens without its BOS)."""
+    starts = np.flatnonzero(tokens == bos_id)
+    assert starts[0] == 0, "the stream must begin with BOS"
+    return np.split(tokens, starts[1:])
+
+
+@pytest.fixture(scope="module")
+def shards(corpus, tokenizer_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    tokenize_corpus(str(corpus), str(tokenizer_dir), str(out), shard_tokens=SHARD, workers=1)
+    return out
+
+
+def test_every_document_comes_back_in_order_after_a_bos(corpus, tokenizer_dir, shards):
+    tok = load_tokenizer(tokenizer_dir)
+    train_files, val_file = corpus_files(str(corpus))
+    for prefix, files in (("train", train_files), ("val", [val_file])):
+        stream = np.concatenate([read_shard(shards / n) for n in sorted(os.listdir(shards)) if n.startswith(prefix)])
+        documents = split_documents(stream, tok.bos_id)
+        assert [tok.decode(d[1:]) for d in documents] == list(iter_documents(files))
+
+
+def test_shards_hold_exactly_shard_tokens_but_the_last(shards):
+    manifest = json.loads((shards / "tokenize.json").read_text())
+    for split in ("train", "val"):
+        sizes = [len(read_shard(shards / s["name"])) for s in manifest["splits"][split]["shards"]]
+        assert sizes == [s["tokens"] for s in manifest["splits"][split]["shards"]]
+        assert len(sizes) >= 2 and set(sizes[:-1]) == {SHARD} and 0 < sizes[-1] <= SHARD
+        assert manifest["splits"][split]["done"]
+
+
+def test_output_is_byte_identical_with_any_worker_count(corpus, tokenizer_dir, shards, tmp_path):
+    tokenize_corpus(str(corpus), str(tokenizer_dir), str(tmp_path), shard_tokens=SHARD, workers=2)
+    assert shard_bytes(tmp_path) == shard_bytes(shards)
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(corpus, tokenizer_dir, shards, tmp_path, monkeypatch):
+    real_write = tokenize_module.write_shard
+    written = []
+
+    def crash_on_the_fifth_shard(path, tokens):
+        if len(written) == 4:
+            raise KeyboardInterrupt("simulated crash")
+        written.append(path)
+        real_write(path, tokens)
+
+    monkeypatch.setattr(tokenize_module, "write_shard", crash_on_the_fifth_shard)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_corpus(str(corpus), str(tokenizer_dir), str(tmp_path), shard_tokens=SHARD, workers=1)
+    assert len(shard_bytes(tmp_path)) == 4
+    file_index, row, offset = json.loads((tmp_path / "tokenize.json").read_text())["splits"]["train"]["next"]
+    assert offset > 0, "the crash should fall inside a document, so that resuming must skip part of it"
+    monkeypatch.setattr(tokenize_module, "write_shard", real_write)
+    tokenize_corpus(str(corpus), str(tokenizer_dir), str(tmp_path), shard_tokens=SHARD, workers=1)
+    assert shard_bytes(tmp_path) == shard_bytes(shards)
+
+
+def test_a_missing_or_damaged_shard_is_rebuilt_on_rerun(corpus, tokenizer_dir, shards, tmp_path):
+    tokenize_corpus(str(corpus), str(tokenizer_dir), str(tmp_path), shard_tokens=SHARD, workers=1)
+    names = sorted(shard_bytes(tmp_path))
+    os.remove(tmp_path / names[2])
+    with open(tmp_path / names[4], "r+b") as f:
+        f.truncate(2000)
+    tokenize_corpus(str(corpus), str(tokenizer_dir), str(tmp_path), shard_tokens=SHARD, workers=1)
+    assert shard_bytes(tmp_path) == shard_bytes(shards)
+
+
+def test_rerun_of_a_finished_run_writes_nothing(corpus, tokenizer_dir, shards, capsys):
+    mtimes = {n: os.path.getmtime(shards / n) for n in os.listdir(shards)}
+    tokenize_corpus(str(corpus), str(tokenizer_dir), str(shards), shard_tokens=SHARD, workers=1)
+    assert {n: os.path.getmtime(shards / n) for n in os.listdir(shards)} == mtimes
+    assert "already complete" in capsys.readouterr().out
+
+
+def test_other_inputs_are_refused_without_force_and_nothing_is_deleted(tokenizer_dir, shards, tmp_path):
+    other = write_corpus(tmp_path / "other", files=3, docs_per_file=20, seed=9)
+    before = shard_bytes(shards)
+    with pytest.raises(SystemExit, match="--force"):
+        main(["--corpus", str(other), "--tokenizer", str(tokenizer_dir), "--out", str(shards),
+              "--shard-tokens", str(SHARD), "--workers", "1"])
+    assert shard_bytes(shards) == before
+
+
+def test_force_replaces_every_old_shard(tokenizer_dir, tmp_path):
+    first = write_corpus(tmp_path / "first", files=3, docs_per_file=100, seed=1)
+    second = write_corpus(tmp_path / "second", files=2, docs_per_file=10, seed=2)
+    out = tmp_path / "out"
+    tokenize_corpus(str(first), str(tokenizer_dir), str(out), shard_tokens=SHARD, workers=1)
+    tokenize_corpus(str(second), str(tokenizer_dir), str(out), shard_tokens=SHARD, workers=1, force=True)
+    manifest = json.loads((out / "tokenize.json").read_text())
+    listed = {s["name"] for split in manifest["splits"].values() for s in split["shards"]}
+    assert set(shard_bytes(out)) == listed
+
+
+def test_text_files_are_documents_too(tokenizer_dir, tmp_path):
+    corpus = tmp_path / "texts"
+    corpus.mkdir()
+    for i, text in enumerate(["first document\n", "second, ü", "the val document"]):
+        (corpus / f"{i}.txt").write_text(text, encoding="utf-8")
+    tokenize_corpus(str(corpus), str(tokenizer_dir), str(tmp_path / "out"), workers=1)
+    tok = load_tokenizer(tokenizer_dir)
+    train = read_shard(tmp_path / "out" / "train_000000.bin")
+    assert [tok.decode(d[1:]) for d in split_documents(train, tok.bos_id)] == ["first document\n", "second, ü"]
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: None, "no such corpus folder"),
+    (lambda p: (p.mkdir(), (p / "only.parquet").write_bytes(b"x")), "at least 2 files"),
+    (lambda p: (p.mkdir(), (p / "a.parquet").write_bytes(b"junk"), (p / "b.parquet").write_bytes(b"junk")),
+     "not a readable parquet file"),
+])
+def test_bad_corpus_fails_with_a_clear_message_before_any_work(tokenizer_dir, tmp_path, setup, message):
+    corpus = tmp_path / "corpus"
+    setup(corpus)
+    with pytest.raises(SystemExit, match=message):
+        main(["--corpus", str(corpus), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_tokenizer_fails_before_any_work(corpus, tmp_path):
+    with pytest.raises(SystemExit, match="train a tokenizer first"):
+        main(["--corpus", str(corpus), "--tokenizer", str(tmp_path / "none"), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
