@@ -20,7 +20,7 @@ from importlib.metadata import version
 from bench.record import record
 from data.corpus import corpus_files, iter_documents
 from data.tokenize import tokenize_corpus
-from data.tokenizer import save_tokenizer, train_tokenizer
+from data.tokenizer import GPT4_SPELLING, SPLIT_PATTERN, Tokenizer, save_tokenizer, train_tokenizer
 
 
 def median_time(fn, repeats):
@@ -69,6 +69,19 @@ def main():
                  f"{tok_s:.2f} s ({chars / tok_s / 1e6:.1f} M chars/s); runs {', '.join(f'{t:.2f}' for t in tok_runs)} s")
     print(lines[-1])
 
+    # Split pattern: one process encoding the first train file with each spelling of the pattern.
+    documents = list(iter_documents(train_files[:1]))
+    doc_chars = sum(map(len, documents))
+    speeds = {}
+    for name, pattern in (("ours", SPLIT_PATTERN), ("possessive", GPT4_SPELLING)):
+        tok = result["tok"]
+        encoder = Tokenizer(tok.ranks, pattern, tok.special_tokens, tok.bos_token)
+        seconds, _ = median_time(lambda: [encoder.encode_to_numpy(d) for d in documents], args.repeats)
+        speeds[name] = doc_chars / seconds / 1e6
+    lines.append(f"split pattern, 1 process, {doc_chars:,} chars: ours {speeds['ours']:.1f} M chars/s, GPT-4's "
+                 f"possessive spelling {speeds['possessive']:.1f} M chars/s ({speeds['ours'] / speeds['possessive']:.2f}x)")
+    print(lines[-1])
+
     if not args.no_record:
         software = f"rustbpe {version('rustbpe')}, tiktoken {version('tiktoken')}"
         raw = "\n".join(lines) + "\n"
@@ -77,6 +90,8 @@ def main():
                f"M chars/s), vocab {args.vocab_size}, median of {args.repeats}", software, raw)
         path = record(f"tokenize-{name}", f"{chars / tok_s / 1e6:.1f} M chars/s ({tok_s:.2f} s for {chars / 1e6:.1f} "
                       f"M chars), median of {args.repeats}", software, raw)
+        record(f"split-pattern-{name}", f"{speeds['ours'] / speeds['possessive']:.2f}x encode speed without possessive "
+               f"quantifiers ({speeds['ours']:.1f} vs {speeds['possessive']:.1f} M chars/s, 1 process)", software, raw)
         print(f"appended to bench/results.md; raw output in {path}")
 
 

@@ -41,7 +41,8 @@ def record(benchmark, figure, software, raw_output):
     raw_name = f"{now:%Y-%m-%d_%H%M%S}_{benchmark}.txt"
     raw_path = os.path.join(os.path.dirname(__file__), "raw", raw_name)
     os.makedirs(os.path.dirname(raw_path), exist_ok=True)
-    command = "python " + " ".join(sys.argv) if sys.argv[0].endswith(".py") else " ".join(sys.argv)
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    command = " ".join([f"python -m {spec.name}" if spec else f"python {sys.argv[0]}"] + sys.argv[1:])
     with open(raw_path, "w") as f:
         f.write(raw_output)
     if not os.path.exists(RESULTS):

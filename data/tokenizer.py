@@ -26,10 +26,11 @@ import tiktoken
 from data.corpus import CorpusError, corpus_files, iter_documents
 
 # GPT-4's split pattern with numbers in groups of 1-2 (not 1-3: slightly better for small vocabularies).
-# GPT-4 writes `?+` and `++` (possessive); those never change a match here because the classes around them
-# are disjoint, and without them tiktoken and rustbpe split about 35% faster (measured: bench/RESULTS.md).
+# GPT-4 spells two quantifiers possessive (`?+`, `++`); that never changes a match here, because the classes
+# around them are disjoint, and the plain spelling encodes faster (bench/results.md, split-pattern rows).
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
                  r"""\s*[\r\n]|\s+(?!\S)|\s+""")
+GPT4_SPELLING = SPLIT_PATTERN.replace(r"]?\p{L}+", r"]?+\p{L}+").replace(r"\p{N}]+[\r\n]*", r"\p{N}]++[\r\n]*")
 GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 BOS = "<|bos|>"
 NUM_SPECIAL_SLOTS = 8  # <|bos|> plus 7 reserved ids, so later special tokens do not change the vocab size
