@@ -44,9 +44,12 @@ def file_blocks(path, start_row=0):
     if path.endswith(".txt"):
         return [Block(path, 0, 0, 1, 0)] if start_row == 0 else []
     try:
-        meta = pq.ParquetFile(path).metadata
+        parquet = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a bad file
         raise CorpusError(f"{path}: not a readable parquet file ({e}); delete it and download it again") from None
+    if "text" not in parquet.schema_arrow.names:
+        raise CorpusError(f"{path}: parquet file has no 'text' column (columns: {parquet.schema_arrow.names})")
+    meta = parquet.metadata
     blocks, first_row = [], 0
     for group in range(meta.num_row_groups):
         rows = meta.row_group(group).num_rows
@@ -61,10 +64,7 @@ def read_block(block):
     if block.path.endswith(".txt"):
         with open(block.path, encoding="utf-8") as f:
             return [f.read()]
-    parquet = pq.ParquetFile(block.path)
-    if "text" not in parquet.schema_arrow.names:
-        raise CorpusError(f"{block.path}: parquet file has no 'text' column (columns: {parquet.schema_arrow.names})")
-    column = parquet.read_row_group(block.group, columns=["text"]).column("text")
+    column = pq.ParquetFile(block.path).read_row_group(block.group, columns=["text"]).column("text")
     return column.slice(block.start, block.stop - block.start).to_pylist()
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from data.corpus import iter_documents
+from data.corpus import CorpusError, file_blocks, iter_documents
 from data.shards import ShardError, read_header
 from data.tokenizer import sha256_file
 
@@ -104,25 +104,27 @@ def verified(folder, name, entry):
             and sha256_file(path) == entry["sha256"])
 
 
+def one_line(error):
+    return " ".join(str(error).split())
+
+
 def check_content(path, tokens, matches_hub):
-    """Rejects a token shard whose header does not match its size (text parquet is checked when read)."""
-    if tokens:
-        try:
+    """Rejects a token shard whose header does not match its size, or a parquet file without a text column."""
+    try:
+        if tokens:
             read_header(path)
-        except ShardError as e:
-            os.remove(path)
-            problem = one_line(e).split(";")[0]  # what is wrong, without the advice for a local file
-            if matches_hub:
-                raise BadContent(f"{problem}; the hub's own copy is bad (its sha256 matches): report it upstream")
-            raise DownloadError(problem) from None
+        elif path.endswith(".parquet"):
+            file_blocks(path)  # reads the footer and schema: a damaged file or one without text fails here
+    except (ShardError, CorpusError) as e:
+        os.remove(path)
+        problem = one_line(e).split(";")[0]  # what is wrong, without the advice for a local file
+        if matches_hub:
+            raise BadContent(f"{problem}; the hub's own copy is bad (its sha256 matches): report it upstream") from None
+        raise DownloadError(problem) from None
 
 
 # -----------------------------------------------------------------------------
 # Fetching one file
-
-def one_line(error):
-    return " ".join(str(error).split())
-
 
 def with_retries(fetch, name, retries, backoff):
     """Calls fetch() until it succeeds, sleeping backoff * 2^attempt (with jitter) between tries."""

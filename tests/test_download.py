@@ -406,3 +406,11 @@ def test_a_folder_holding_another_dataset_or_revision_is_refused_and_kept(hub, t
     assert hub.requests == []
     assert {name: (out / name).read_bytes() for name in FIRST_TWO} == before
     assert manifest(out)["origin"]["repo_id"] == TEXT.repo_id
+
+
+def test_a_parquet_file_that_the_hub_holds_damaged_is_rejected_naming_it(hub, tmp_path):
+    out, name = tmp_path / "out", "shard_00001.parquet"
+    hub.repos[TEXT.repo_id][name] = b"PAR1 but not really parquet"
+    message = fails(hub, out, "--num-shards", "2")
+    assert name in message and "not a readable parquet file" in message and "the hub's own copy is bad" in message
+    assert len(hub.gets(name)) == 1 and not (out / name).exists()

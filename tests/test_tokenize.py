@@ -144,3 +144,12 @@ def test_missing_tokenizer_fails_before_any_work(corpus, tmp_path):
     with pytest.raises(SystemExit, match="train a tokenizer first"):
         main(["--corpus", str(corpus), "--tokenizer", str(tmp_path / "none"), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_parquet_file_without_a_text_column_is_named(tokenizer_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    corpus = write_corpus(tmp_path / "corpus", files=2, docs_per_file=5)
+    pq.write_table(pa.table({"content": ["x"]}), corpus / "shard_00000.parquet")
+    with pytest.raises(SystemExit, match="shard_00000.parquet: parquet file has no 'text' column"):
+        main(["--corpus", str(corpus), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "out")])
