@@ -1,0 +1,961 @@
+"""train_gpt.py: the single training script. Read it top to bottom: config, data, model, optimizer, schedule,
+evaluation, logging, checkpoints, training loop, main.
+
+    python train_gpt.py --preset=tiny                                # CPU smoke test, under a minute
+    python train_gpt.py --preset=gpt2-core --depth=20                # one GPU
+    torchrun --standalone --nproc_per_node=8 train_gpt.py --preset=gpt2-small-fineweb
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 train_gpt.py --preset=...
+
+Every hyperparameter lives in `Config`; `--key=value` overrides it (`--key value` works too), `--preset=NAME`
+applies a named set of overrides first. The global batch and the math are the same on any number of
+processes: gradient accumulation fills the gap. A run writes runs/<run_id>/: log.txt (this file's source, the
+commit, the command, the config, the environment, one line per step), results.json and checkpoint.pt.
+"""
+
+import dataclasses
+import glob
+import hashlib
+import json
+import math
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data.shards import ShardError, read_header, read_shard
+
+RESULTS_SCHEMA = 1
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Config:
+    # data: token shards from `python -m data.tokenize` (or llm.c-format shards), and their tokenizer
+    train_files: str = "data/tokens/climbmix_32768/train_*.bin"
+    val_files: str = "data/tokens/climbmix_32768/val_*.bin"
+    tokenizer: str = "data/tokenizers/climbmix_32768"  # BOS id, vocab size, token byte lengths (for bpb)
+    # model
+    depth: int = 12               # layers; the width follows from it unless model_dim is set
+    model_dim: int = 0            # 0: 64 x depth, rounded up to a multiple of head_dim
+    head_dim: int = 128
+    seq_len: int = 2048
+    window_pattern: str = "SSSL"  # per layer, repeating: S = short sliding window, L = full; the last layer is L
+    short_window: int = 0         # 0: seq_len // 4
+    rope_base: float = 100_000.0
+    logit_cap: float = 15.0       # logits = cap * tanh(logits / cap)
+    value_embeds: bool = True     # token embeddings mixed into the attention values of every other layer
+    # batch: total_batch_tokens = world_size x device_batch x seq_len x accumulation steps
+    device_batch: int = 16        # rows per forward pass on one device
+    total_batch_tokens: int = 524_288
+    # horizon: the first one that is set decides the number of steps
+    steps: int = 0
+    tokens_per_param: float = 0.0  # tokens = ratio x (hidden matrices + LM head) parameters
+    flops_budget: float = 0.0      # model FLOPs; the run stops before the budget would be exceeded
+    target_val_loss: float = 0.0   # also stop at the first validation at or below this loss
+    # schedule: linear warm-up, flat, linear warm-down to final_lr_frac
+    warmup_steps: int = 40
+    warmdown_frac: float = 0.65
+    final_lr_frac: float = 0.05
+    # optimizer: Muon for the hidden matrices, AdamW for embeddings, head and scalars
+    matrix_lr: float = 0.02
+    embed_lr: float = 0.3         # AdamW lrs are scaled by (model_dim / 768) ** -0.5
+    head_lr: float = 0.008
+    scalar_lr: float = 0.5
+    adam_betas: tuple = (0.8, 0.95)
+    adam_eps: float = 1e-10
+    weight_decay: float = 0.0     # Muon's, decoupled and scaled by the lr
+    muon_momentum: float = 0.95
+    muon_momentum_start: float = 0.85
+    muon_momentum_warmup: int = 300
+    ns_steps: int = 5             # Newton-Schulz iterations
+    # evaluation
+    val_tokens: int = 10_485_760  # the first N tokens of the val shards (modded-nanogpt's 10,485,760)
+    val_every: int = 250          # steps between validations (0: only at the end)
+    val_batch: int = 0            # rows per val forward pass (0: device_batch)
+    # run
+    seed: int = 0
+    run_id: str = ""              # default: a timestamp and the preset
+    out_dir: str = "runs"
+    log_every: int = 1
+    save_every: int = 0           # steps between checkpoints (and one at the end unless 0 and --no-save)
+    save_final: bool = True
+    resume: str = ""              # a checkpoint.pt to continue from, exactly
+    stop_after: int = 0           # leave after this many steps of this process (time-sliced jobs; tests)
+    warmup_timing_steps: int = 10  # untimed real steps (compile, warm-up), then everything is reset
+    compile: str = "auto"         # auto: on CUDA only
+    device: str = "auto"
+    peak_flops: float = 0.0       # dense bf16 FLOP/s per device for MFU; 0: looked up from the GPU's name
+    wandb: str = ""               # "online" or "offline" to log to wandb
+    preset: str = ""
+
+
+PRESETS = {
+    # CPU smoke test on the embedded sample (bash speedrun.sh builds it); trains in well under a minute.
+    "tiny": dict(train_files="data/tokens/shakespeare_4096/train_*.bin",
+                 val_files="data/tokens/shakespeare_4096/val_*.bin", tokenizer="data/tokenizers/shakespeare_4096",
+                 depth=2, model_dim=64, head_dim=16, seq_len=128, short_window=32, device_batch=8,
+                 total_batch_tokens=2048, steps=150, warmup_steps=10, warmup_timing_steps=2, val_tokens=65_536,
+                 val_every=50, matrix_lr=0.05, embed_lr=0.1, head_lr=0.02),
+    # modded-nanogpt's track: GPT-2 tokens of FineWeb, val loss 3.28 on the first 10,485,760 val tokens.
+    "gpt2-small-fineweb": dict(train_files="data/raw/fineweb10B-gpt2/fineweb_train_*.bin",
+                               val_files="data/raw/fineweb10B-gpt2/fineweb_val_*.bin",
+                               tokenizer="data/tokenizers/gpt2", depth=12, model_dim=768, head_dim=128,
+                               seq_len=2048, total_batch_tokens=524_288, steps=5100, target_val_loss=3.28),
+    # nanochat's "time to GPT-2": own 32k tokenizer on ClimbMix, depth ~24, horizon by tokens:params, CORE.
+    "gpt2-core": dict(depth=24, total_batch_tokens=1_048_576, tokens_per_param=8.0, device_batch=16),
+}
+
+
+def parse_args(argv):
+    """Config from --key=value arguments, after the preset's overrides; unknown keys are errors."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    pairs = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; use --key=value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if key.startswith("no-") or key.startswith("no_"):
+                key, value = key[3:], "false"
+            elif args and not args[0].startswith("--"):
+                value = args.pop(0)
+            else:
+                value = "true"
+        key = key.replace("-", "_")
+        if key not in fields:
+            raise ConfigError(f"unknown option --{key}; options are the fields of Config in train_gpt.py")
+        pairs.append((key, value))
+    preset = dict(pairs).get("preset", "")
+    if preset and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    config = Config(**PRESETS.get(preset, {}))
+    for key, value in pairs:
+        setattr(config, key, convert(value, fields[key].type, key))
+    return config
+
+
+def convert(value, kind, key):
+    kind = kind if isinstance(kind, str) else kind.__name__
+    try:
+        if kind == "bool":
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("1", "true", "yes")
+        if kind == "tuple":
+            return tuple(float(v) for v in value.split(","))
+        if kind == "int":
+            return int(float(value)) if "e" in value.lower() else int(value)
+        return {"float": float, "str": str}[kind](value)
+    except ValueError:
+        raise ConfigError(f"--{key}={value}: not a valid {kind}") from None
+
+
+class ConfigError(ValueError):
+    """A bad option or combination; the message says what to do."""
+
+
+def derived(config):
+    """Model shape numbers that follow from the config."""
+    dim = config.model_dim or math.ceil(64 * config.depth / config.head_dim) * config.head_dim
+    short = config.short_window or config.seq_len // 4
+    windows = [config.seq_len if config.window_pattern[i % len(config.window_pattern)] == "L" else short
+               for i in range(config.depth)]
+    windows[-1] = config.seq_len
+    return dim, dim // config.head_dim, windows
+
+
+# -----------------------------------------------------------------------------
+# Data
+
+
+class DataLoader:
+    """Rows of seq_len + 1 tokens from the shards, each starting at a BOS token.
+
+    The row starts form one global sequence, the same for every process: each row begins at the first BOS at or
+    after the end of the previous row, shard by shard, the shards in a seeded order that changes every epoch.
+    A step takes the next world x accumulation x device_batch rows; this process takes its own slice, so ranks
+    never overlap and the step's rows do not depend on the world size. The state (epoch, shard, position) is
+    where the next row search begins; a background thread prepares the next step's batch in pinned memory.
+    """
+
+    def __init__(self, pattern, bos_id, seq_len, rows_per_step, rank, world, seed, device):
+        self.files = find_files(pattern, "training")
+        self.bos_id, self.seq_len, self.seed, self.device = bos_id, seq_len, seed, device
+        self.rows_per_step, self.rank, self.world = rows_per_step, rank, world
+        self.state = {"epoch": 0, "shard": 0, "pos": 0}
+        self._cache = (None, None, None)  # (file, tokens, BOS positions) of the shard being read
+        self._queue = None
+
+    def shard_order(self, epoch):
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
+
+    def _shard(self, state):
+        path = self.files[self.shard_order(state["epoch"])[state["shard"]]]
+        if self._cache[0] != path:
+            tokens = read_shard(path)
+            self._cache = (path, tokens, np.flatnonzero(tokens == self.bos_id))
+        return self._cache[1], self._cache[2]
+
+    def _next_rows(self, state, count):
+        """The next count rows from state (which is advanced): a list of uint16 arrays of seq_len + 1 tokens."""
+        rows, empty_shards = [], 0
+        while len(rows) < count:
+            tokens, bos = self._shard(state)
+            i = np.searchsorted(bos, state["pos"])
+            while len(rows) < count and i < len(bos) and bos[i] + self.seq_len + 1 <= len(tokens):
+                start = bos[i]
+                rows.append(tokens[start:start + self.seq_len + 1])
+                state["pos"] = start + self.seq_len + 1
+                i = np.searchsorted(bos, state["pos"])
+            if len(rows) < count:  # this shard is used up: on to the next one (and the next epoch)
+                empty_shards = 0 if rows else empty_shards + 1
+                if empty_shards > len(self.files):
+                    raise ShardError(f"{self.files}: no row of {self.seq_len + 1} tokens starting at BOS "
+                                     f"(id {self.bos_id}); is the BOS id right, or seq_len too long for the data?")
+                state["shard"], state["pos"] = state["shard"] + 1, 0
+                if state["shard"] == len(self.files):
+                    state["epoch"], state["shard"] = state["epoch"] + 1, 0
+        return rows
+
+    def _make_batch(self, state):
+        rows = self._next_rows(state, self.rows_per_step)
+        mine = rows[self.rank::self.world]  # an equal share; which rows go where does not change the step's mean
+        batch = torch.from_numpy(np.stack(mine).astype(np.int64))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        return batch, dict(state)
+
+    def _producer(self, state):
+        while True:
+            item = self._make_batch(state)
+            self._queue.put(item)
+
+    def next_batch(self):
+        """(inputs, targets) for this process: int64 [rows, seq_len] tensors on the device."""
+        if self._queue is None:  # start the background thread from the current state
+            self._queue = queue.Queue(maxsize=2)
+            threading.Thread(target=self._producer, args=(dict(self.state),), daemon=True).start()
+        batch, self.state = self._queue.get()
+        batch = batch.to(self.device, non_blocking=True)
+        return batch[:, :-1], batch[:, 1:]
+
+    def state_dict(self):
+        return dict(self.state)
+
+    def load_state_dict(self, state):
+        """Restores a position; batches already prepared from the old one are dropped."""
+        self.state = dict(state)
+        self._queue = None  # the old thread keeps filling its own (now orphaned) queue until it blocks
+
+
+def find_files(pattern, what):
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise ConfigError(f"no {what} shards match {pattern!r}; make them with `bash speedrun.sh` (or "
+                          "python -m data.download / data.tokenize), or point --train_files/--val_files at them")
+    for path in files:
+        read_header(path)  # a corrupt shard fails now, naming the file, not hours into the run
+    return files
+
+
+def load_val_tokens(pattern, count, seq_len):
+    """The first count tokens of the val shards (whole rows of seq_len, plus one token for the last target)."""
+    files = find_files(pattern, "validation")
+    rows = count // seq_len
+    if rows == 0:
+        raise ConfigError(f"--val_tokens={count} is less than one row of --seq_len={seq_len}")
+    pieces, have = [], 0
+    for path in files:
+        tokens = read_shard(path)
+        pieces.append(np.asarray(tokens[:rows * seq_len + 1 - have]))
+        have += len(pieces[-1])
+        if have == rows * seq_len + 1:
+            return torch.from_numpy(np.concatenate(pieces).astype(np.int64))
+    raise ConfigError(f"the val shards hold {have:,} tokens, fewer than --val_tokens={count:,} (+1); "
+                      "lower --val_tokens or tokenize a larger val file")
+
+
+def load_tokenizer_info(folder):
+    """BOS id, vocab size and per-token byte lengths from a tokenizer folder (data/tokenizer.py's layout)."""
+    meta_path = os.path.join(folder, "tokenizer.json")
+    if not os.path.isfile(meta_path):
+        raise ConfigError(f"{meta_path}: missing; train a tokenizer (python -m data.tokenizer train) or, for GPT-2 "
+                          "tokens, python -m data.tokenizer import-gpt2 --out data/tokenizers/gpt2")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    token_bytes = np.load(os.path.join(folder, "token_bytes.npy"), allow_pickle=False)
+    if len(token_bytes) != meta["vocab_size"]:
+        raise ConfigError(f"{folder}: token_bytes.npy has {len(token_bytes)} entries for a vocab of {meta['vocab_size']}")
+    with open(meta_path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return {"bos_id": meta["special_tokens"][meta["bos_token"]], "vocab_size": meta["vocab_size"],
+            "token_bytes": torch.from_numpy(token_bytes.astype(np.int64)), "sha256": digest}
+
+
+def check_data_matches_tokenizer(config, tokenizer):
+    """The shards must come from this tokenizer: by tokenize.json when there is one, else by their token ids."""
+    folder = os.path.dirname(config.train_files)
+    manifest_path = os.path.join(folder, "tokenize.json")
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            made_with = json.load(f)["config"]
+        if made_with["tokenizer_sha256"] != tokenizer["sha256"]:
+            raise ConfigError(f"{folder} was tokenized with another tokenizer than {config.tokenizer} (vocab "
+                              f"{made_with['vocab_size']} vs {tokenizer['vocab_size']}); point --tokenizer at the "
+                              "one that made the shards, or tokenize again")
+    for pattern in (config.train_files, config.val_files):
+        first = read_shard(find_files(pattern, "data")[0])[:1_000_000]
+        if len(first) and int(first.max()) >= tokenizer["vocab_size"]:
+            raise ConfigError(f"{pattern}: token id {int(first.max())} is outside the tokenizer's vocab of "
+                              f"{tokenizer['vocab_size']} ({config.tokenizer}); these shards need another tokenizer")
+
+
+# -----------------------------------------------------------------------------
+# Model
+
+
+def rms_norm(x):
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary_tables(seq_len, head_dim, base):
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]  # [1, T, 1, head_dim / 2]
+
+
+def apply_rotary(x, cos, sin):
+    x1, x2 = x.float().chunk(2, dim=-1)
+    T = x.size(1)
+    cos, sin = cos[:, :T], sin[:, :T]
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+def attention(q, k, v, window):
+    """Causal attention over the last `window` positions; q, k, v are [B, T, heads, head_dim].
+    The plain PyTorch path; faster kernels plug in here behind a switch."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    T = q.size(2)
+    if window >= T:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        i = torch.arange(T, device=q.device)
+        allowed = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    return y.transpose(1, 2)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim, heads, head_dim, window, value_embed):
+        super().__init__()
+        self.heads, self.head_dim, self.window = heads, head_dim, window
+        self.qkv = nn.Linear(dim, 3 * heads * head_dim, bias=False)
+        self.proj = nn.Linear(heads * head_dim, dim, bias=False)
+        # how much of the value embedding goes into the values: [keep v, add value embedding]
+        self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5])) if value_embed else None
+
+    def forward(self, x, cos, sin, value_embed=None):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).unbind(2)
+        q, k = apply_rotary(rms_norm(q), cos, sin) * 1.2, apply_rotary(rms_norm(k), cos, sin) * 1.2  # QK-norm
+        if value_embed is not None:
+            v = self.value_mix[0] * v + self.value_mix[1] * value_embed.view_as(v)
+        y = attention(q, k, v, self.window)
+        return self.proj(y.reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.fc = nn.Linear(dim, 4 * dim, bias=False)
+        self.proj = nn.Linear(4 * dim, dim, bias=False)
+
+    def forward(self, x):
+        return self.proj(F.relu(self.fc(x)).square())  # ReLU squared
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads, head_dim, window, value_embed):
+        super().__init__()
+        self.attn = CausalSelfAttention(dim, heads, head_dim, window, value_embed)
+        self.mlp = MLP(dim)
+
+    def forward(self, x, cos, sin, value_embed):
+        x = x + self.attn(rms_norm(x), cos, sin, value_embed)
+        return x + self.mlp(rms_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config, vocab_size):
+        super().__init__()
+        dim, heads, windows = derived(config)
+        self.vocab_size, self.logit_cap = vocab_size, config.logit_cap
+        padded_vocab = math.ceil(vocab_size / 128) * 128  # tensor-core friendly shapes
+        self.embed = nn.Embedding(padded_vocab, dim)
+        # layers with value embeddings: every other one, counting back from the last
+        self.value_layers = [i for i in range(config.depth) if config.value_embeds and (config.depth - 1 - i) % 2 == 0]
+        self.value_embeds = nn.ModuleList(nn.Embedding(padded_vocab, heads * config.head_dim) for _ in self.value_layers)
+        self.blocks = nn.ModuleList(Block(dim, heads, config.head_dim, windows[i], i in self.value_layers)
+                                    for i in range(config.depth))
+        self.head = nn.Linear(dim, padded_vocab, bias=False)  # untied from the embedding
+        cos, sin = rotary_tables(config.seq_len, config.head_dim, config.rope_base)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        dim = self.embed.embedding_dim
+        bound = 3 ** 0.5 * dim ** -0.5  # uniform with std dim ** -0.5
+        for emb in [self.embed, *self.value_embeds]:
+            nn.init.normal_(emb.weight, std=1.0)
+        for block in self.blocks:
+            nn.init.uniform_(block.attn.qkv.weight, -bound, bound)
+            nn.init.uniform_(block.mlp.fc.weight, -bound, bound)
+            nn.init.zeros_(block.attn.proj.weight)  # every block starts as the identity
+            nn.init.zeros_(block.mlp.proj.weight)
+            if block.attn.value_mix is not None:
+                block.attn.value_mix.fill_(0.5)
+        nn.init.normal_(self.head.weight, std=0.001)
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        """Logits [B, T, vocab] without targets; else the cross-entropy (mean, or per token with reduction='none')."""
+        x = rms_norm(self.embed(idx))
+        value_embeds = dict(zip(self.value_layers, (ve(idx) for ve in self.value_embeds)))
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.cos, self.sin, value_embeds.get(i))
+        logits = self.head(rms_norm(x))[..., :self.vocab_size].float()
+        logits = self.logit_cap * torch.tanh(logits / self.logit_cap)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+        return loss if reduction == "mean" else loss.view_as(targets)
+
+
+def hidden_matrices(model):
+    """The 2-D weights inside the blocks: Muon's parameters."""
+    return [p for p in model.blocks.parameters() if p.ndim == 2]
+
+
+def scaling_params(model):
+    """Hidden matrices plus LM head: the parameter count that tokens_per_param multiplies."""
+    return sum(p.numel() for p in hidden_matrices(model)) + model.head.weight.numel()
+
+
+def flops_per_token(config, vocab_size):
+    """Training FLOPs per token: 6 x matmul parameters + 12 x heads x head_dim x attended length per layer.
+    Embedding lookups (token and value embeddings) are not matmuls and are not counted; the head is counted at
+    the padded vocab it computes."""
+    dim, heads, windows = derived(config)
+    padded_vocab = math.ceil(vocab_size / 128) * 128
+    attn = dim * 3 * heads * config.head_dim + heads * config.head_dim * dim
+    mlp = 2 * dim * 4 * dim
+    matmul_params = config.depth * (attn + mlp) + dim * padded_vocab
+    attention_flops = sum(12 * heads * config.head_dim * min(w, config.seq_len) for w in windows)
+    return 6 * matmul_params + attention_flops
+
+
+# -----------------------------------------------------------------------------
+# Optimizer
+
+
+@torch.no_grad()
+def orthogonalize(G, steps):
+    """Newton-Schulz iteration towards the nearest semi-orthogonal matrix, in bf16 (Muon's update direction)."""
+    a, b, c = 3.4445, -4.7750, 2.0315  # quintic coefficients that push singular values quickly to about 1
+    X = G.bfloat16()
+    if G.size(-2) > G.size(-1):
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    if G.size(-2) > G.size(-1):
+        X = X.mT
+    return X
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum, then orthogonalization: SGD-Nesterov whose update is replaced by the nearest orthogonal matrix.
+
+    Every process keeps the (identical) momentum of every matrix; each orthogonalizes its share, a
+    world_size-strided slice of the parameters, and the updates are gathered, so any world size gives the
+    same result.
+    """
+
+    def __init__(self, params, lr, momentum, weight_decay, ns_steps, rank=0, world=1):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+        self.rank, self.world = rank, world
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            params = group["params"]
+            updates = [None] * len(params)
+            for i, p in enumerate(params):
+                state = self.state[p]
+                if "momentum" not in state:
+                    state["momentum"] = torch.zeros_like(p)
+                buf = state["momentum"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                if i % self.world == self.rank:
+                    nesterov = p.grad.lerp(buf, group["momentum"])
+                    scale = max(1.0, p.size(-2) / p.size(-1)) ** 0.5
+                    updates[i] = orthogonalize(nesterov, group["ns_steps"]).to(p.dtype) * scale
+            if self.world > 1:
+                for base in range(0, len(params), self.world):
+                    chunk = list(range(base, min(base + self.world, len(params))))
+                    for i in chunk:
+                        if updates[i] is None:
+                            updates[i] = torch.empty_like(params[i])
+                        dist.broadcast(updates[i], src=i % self.world)
+            for p, update in zip(params, updates):
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-group["lr"])
+
+
+def build_optimizers(model, config, rank, world):
+    dim = model.embed.embedding_dim
+    adam_scale = (dim / 768) ** -0.5
+    scalars = [p for p in model.parameters() if p.ndim < 2]
+    embeds = [model.embed.weight, *(ve.weight for ve in model.value_embeds)]
+    adam = torch.optim.AdamW([
+        dict(params=embeds, lr=config.embed_lr * adam_scale),
+        dict(params=[model.head.weight], lr=config.head_lr * adam_scale),
+        dict(params=scalars, lr=config.scalar_lr),
+    ], betas=config.adam_betas, eps=config.adam_eps, weight_decay=0.0)
+    muon = Muon(hidden_matrices(model), config.matrix_lr, config.muon_momentum, config.weight_decay,
+                config.ns_steps, rank, world)
+    covered = sum(p.numel() for opt in (adam, muon) for g in opt.param_groups for p in g["params"])
+    assert covered == sum(p.numel() for p in model.parameters()), "every parameter belongs to exactly one optimizer"
+    for opt in (adam, muon):
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    return [adam, muon]
+
+
+# -----------------------------------------------------------------------------
+# Schedule and horizon
+
+
+def lr_multiplier(step, num_steps, config):
+    """Linear warm-up over warmup_steps, flat, then linear warm-down over the last warmdown_frac of the run."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    warmdown_steps = round(config.warmdown_frac * num_steps)
+    if step < num_steps - warmdown_steps:
+        return 1.0
+    progress = (num_steps - step) / max(warmdown_steps, 1)
+    return progress + (1 - progress) * config.final_lr_frac
+
+
+def muon_momentum(step, config):
+    frac = min(step / max(config.muon_momentum_warmup, 1), 1.0)
+    return (1 - frac) * config.muon_momentum_start + frac * config.muon_momentum
+
+
+def num_training_steps(config, scaling_param_count, step_flops):
+    if config.steps > 0:
+        return config.steps
+    if config.tokens_per_param > 0:
+        return math.ceil(config.tokens_per_param * scaling_param_count / config.total_batch_tokens)
+    if config.flops_budget > 0:
+        steps = int(config.flops_budget // step_flops)
+        if steps < 1:
+            raise ConfigError(f"--flops_budget={config.flops_budget:.3g} is less than one step ({step_flops:.3g} FLOPs)")
+        return steps
+    raise ConfigError("no horizon: set one of --steps, --tokens_per_param or --flops_budget")
+
+
+# -----------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def evaluate(model, val_tokens, token_bytes, config, rank, world, device, autocast):
+    """Val loss (nats per token) and bits per byte (nats of the target tokens over their UTF-8 bytes, special
+    tokens excluded from both) over the fixed val rows. Rows are dealt round-robin to the processes and sums,
+    not means, are reduced: the result does not depend on the world size or the batch."""
+    model.eval()
+    T = config.seq_len
+    rows = list(range(rank, (len(val_tokens) - 1) // T, world))
+    batch = config.val_batch or config.device_batch
+    token_bytes = token_bytes.to(device)
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # nats, tokens, nats of byte-bearing tokens, bytes
+    for i in range(0, len(rows), batch):
+        starts = torch.tensor(rows[i:i + batch])[:, None] * T
+        chunk = val_tokens[starts + torch.arange(T + 1)].to(device)
+        with autocast:
+            losses = model(chunk[:, :-1], chunk[:, 1:], reduction="none").double()
+        nbytes = token_bytes[chunk[:, 1:]]
+        totals += torch.stack([losses.sum(), losses.new_tensor(losses.numel()), (losses * (nbytes > 0)).sum(),
+                               nbytes.sum().double()])
+    if world > 1:
+        dist.all_reduce(totals)
+    model.train()
+    nats, tokens, byte_nats, nbytes = totals.tolist()
+    return nats / tokens, byte_nats / nbytes / math.log(2)
+
+
+# -----------------------------------------------------------------------------
+# Logging: a log that is also the record (source, commit, command, config, environment, then the steps)
+
+PEAK_BF16_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "GH200": 989.5e12, "A100": 312e12}
+
+
+def peak_flops(config, device):
+    if config.peak_flops > 0:
+        return config.peak_flops
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+    return None  # no MFU on a CPU
+
+
+def git_info():
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=os.path.dirname(__file__) or ".")
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None, "diff_sha256": None}
+    diff = git("diff", "HEAD").stdout
+    return {"commit": head.stdout.strip(), "dirty": bool(diff), "diff_sha256": hashlib.sha256(diff.encode()).hexdigest()}
+
+
+def environment(device, world):
+    env = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
+           "device": str(device), "world_size": world, "gpu": None, "driver": None}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True)
+        env["driver"] = smi.stdout.split("\n")[0].strip() or None
+    return env
+
+
+class RunLog:
+    """log.txt in the run folder, written by rank 0 (other ranks stay quiet); lines are also printed."""
+
+    def __init__(self, path, enabled):
+        self.file = open(path, "a") if enabled else None
+
+    def write(self, text, echo=True):
+        if self.file is None:
+            return
+        if echo:
+            print(text, flush=True)
+        self.file.write(text + "\n")
+        self.file.flush()
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: everything needed to continue exactly, as tensors and plain containers (weights_only loads it)
+
+
+def save_checkpoint(path, model, optimizers, loader, progress, config):
+    state = {"model": model.state_dict(), "optimizers": [opt.state_dict() for opt in optimizers],
+             "loader": loader.state_dict(), "progress": dict(progress), "config": dataclasses.asdict(config),
+             "rng": {"cpu": torch.get_rng_state(),
+                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)  # a crash while saving leaves the previous checkpoint intact
+
+
+RESUMABLE_CHANGES = {"resume", "stop_after", "save_every", "save_final", "log_every", "val_every", "wandb",
+                     "run_id", "out_dir", "compile", "warmup_timing_steps", "val_batch", "device"}
+
+
+def load_checkpoint(path, config):
+    if not os.path.isfile(path):
+        raise ConfigError(f"--resume={path}: no such checkpoint")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = state["config"]
+    changed = [k for k, v in dataclasses.asdict(config).items()
+               if k not in RESUMABLE_CHANGES and (tuple(v) if isinstance(v, tuple) else v) !=
+               (tuple(saved[k]) if isinstance(saved.get(k), list) else saved.get(k))]
+    if changed:
+        raise ConfigError(f"--resume={path}: the checkpoint was made with other settings ({', '.join(changed)}); "
+                          "resume with the same options")
+    return state
+
+
+# -----------------------------------------------------------------------------
+# Training
+
+
+class Trainer:
+    """The model, its optimizers and its data for one process, and one training step."""
+
+    def __init__(self, config, tokenizer, rank, world, device):
+        self.config, self.rank, self.world, self.device = config, rank, world, device
+        torch.manual_seed(config.seed)
+        self.model = GPT(config, tokenizer["vocab_size"]).to(device)
+        self.optimizers = build_optimizers(self.model, config, rank, world)
+        rows_per_step = config.total_batch_tokens // config.seq_len
+        self.accum_steps = rows_per_step // (world * config.device_batch)
+        self.loader = DataLoader(config.train_files, tokenizer["bos_id"], config.seq_len, rows_per_step, rank,
+                                 world, config.seed, device)
+        use_compile = config.compile == "true" or (config.compile == "auto" and device.type == "cuda")
+        self.forward = torch.compile(self.model) if use_compile else self.model
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                         else torch.autocast("cpu", enabled=False))
+
+    def step(self, step, num_steps):
+        """One optimizer step over the global batch; returns the mean train loss (a tensor, not yet synced)."""
+        multiplier = lr_multiplier(step, num_steps, self.config)
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * multiplier
+        self.optimizers[1].param_groups[0]["momentum"] = muon_momentum(step, self.config)
+        inputs, targets = self.loader.next_batch()
+        B = self.config.device_batch
+        total = torch.zeros((), device=self.device)
+        for micro in range(self.accum_steps):
+            with self.autocast:
+                loss = self.forward(inputs[micro * B:(micro + 1) * B], targets[micro * B:(micro + 1) * B])
+            (loss / self.accum_steps).backward()
+            total += loss.detach()
+        if self.world > 1:  # average gradients over processes (gloo has no AVG, so SUM then divide)
+            handles = [dist.all_reduce(p.grad, async_op=True) for p in self.model.parameters()]
+            handles.append(dist.all_reduce(total, async_op=True))
+            for handle in handles:
+                handle.wait()
+            for p in self.model.parameters():
+                p.grad.div_(self.world)
+            total /= self.world
+        for opt in self.optimizers:
+            opt.step()
+        self.model.zero_grad(set_to_none=True)
+        return total / self.accum_steps, multiplier
+
+    def snapshot(self):
+        return {"model": {k: v.clone() for k, v in self.model.state_dict().items()},
+                "optimizers": [copy_state(opt.state_dict()) for opt in self.optimizers],
+                "loader": self.loader.state_dict()}
+
+    def restore(self, state):
+        self.model.load_state_dict(state["model"])
+        for opt, opt_state in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        self.loader.load_state_dict(state["loader"])
+
+
+def copy_state(obj):
+    """A deep copy of a state dict (tensors cloned)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, dict):
+        return {k: copy_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(copy_state(v) for v in obj)
+    return obj
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def check_config(config, world):
+    """Bad combinations, caught before any model or data is built."""
+    dim, heads, _ = derived(config)
+    if dim % config.head_dim:
+        raise ConfigError(f"--model_dim={dim} is not a multiple of --head_dim={config.head_dim}")
+    if not config.window_pattern or set(config.window_pattern) - {"S", "L"}:
+        raise ConfigError(f"--window_pattern={config.window_pattern!r}: use only S (short window) and L (full)")
+    per_pass = world * config.device_batch * config.seq_len
+    if config.total_batch_tokens % per_pass:
+        raise ConfigError(f"--total_batch_tokens={config.total_batch_tokens:,} is not a multiple of world size x "
+                          f"device_batch x seq_len = {world} x {config.device_batch} x {config.seq_len} = "
+                          f"{per_pass:,}; change one of them (the global batch is kept by gradient accumulation)")
+    if config.compile not in ("auto", "true", "false"):
+        raise ConfigError(f"--compile={config.compile}: use auto, true or false")
+    if config.wandb not in ("", "online", "offline"):
+        raise ConfigError(f"--wandb={config.wandb}: use online or offline (or leave it out)")
+
+
+def train(config, rank=0, world=1, device=torch.device("cpu")):
+    """The whole run for one process; returns the results (rank 0) after writing them."""
+    wall_start = time.perf_counter()
+    check_config(config, world)
+    tokenizer = load_tokenizer_info(config.tokenizer)
+    check_data_matches_tokenizer(config, tokenizer)
+    val_tokens = load_val_tokens(config.val_files, config.val_tokens, config.seq_len)
+    checkpoint = load_checkpoint(config.resume, config) if config.resume else None
+    trainer = Trainer(config, tokenizer, rank, world, device)
+    model = trainer.model
+    tokens_flops = flops_per_token(config, tokenizer["vocab_size"])
+    step_flops = tokens_flops * config.total_batch_tokens
+    num_steps = num_training_steps(config, scaling_params(model), step_flops)
+    peak = peak_flops(config, device)
+
+    run_dir = os.path.dirname(config.resume) if config.resume else os.path.join(
+        config.out_dir, config.run_id or time.strftime("%Y%m%d_%H%M%S") + (f"_{config.preset}" if config.preset else ""))
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+    log = RunLog(os.path.join(run_dir, "log.txt"), enabled=rank == 0)
+    git, env = git_info(), environment(device, world)
+    if checkpoint is None:
+        with open(__file__) as f:
+            log.write(f.read(), echo=False)
+        log.write("=" * 100, echo=False)
+    log.write(f"git: {json.dumps(git)}")
+    log.write(f"command: {' '.join([sys.executable, *sys.argv])}")
+    log.write(f"config: {json.dumps(dataclasses.asdict(config))}")
+    log.write(f"environment: {json.dumps(env)}")
+    log.write(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, {scaling_params(model):,} in hidden "
+              f"matrices and head; {tokens_flops:,} FLOPs/token; {num_steps} steps of {config.total_batch_tokens:,} "
+              f"tokens; {trainer.accum_steps} accumulation steps x {world} processes")
+    wandb_run = None
+    if config.wandb and rank == 0:
+        import wandb
+        wandb_run = wandb.init(project="speedrun", name=os.path.basename(run_dir), mode=config.wandb,
+                               config=dataclasses.asdict(config))
+
+    progress = {"step": 0, "training_time": 0.0, "eval_time": 0.0, "tokens": 0}
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        for opt, opt_state in zip(trainer.optimizers, checkpoint["optimizers"]):
+            opt.load_state_dict(opt_state)
+        trainer.loader.load_state_dict(checkpoint["loader"])
+        torch.set_rng_state(checkpoint["rng"]["cpu"])
+        if device.type == "cuda" and checkpoint["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        progress.update(checkpoint["progress"])
+        log.write(f"resumed from {config.resume} at step {progress['step']}")
+
+    # Compile and warm up on real steps, then put everything back: the timed run starts from a clean state.
+    warmup_start = time.perf_counter()
+    start_state = trainer.snapshot()
+    for i in range(min(config.warmup_timing_steps, num_steps - progress["step"])):
+        trainer.step(progress["step"] + i, num_steps)
+    trainer.restore(start_state)
+    synchronize(device)
+    warmup_time = time.perf_counter() - warmup_start
+
+    def validate(step):
+        synchronize(device)
+        t0 = time.perf_counter()
+        val_loss, val_bpb = evaluate(trainer.forward, val_tokens, tokenizer["token_bytes"], config, rank, world,
+                                     device, trainer.autocast)
+        progress["eval_time"] += time.perf_counter() - t0
+        log.write(f"step:{step}/{num_steps} val_loss:{val_loss:.6f} val_bpb:{val_bpb:.6f} "
+                  f"train_time_ms:{1000 * progress['training_time']:.0f}")
+        if wandb_run:
+            wandb_run.log({"val_loss": val_loss, "val_bpb": val_bpb}, step=step)
+        return val_loss, val_bpb
+
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    status, steps_here, val_loss, val_bpb = "finished", 0, None, None
+    while progress["step"] < num_steps:
+        step = progress["step"]
+        synchronize(device)
+        t0 = time.perf_counter()
+        loss, multiplier = trainer.step(step, num_steps)
+        loss = loss.item()
+        synchronize(device)
+        step_time = time.perf_counter() - t0  # the timed region: training steps only
+        progress["training_time"] += step_time
+        progress["tokens"] += config.total_batch_tokens
+        progress["step"] = step = step + 1
+        steps_here += 1
+        if not math.isfinite(loss):
+            saved = f"the last checkpoint is {checkpoint_path}" if os.path.exists(checkpoint_path) else "no checkpoint was saved"
+            log.write(f"step:{step}/{num_steps} train_loss:{loss} -- stopping: the loss is not finite; {saved}")
+            raise FloatingPointError(f"step {step}: train loss is {loss}; stopped ({saved}). Try a lower lr or check "
+                                     "the data")
+        if step % config.log_every == 0 or step == num_steps:
+            tok_per_s = config.total_batch_tokens / step_time
+            mfu = f"{100 * tokens_flops * tok_per_s / (peak * world):.1f}%" if peak else "n/a"
+            log.write(f"step:{step}/{num_steps} train_loss:{loss:.6f} lr:{multiplier:.4f} step_ms:{1000 * step_time:.2f} "
+                      f"tok/s:{tok_per_s:.0f} mfu:{mfu} train_time_ms:{1000 * progress['training_time']:.0f}")
+            if wandb_run:
+                wandb_run.log({"train_loss": loss, "lr_multiplier": multiplier, "tok_per_s": tok_per_s}, step=step)
+        if (config.val_every and step % config.val_every == 0) or step == num_steps:
+            val_loss, val_bpb = validate(step)
+            if config.target_val_loss and val_loss <= config.target_val_loss:
+                status = "target_reached"
+                log.write(f"step:{step}/{num_steps} reached the target val loss {config.target_val_loss}")
+                break
+        if config.save_every and step % config.save_every == 0 and rank == 0:
+            save_checkpoint(checkpoint_path, model, trainer.optimizers, trainer.loader, progress, config)
+        if config.stop_after and steps_here == config.stop_after and step < num_steps:
+            log.write(f"step:{step}/{num_steps} stopping after {steps_here} steps (--stop_after); resume with "
+                      f"--resume={checkpoint_path}")
+            return None
+    if val_loss is None:
+        val_loss, val_bpb = validate(progress["step"])
+    if config.save_final and rank == 0:
+        save_checkpoint(checkpoint_path, model, trainer.optimizers, trainer.loader, progress, config)
+
+    training_time = progress["training_time"]
+    results = {
+        "schema_version": RESULTS_SCHEMA, "run_id": os.path.basename(run_dir), "status": status,
+        "preset": config.preset, "seed": config.seed, "config": dataclasses.asdict(config),
+        "params": sum(p.numel() for p in model.parameters()), "scaling_params": scaling_params(model),
+        "steps": progress["step"], "tokens": progress["tokens"],
+        "model_flops_per_token": tokens_flops, "model_flops": tokens_flops * progress["tokens"],
+        "hardware_flops": training_time * world * peak if peak else None,
+        "mfu": tokens_flops * progress["tokens"] / (training_time * world * peak) if peak else None,
+        "training_time_s": training_time, "warmup_time_s": warmup_time, "eval_time_s": progress["eval_time"],
+        "wall_time_s": time.perf_counter() - wall_start,
+        "val_loss": val_loss, "val_bpb": val_bpb, "val_tokens": (len(val_tokens) - 1) // config.seq_len * config.seq_len,
+        "git": git, "environment": env,
+        "data": {"train_files": [os.path.basename(f) for f in trainer.loader.files], "val_files": config.val_files,
+                 "tokenizer": config.tokenizer, "tokenizer_sha256": tokenizer["sha256"]},
+    }
+    log.write(f"done: {status}, val_loss:{val_loss:.6f} val_bpb:{val_bpb:.6f} training_time:{training_time:.2f}s "
+              f"warmup_time:{warmup_time:.2f}s eval_time:{progress['eval_time']:.2f}s")
+    if rank == 0:
+        with open(os.path.join(run_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    if wandb_run:
+        wandb_run.finish()
+    return results
+
+
+# -----------------------------------------------------------------------------
+# Main
+
+
+def main(argv=None):
+    try:
+        config = parse_args(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if config.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        train(config, rank, world, device)
+    except (ConfigError, ShardError) as e:
+        sys.exit(f"error: {e}")
+    except FloatingPointError as e:
+        sys.exit(f"error: {e}")
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
