@@ -216,7 +216,7 @@ class DataLoader:
             tokens, bos = self._shard(state)
             i = np.searchsorted(bos, state["pos"])
             while len(rows) < count and i < len(bos) and bos[i] + self.seq_len + 1 <= len(tokens):
-                start = bos[i]
+                start = int(bos[i])
                 rows.append(tokens[start:start + self.seq_len + 1])
                 state["pos"] = start + self.seq_len + 1
                 i = np.searchsorted(bos, state["pos"])
@@ -316,8 +316,8 @@ def check_data_matches_tokenizer(config, tokenizer):
             raise ConfigError(f"{folder} was tokenized with another tokenizer than {config.tokenizer} (vocab "
                               f"{made_with['vocab_size']} vs {tokenizer['vocab_size']}); point --tokenizer at the "
                               "one that made the shards, or tokenize again")
-    for pattern in (config.train_files, config.val_files):
-        first = read_shard(find_files(pattern, "data")[0])[:1_000_000]
+    for what, pattern in (("training", config.train_files), ("validation", config.val_files)):
+        first = read_shard(find_files(pattern, what)[0])[:1_000_000]
         if len(first) and int(first.max()) >= tokenizer["vocab_size"]:
             raise ConfigError(f"{pattern}: token id {int(first.max())} is outside the tokenizer's vocab of "
                               f"{tokenizer['vocab_size']} ({config.tokenizer}); these shards need another tokenizer")
@@ -585,16 +585,14 @@ def num_training_steps(config, scaling_param_count, step_flops):
 
 
 @torch.no_grad()
-def evaluate(model, val_tokens, token_bytes, config, rank, world, device, autocast):
-    """Val loss (nats per token) and bits per byte (nats of the target tokens over their UTF-8 bytes, special
-    tokens excluded from both) over the fixed val rows. Rows are dealt round-robin to the processes and sums,
-    not means, are reduced: the result does not depend on the world size or the batch."""
-    model.eval()
+def val_totals(model, val_tokens, token_bytes, config, rank, world, device, autocast):
+    """This process's share of the val rows (dealt round-robin), as sums: nats, tokens, nats of the tokens that
+    have bytes (specials excluded), and their UTF-8 bytes."""
     T = config.seq_len
     rows = list(range(rank, (len(val_tokens) - 1) // T, world))
     batch = config.val_batch or config.device_batch
     token_bytes = token_bytes.to(device)
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # nats, tokens, nats of byte-bearing tokens, bytes
+    totals = torch.zeros(4, dtype=torch.float64, device=device)
     for i in range(0, len(rows), batch):
         starts = torch.tensor(rows[i:i + batch])[:, None] * T
         chunk = val_tokens[starts + torch.arange(T + 1)].to(device)
@@ -603,6 +601,14 @@ def evaluate(model, val_tokens, token_bytes, config, rank, world, device, autoca
         nbytes = token_bytes[chunk[:, 1:]]
         totals += torch.stack([losses.sum(), losses.new_tensor(losses.numel()), (losses * (nbytes > 0)).sum(),
                                nbytes.sum().double()])
+    return totals
+
+
+def evaluate(model, val_tokens, token_bytes, config, rank, world, device, autocast):
+    """Val loss (nats per token) and bits per byte over the fixed val rows. Sums, not means, are reduced over
+    the processes, so the result does not depend on the world size or the batch."""
+    model.eval()
+    totals = val_totals(model, val_tokens, token_bytes, config, rank, world, device, autocast)
     if world > 1:
         dist.all_reduce(totals)
     model.train()
@@ -818,7 +824,7 @@ def train(config, rank=0, world=1, device=torch.device("cpu")):
     log.write(f"environment: {json.dumps(env)}")
     log.write(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, {scaling_params(model):,} in hidden "
               f"matrices and head; {tokens_flops:,} FLOPs/token; {num_steps} steps of {config.total_batch_tokens:,} "
-              f"tokens; {trainer.accum_steps} accumulation steps x {world} processes")
+              f"tokens; gradient accumulation {trainer.accum_steps}, world size {world}")
     wandb_run = None
     if config.wandb and rank == 0:
         import wandb

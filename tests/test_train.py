@@ -1,0 +1,321 @@
+"""train_gpt.py on CPU: the loader, the math, exact resumption, honest timing, and every bad input's message."""
+
+import dataclasses
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train_gpt
+from data.tokenize import tokenize_corpus
+from train_gpt import Config, DataLoader, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shards(corpus, tokenizer_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train_shards")
+    tokenize_corpus(str(corpus), str(tokenizer_dir), str(out), shard_tokens=20_000, workers=1)
+    return out
+
+
+@pytest.fixture
+def options(shards, tokenizer_dir, tmp_path):
+    """A tiny model on the synthetic corpus: a few seconds for a handful of steps."""
+    return dict(train_files=f"{shards}/train_*.bin", val_files=f"{shards}/val_*.bin", tokenizer=str(tokenizer_dir),
+                depth=2, model_dim=32, head_dim=16, seq_len=64, short_window=16, device_batch=2,
+                total_batch_tokens=256, steps=6, warmup_steps=2, warmup_timing_steps=1, val_tokens=2048,
+                val_every=0, out_dir=str(tmp_path / "runs"), run_id="run")
+
+
+def argv(options, **changes):
+    return [f"--{k}={v}" for k, v in {**options, **changes}.items()]
+
+
+def run(options, **changes):
+    """Runs train_gpt in this process; returns (results or None, the log's step lines as dicts)."""
+    config = train_gpt.parse_args(argv(options, **changes))
+    results = train_gpt.train(config)
+    return results, log_lines(Path(config.out_dir) / config.run_id / "log.txt")
+
+
+def log_lines(path):
+    lines = []
+    for line in path.read_text().splitlines():
+        if line.startswith("step:") and ("train_loss:" in line or "val_loss:" in line):
+            fields = dict(field.split(":", 1) for field in line.split() if ":" in field)
+            lines.append(fields)
+    return lines
+
+
+def losses(lines, key="train_loss"):
+    return {int(l["step"].split("/")[0]): float(l[key]) for l in lines if key in l}
+
+
+# -----------------------------------------------------------------------------
+# A whole run
+
+
+def test_tiny_run_learns_and_writes_a_record_ready_log_and_results(options, tmp_path):
+    results, lines = run(options, steps=30, val_every=15, warmup_steps=3)
+    train = losses(lines)
+    assert len(train) == 30 and np.mean([train[s] for s in (28, 29, 30)]) < train[1] - 0.5
+    log = (tmp_path / "runs" / "run" / "log.txt").read_text()
+    assert log.startswith(Path(train_gpt.__file__).read_text())  # the log opens with the exact source
+    for key in ("git:", "command:", "config:", "environment:"):
+        assert f"\n{key} " in log
+    saved = json.loads((tmp_path / "runs" / "run" / "results.json").read_text())
+    assert saved["schema_version"] == 1 and saved["status"] == "finished" and saved["steps"] == 30
+    assert saved["tokens"] == 30 * 256 and saved["model_flops"] == saved["model_flops_per_token"] * 30 * 256
+    assert saved["val_loss"] == pytest.approx(losses(lines, "val_loss")[30])
+    assert 0 < saved["val_bpb"] < saved["val_loss"] * 2
+    assert saved["mfu"] is None and saved["hardware_flops"] is None  # no peak FLOPs for a CPU
+    assert saved["training_time_s"] > 0 and saved["wall_time_s"] > saved["training_time_s"] + saved["eval_time_s"]
+    assert saved["data"]["tokenizer_sha256"] and saved["git"].keys() == {"commit", "dirty", "diff_sha256"}
+    assert saved == json.loads(json.dumps(results))
+
+
+def test_one_process_matches_two_gloo_processes_with_half_the_accumulation(options, tmp_path):
+    """4 rows per step of 2 per pass: 1 process x 2 accumulation steps against 2 processes x 1."""
+    _, single = run(options, run_id="one")
+    assert "gradient accumulation 2, world size 1" in (tmp_path / "runs" / "one" / "log.txt").read_text()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(REPO / "train_gpt.py"), *argv(options, run_id="two")]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    double = log_lines(tmp_path / "runs" / "two" / "log.txt")
+    assert "gradient accumulation 1, world size 2" in (tmp_path / "runs" / "two" / "log.txt").read_text()
+    one, two = losses(single), losses(double)
+    assert one.keys() == two.keys() == set(range(1, 7))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4), step
+    assert losses(double, "val_loss")[6] == pytest.approx(losses(single, "val_loss")[6], rel=1e-4)
+
+
+def test_a_run_stopped_after_step_k_and_resumed_matches_the_uninterrupted_run(options, tmp_path):
+    _, whole = run(options, run_id="whole")
+    # checkpoints every 3 steps, stops after step 4 (one step past the checkpoint, as a crash would)
+    assert run(options, run_id="cut", save_every=3, stop_after=4)[0] is None
+    checkpoint = tmp_path / "runs" / "cut" / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["progress"]["step"] == 3
+    results, resumed = run(options, run_id="cut", resume=str(checkpoint))
+    assert losses(resumed)[6] == losses(whole)[6] and losses(resumed)[4] == losses(whole)[4]
+    assert [losses(resumed)[s] for s in (4, 5, 6)] == [losses(whole)[s] for s in (4, 5, 6)]
+    assert losses(resumed, "val_loss")[6] == losses(whole, "val_loss")[6]
+    assert results["steps"] == 6 and results["tokens"] == 6 * 256
+
+
+def test_resuming_with_other_settings_is_refused(options, tmp_path):
+    run(options, run_id="a", steps=2)
+    checkpoint = tmp_path / "runs" / "a" / "checkpoint.pt"
+    with pytest.raises(SystemExit, match="other settings \\(matrix_lr\\)"):
+        main(argv(options, run_id="a", steps=2, resume=checkpoint, matrix_lr=0.1))
+
+
+def test_timing_excludes_validation(options, monkeypatch):
+    real_totals = train_gpt.val_totals
+
+    def slow_val_totals(*args, **kwargs):
+        time.sleep(0.5)
+        return real_totals(*args, **kwargs)
+    monkeypatch.setattr(train_gpt, "val_totals", slow_val_totals)
+    results, lines = run(options, steps=4, val_every=1)
+    assert len(losses(lines, "val_loss")) == 4 and results["eval_time_s"] >= 2.0
+    assert results["training_time_s"] < 1.0
+    step_ms = sum(float(l["step_ms"]) for l in lines if "step_ms" in l)
+    assert results["training_time_s"] == pytest.approx(step_ms / 1000, rel=1e-3)  # the steps' times, nothing else
+
+
+def test_a_loss_that_is_not_finite_stops_the_run_naming_the_step(options, tmp_path):
+    with pytest.raises(SystemExit, match=r"step \d+: train loss is (nan|inf)"):
+        main(argv(options, matrix_lr=1e30, embed_lr=1e30, head_lr=1e30, scalar_lr=1e30, steps=20, save_every=1))
+    assert (tmp_path / "runs" / "run" / "checkpoint.pt").exists()
+    assert "the loss is not finite" in (tmp_path / "runs" / "run" / "log.txt").read_text()
+
+
+# -----------------------------------------------------------------------------
+# The data loader
+
+
+def make_loader(shards, tokenizer_dir, rank=0, world=1, rows_per_step=8, seq_len=64, seed=0):
+    bos = train_gpt.load_tokenizer_info(str(tokenizer_dir))["bos_id"]
+    return DataLoader(f"{shards}/train_*.bin", bos, seq_len, rows_per_step, rank, world, seed, torch.device("cpu")), bos
+
+
+def test_every_row_starts_at_bos(shards, tokenizer_dir):
+    loader, bos = make_loader(shards, tokenizer_dir)
+    for _ in range(50):
+        inputs, targets = loader.next_batch()
+        assert inputs.shape == (8, 64) and (inputs[:, 0] == bos).all()
+        assert (inputs[:, 1:] == targets[:, :-1]).all()
+
+
+def test_ranks_share_a_step_without_overlap_and_together_make_the_single_process_step(shards, tokenizer_dir):
+    single, _ = make_loader(shards, tokenizer_dir)
+    ranks = [make_loader(shards, tokenizer_dir, rank=r, world=2)[0] for r in range(2)]
+    for _ in range(20):
+        whole = single.next_batch()[0]
+        parts = [loader.next_batch()[0] for loader in ranks]
+        assert parts[0].shape == (4, 64)
+        rows = lambda t: {tuple(r.tolist()) for r in t}
+        assert not rows(parts[0]) & rows(parts[1])
+        assert rows(parts[0]) | rows(parts[1]) == rows(whole)
+
+
+def test_loader_state_restores_exactly(shards, tokenizer_dir):
+    loader, _ = make_loader(shards, tokenizer_dir)
+    for _ in range(7):
+        loader.next_batch()
+    state = loader.state_dict()
+    expected = [loader.next_batch()[0] for _ in range(100)]  # crosses shard and epoch boundaries
+    assert loader.state_dict()["epoch"] >= 1
+    fresh, _ = make_loader(shards, tokenizer_dir)
+    fresh.load_state_dict(state)
+    for batch in expected:
+        assert torch.equal(fresh.next_batch()[0], batch)
+
+
+def test_the_seed_sets_the_order(shards, tokenizer_dir):
+    batches = {seed: [make_loader(shards, tokenizer_dir, seed=seed)[0].next_batch()[0] for _ in range(1)]
+               for seed in (0, 1)}
+    same = [make_loader(shards, tokenizer_dir, seed=0)[0].next_batch()[0]]
+    assert torch.equal(same[0], batches[0][0])
+    orders = [make_loader(shards, tokenizer_dir, seed=s)[0].shard_order(0).tolist() for s in range(6)]
+    assert len({tuple(o) for o in orders}) > 1
+
+
+# -----------------------------------------------------------------------------
+# Validation
+
+
+def test_val_loss_does_not_depend_on_the_batch_or_the_world_size(options):
+    config = train_gpt.parse_args(argv(options))
+    info = train_gpt.load_tokenizer_info(config.tokenizer)
+    val = train_gpt.load_val_tokens(config.val_files, config.val_tokens, config.seq_len)
+    assert len(val) == 2048 + 1
+    torch.manual_seed(0)
+    model = train_gpt.GPT(config, info["vocab_size"])
+    for p in model.parameters():  # not the zero-init model: its loss would be the same for any grouping
+        torch.nn.init.normal_(p, std=0.05)
+    off = torch.autocast("cpu", enabled=False)
+
+    def totals(world, val_batch):
+        cfg = dataclasses.replace(config, val_batch=val_batch)
+        return sum(train_gpt.val_totals(model, val, info["token_bytes"], cfg, r, world, torch.device("cpu"), off)
+                   for r in range(world))
+    reference = totals(1, 32)
+    assert reference[1] == 2048 and reference[3] > 2048  # every val token counted once, with its bytes
+    for world, batch in ((1, 3), (2, 5), (3, 1), (4, 32)):
+        assert torch.allclose(totals(world, batch), reference, rtol=1e-9), (world, batch)
+
+
+def test_bits_per_byte_counts_bytes_of_targets_and_leaves_out_specials(options):
+    config = train_gpt.parse_args(argv(options))
+    info = train_gpt.load_tokenizer_info(config.tokenizer)
+    assert info["token_bytes"][info["bos_id"]] == 0
+    vocab = info["vocab_size"]
+
+    class Uniform(torch.nn.Module):  # loss ln(vocab) on every token
+        def forward(self, idx, targets, reduction):
+            return torch.full(targets.shape, math.log(vocab))
+    val = torch.tensor([info["bos_id"], 300, 301, info["bos_id"], 302])  # targets: 300 301 BOS 302
+    cfg = dataclasses.replace(config, seq_len=4)
+    loss, bpb = train_gpt.evaluate(Uniform(), val, info["token_bytes"], cfg, 0, 1, torch.device("cpu"),
+                                   torch.autocast("cpu", enabled=False))
+    nbytes = sum(int(info["token_bytes"][t]) for t in (300, 301, 302))
+    assert loss == pytest.approx(math.log(vocab))
+    assert bpb == pytest.approx(3 * math.log(vocab) / nbytes / math.log(2))
+
+
+# -----------------------------------------------------------------------------
+# FLOPs, horizon, schedule
+
+
+def test_flops_per_token_against_a_hand_count():
+    config = Config(depth=2, model_dim=128, head_dim=64, seq_len=256, window_pattern="SL", short_window=64)
+    per_layer = 128 * 3 * 128 + 128 * 128 + 128 * 512 + 512 * 128  # qkv, proj, mlp in, mlp out
+    head = 128 * 512  # vocab 500, padded to 512
+    attention = 12 * 2 * 64 * 64 + 12 * 2 * 64 * 256  # 2 heads of 64; windows 64 (S) and 256 (L, the last)
+    assert train_gpt.flops_per_token(config, 500) == 6 * (2 * per_layer + head) + attention == 3_244_032
+
+
+def test_horizon_from_steps_ratio_or_flops_budget():
+    config = Config(total_batch_tokens=1000)
+    assert train_gpt.num_training_steps(dataclasses.replace(config, steps=7), 10_000, 5e9) == 7
+    assert train_gpt.num_training_steps(dataclasses.replace(config, tokens_per_param=8), 10_000, 5e9) == 80
+    assert train_gpt.num_training_steps(dataclasses.replace(config, flops_budget=1.2e11), 10_000, 5e9) == 24
+    with pytest.raises(train_gpt.ConfigError, match="no horizon"):
+        train_gpt.num_training_steps(config, 10_000, 5e9)
+
+
+def test_lr_schedule_warms_up_holds_and_warms_down():
+    config = Config(warmup_steps=10, warmdown_frac=0.5, final_lr_frac=0.1)
+    lr = [train_gpt.lr_multiplier(s, 100, config) for s in range(101)]
+    assert lr[0] == pytest.approx(0.1) and lr[9] == 1.0 and lr[49] == 1.0
+    assert lr[50] == 1.0 and lr[75] == pytest.approx(0.55) and lr[100] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lr[10:], lr[11:]))
+
+
+def test_muon_orthogonalizes():
+    G = torch.randn(64, 32)
+    X = train_gpt.orthogonalize(G, steps=5).float()
+    singular = torch.linalg.svdvals(X)
+    assert singular.min() > 0.5 and singular.max() < 1.3  # Newton-Schulz pushes every singular value near 1
+
+
+# -----------------------------------------------------------------------------
+# Bad input: one line that says what to do, before any work
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(total_batch_tokens=300), "is not a multiple of world size x device_batch x seq_len"),
+    (dict(train_files="/nowhere/train_*.bin"), "no training shards match"),
+    (dict(val_files="/nowhere/val_*.bin"), "no validation shards match"),
+    (dict(tokenizer="/nowhere"), "train a tokenizer"),
+    (dict(steps=0), "no horizon"),
+    (dict(val_tokens=10), "less than one row"),
+    (dict(val_tokens=10**9), "fewer than --val_tokens"),
+    (dict(window_pattern="SX"), "use only S"),
+    (dict(model_dim=40), "not a multiple of --head_dim"),
+    (dict(resume="/nowhere/checkpoint.pt"), "no such checkpoint"),
+    (dict(bogus=1), "unknown option --bogus"),
+    (dict(steps="many"), "--steps=many: not a valid int"),
+    (dict(preset="huge"), "unknown preset"),
+])
+def test_bad_input_fails_with_a_message(options, changes, message, tmp_path):
+    with pytest.raises(SystemExit, match=re.escape(message) if "(" not in message else message) as exc:
+        main(argv(options, **changes))
+    assert str(exc.value.code).startswith("error: ") and "\n" not in str(exc.value.code)
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_shards_from_another_tokenizer_are_refused(options, corpus, tmp_path):
+    from data.tokenizer import main as tokenizer_main
+    tokenizer_main(["train", "--corpus", str(corpus), "--out", str(tmp_path / "other"), "--vocab-size", "300"])
+    with pytest.raises(SystemExit, match="tokenized with another tokenizer"):
+        main(argv(options, tokenizer=tmp_path / "other"))
+    (tmp_path / "plain").mkdir()  # llm.c shards come without tokenize.json: the token ids are checked instead
+    for name in os.listdir(Path(options["train_files"]).parent):
+        if name.endswith(".bin"):
+            (tmp_path / "plain" / name).write_bytes((Path(options["train_files"]).parent / name).read_bytes())
+    with pytest.raises(SystemExit, match="outside the tokenizer's vocab of 300"):
+        main(argv(options, tokenizer=tmp_path / "other", train_files=f"{tmp_path}/plain/train_*.bin",
+                  val_files=f"{tmp_path}/plain/val_*.bin"))
+
+
+def test_presets_and_overrides():
+    config = train_gpt.parse_args(["--preset=tiny", "--steps=3", "--value_embeds=false", "--adam_betas=0.9,0.99"])
+    assert (config.depth, config.steps, config.value_embeds, config.adam_betas) == (2, 3, False, (0.9, 0.99))
+    assert train_gpt.derived(Config(depth=20))[:2] == (1280, 10)  # 64 x 20, heads of 128
+    assert train_gpt.derived(Config(depth=9, head_dim=128))[0] == 640  # 576 rounded up to a multiple of 128
