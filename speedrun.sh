@@ -10,6 +10,8 @@
 #   NUM_SHARDS        train shards to download (default 170 for hub corpora: ~42 B chars, enough for GPT-2 grade)
 #   TOKENIZER_SHARDS  shards downloaded first, to train the tokenizer while the rest download (default 8)
 #   VOCAB_SIZE        tokenizer vocabulary (default 32768; 4096 for the small sample)
+#   PRESET            train_gpt.py preset on GPUs (default gpt2-core); without a GPU: tiny
+#   TRAIN_ARGS        more train_gpt.py options, e.g. TRAIN_ARGS="--depth=20 --seed=1"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -22,6 +24,8 @@ if [ "$NUM_GPUS" -gt 0 ]; then DATASET=${DATASET:-climbmix}; else DATASET=${DATA
 if [ "$DATASET" = shakespeare ]; then VOCAB_SIZE=${VOCAB_SIZE:-4096}; else VOCAB_SIZE=${VOCAB_SIZE:-32768}; fi
 NUM_SHARDS=${NUM_SHARDS:-170}
 TOKENIZER_SHARDS=${TOKENIZER_SHARDS:-8}
+PRESET=${PRESET:-gpt2-core}
+TRAIN_ARGS=${TRAIN_ARGS:-}
 RAW=data/raw/$DATASET
 TOKENIZER=data/tokenizers/${DATASET}_$VOCAB_SIZE
 TOKENS=data/tokens/${DATASET}_$VOCAB_SIZE
@@ -75,8 +79,19 @@ fi
 stage "tokenize: $RAW -> $TOKENS"
 $PY -m data.tokenize --corpus "$RAW" --tokenizer "$TOKENIZER" --out "$TOKENS"
 
-stage "train and evaluate"
-# Not built yet: train_gpt.py (training) and eval_core.py (CORE, bits per byte) come next.
-echo "not yet: train_gpt.py and eval_core.py are not in this checkout; the data is ready:"
-echo "  token shards: $TOKENS   tokenizer: $TOKENIZER"
+DATA_ARGS=(--train_files="$TOKENS/train_*.bin" --val_files="$TOKENS/val_*.bin" --tokenizer="$TOKENIZER")
+RUN_ID=${RUN_ID:-speedrun_${DATASET}_$(date +%Y%m%d_%H%M%S)}
+if [ "$NUM_GPUS" -gt 0 ]; then
+  stage "train: $PRESET on $NUM_GPUS GPUs (runs/$RUN_ID)"
+  .venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS" train_gpt.py --preset="$PRESET" "${DATA_ARGS[@]}" \
+    --run_id="$RUN_ID" $TRAIN_ARGS
+else
+  stage "train: the tiny configuration on the CPU (runs/$RUN_ID)"
+  $PY train_gpt.py --preset=tiny "${DATA_ARGS[@]}" --run_id="$RUN_ID" $TRAIN_ARGS
+fi
+echo "log: runs/$RUN_ID/log.txt   results: runs/$RUN_ID/results.json"
+
+stage "evaluate"
+# Not built yet: eval_core.py (CORE, bits per byte on the bundle), the report and the record come next.
+echo "not yet: eval_core.py is not in this checkout; val loss and bits per byte are in results.json"
 stage ""

@@ -197,7 +197,7 @@ class DataLoader:
         self.rows_per_step, self.rank, self.world = rows_per_step, rank, world
         self.state = {"epoch": 0, "shard": 0, "pos": 0}
         self._cache = (None, None, None)  # (file, tokens, BOS positions) of the shard being read
-        self._queue = None
+        self._queue = self._stop = None
 
     def shard_order(self, epoch):
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
@@ -238,17 +238,32 @@ class DataLoader:
             batch = batch.pin_memory()
         return batch, dict(state)
 
-    def _producer(self, state):
-        while True:
-            item = self._make_batch(state)
-            self._queue.put(item)
+    def _producer(self, state, batches, stop):
+        """Background thread: prepares batches ahead; an error is handed to the consumer, not lost."""
+        while not stop.is_set():
+            try:
+                item = self._make_batch(state)
+            except Exception as error:
+                item = error
+            while not stop.is_set():
+                try:
+                    batches.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    pass
+            if isinstance(item, Exception):
+                return
 
     def next_batch(self):
         """(inputs, targets) for this process: int64 [rows, seq_len] tensors on the device."""
         if self._queue is None:  # start the background thread from the current state
-            self._queue = queue.Queue(maxsize=2)
-            threading.Thread(target=self._producer, args=(dict(self.state),), daemon=True).start()
-        batch, self.state = self._queue.get()
+            self._queue, self._stop = queue.Queue(maxsize=2), threading.Event()
+            threading.Thread(target=self._producer, args=(dict(self.state), self._queue, self._stop),
+                             daemon=True).start()
+        item = self._queue.get()
+        if isinstance(item, Exception):
+            raise item
+        batch, self.state = item
         batch = batch.to(self.device, non_blocking=True)
         return batch[:, :-1], batch[:, 1:]
 
@@ -257,8 +272,9 @@ class DataLoader:
 
     def load_state_dict(self, state):
         """Restores a position; batches already prepared from the old one are dropped."""
-        self.state = dict(state)
-        self._queue = None  # the old thread keeps filling its own (now orphaned) queue until it blocks
+        if self._queue is not None:
+            self._stop.set()
+        self.state, self._queue = dict(state), None
 
 
 def find_files(pattern, what):
@@ -793,9 +809,16 @@ def check_config(config, world):
         raise ConfigError(f"--wandb={config.wandb}: use online or offline (or leave it out)")
 
 
-def train(config, rank=0, world=1, device=torch.device("cpu")):
+def resolve_device(config, local_rank=0):
+    if config.device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def train(config, rank=0, world=1, device=None):
     """The whole run for one process; returns the results (rank 0) after writing them."""
     wall_start = time.perf_counter()
+    device = device or resolve_device(config)
     check_config(config, world)
     tokenizer = load_tokenizer_info(config.tokenizer)
     check_data_matches_tokenizer(config, tokenizer)
@@ -943,11 +966,7 @@ def main(argv=None):
     except ConfigError as e:
         sys.exit(f"error: {e}")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if config.device == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(config.device)
+    device = resolve_device(config, int(os.environ.get("LOCAL_RANK", 0)))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1:

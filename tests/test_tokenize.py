@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import data.tokenize as tokenize_module
-from data.corpus import CorpusError, corpus_files, iter_documents
+from data.corpus import corpus_files, iter_documents
 from data.shards import read_shard
 from data.tokenize import main, tokenize_corpus
 from data.tokenizer import load_tokenizer

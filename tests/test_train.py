@@ -319,3 +319,17 @@ def test_presets_and_overrides():
     assert (config.depth, config.steps, config.value_embeds, config.adam_betas) == (2, 3, False, (0.9, 0.99))
     assert train_gpt.derived(Config(depth=20))[:2] == (1280, 10)  # 64 x 20, heads of 128
     assert train_gpt.derived(Config(depth=9, head_dim=128))[0] == 640  # 576 rounded up to a multiple of 128
+
+
+def test_a_loader_error_reaches_the_training_loop(shards, tokenizer_dir):
+    loader, _ = make_loader(shards, tokenizer_dir, seq_len=100_000)  # no row that long exists
+    with pytest.raises(train_gpt.ShardError, match="no row of 100001 tokens"):
+        loader.next_batch()
+
+
+def test_compiled_model_trains_like_the_eager_one(options):
+    """torch.compile (used on GPUs by default) on CPU: the same losses as eager, within float tolerance."""
+    _, eager = run(options, run_id="eager", steps=3)
+    _, compiled = run(options, run_id="compiled", steps=3, compile="true")
+    for step, loss in losses(eager).items():
+        assert losses(compiled)[step] == pytest.approx(loss, rel=1e-3)

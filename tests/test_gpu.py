@@ -1,0 +1,34 @@
+"""On a CUDA GPU (skipped without one): train_gpt.py end to end with bf16 autocast and torch.compile.
+
+    .venv/bin/python -m pytest -q -m gpu
+"""
+
+import pytest
+import torch
+
+import train_gpt
+from tests.test_train import losses, options, run, shards  # noqa: F401  (fixtures)
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def test_compiled_bf16_run_on_the_gpu_learns_and_reports_mfu(options, tmp_path):  # noqa: F811
+    results, lines = run(options, steps=30, warmup_steps=3, warmup_timing_steps=2, peak_flops=989.5e12,
+                         device="cuda")
+    train = losses(lines)
+    assert results["config"]["compile"] == "auto" and results["environment"]["gpu"]
+    assert sum(train[s] for s in (28, 29, 30)) / 3 < train[1] - 0.5
+    assert 0 < results["mfu"] < 1 and results["hardware_flops"] > 0
+
+
+def test_gpu_matches_cpu_for_the_first_steps(options):  # noqa: F811
+    _, cpu = run(options, run_id="cpu", steps=3, device="cpu")
+    _, gpu = run(options, run_id="gpu", steps=3, device="cuda", compile="false")
+    for step, loss in losses(cpu).items():
+        assert losses(gpu)[step] == pytest.approx(loss, rel=2e-2)  # bf16 autocast on the GPU
+
+
+def test_checkpoint_from_the_gpu_loads_with_weights_only(options, tmp_path):  # noqa: F811
+    run(options, run_id="ck", steps=2, device="cuda")
+    state = torch.load(tmp_path / "runs" / "ck" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert state["progress"]["step"] == 2 and train_gpt.Config(**{**state["config"], "adam_betas": (0.8, 0.95)})
