@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data.shards import ShardError, read_header, read_shard
+from data.tokenizer import TokenizerError, load_tokenizer, sha256_file
 
 RESULTS_SCHEMA = 1
 
@@ -88,8 +89,8 @@ class Config:
     run_id: str = ""              # default: a timestamp and the preset
     out_dir: str = "runs"
     log_every: int = 1
-    save_every: int = 0           # steps between checkpoints (and one at the end unless 0 and --no-save)
-    save_final: bool = True
+    save_every: int = 0           # steps between checkpoints (0: none during the run)
+    save_final: bool = True       # a checkpoint at the end (to evaluate, or to continue)
     resume: str = ""              # a checkpoint.pt to continue from, exactly
     stop_after: int = 0           # leave after this many steps of this process (time-sliced jobs; tests)
     warmup_timing_steps: int = 10  # untimed real steps (compile, warm-up), then everything is reset
@@ -120,6 +121,11 @@ PRESETS = {
 def parse_args(argv):
     """Config from --key=value arguments, after the preset's overrides; unknown keys are errors."""
     fields = {f.name: f for f in dataclasses.fields(Config)}
+    if "--help" in argv or "-h" in argv:
+        options = "\n".join(f"  --{name}={field.default!r}" for name, field in fields.items())
+        print(f"{__doc__}\noptions (defaults; comments beside Config in train_gpt.py):\n{options}\n"
+              f"presets: {', '.join(PRESETS)}")
+        sys.exit(0)
     pairs = []
     args = list(argv)
     while args:
@@ -305,20 +311,13 @@ def load_val_tokens(pattern, count, seq_len):
 
 
 def load_tokenizer_info(folder):
-    """BOS id, vocab size and per-token byte lengths from a tokenizer folder (data/tokenizer.py's layout)."""
-    meta_path = os.path.join(folder, "tokenizer.json")
-    if not os.path.isfile(meta_path):
-        raise ConfigError(f"{meta_path}: missing; train a tokenizer (python -m data.tokenizer train) or, for GPT-2 "
-                          "tokens, python -m data.tokenizer import-gpt2 --out data/tokenizers/gpt2")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    token_bytes = np.load(os.path.join(folder, "token_bytes.npy"), allow_pickle=False)
-    if len(token_bytes) != meta["vocab_size"]:
-        raise ConfigError(f"{folder}: token_bytes.npy has {len(token_bytes)} entries for a vocab of {meta['vocab_size']}")
-    with open(meta_path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    return {"bos_id": meta["special_tokens"][meta["bos_token"]], "vocab_size": meta["vocab_size"],
-            "token_bytes": torch.from_numpy(token_bytes.astype(np.int64)), "sha256": digest}
+    """What training needs from a tokenizer folder (data/tokenizer.py): BOS id, vocab size, byte lengths, identity."""
+    try:
+        tok = load_tokenizer(folder)
+    except TokenizerError as e:
+        raise ConfigError(str(e)) from None
+    return {"bos_id": tok.bos_id, "vocab_size": tok.vocab_size, "token_bytes": torch.from_numpy(tok.token_bytes()),
+            "sha256": sha256_file(os.path.join(folder, "tokenizer.json"))}
 
 
 def check_data_matches_tokenizer(config, tokenizer):

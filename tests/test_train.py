@@ -333,3 +333,11 @@ def test_compiled_model_trains_like_the_eager_one(options):
     _, compiled = run(options, run_id="compiled", steps=3, compile="true")
     for step, loss in losses(eager).items():
         assert losses(compiled)[step] == pytest.approx(loss, rel=1e-3)
+
+
+def test_help_lists_every_option_and_preset(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "torchrun" in out and "gpt2-core" in out
+    assert all(f"--{field.name}=" in out for field in dataclasses.fields(Config))
