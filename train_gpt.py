@@ -763,9 +763,9 @@ class Trainer:
         return total / self.accum_steps, multiplier
 
     def snapshot(self):
-        return {"model": {k: v.clone() for k, v in self.model.state_dict().items()},
-                "optimizers": [copy_state(opt.state_dict()) for opt in self.optimizers],
-                "loader": self.loader.state_dict()}
+        """A copy of everything a step changes, kept in CPU memory (the GPU's is for training)."""
+        return copy_state({"model": self.model.state_dict(), "loader": self.loader.state_dict(),
+                           "optimizers": [opt.state_dict() for opt in self.optimizers]})
 
     def restore(self, state):
         self.model.load_state_dict(state["model"])
@@ -775,9 +775,9 @@ class Trainer:
 
 
 def copy_state(obj):
-    """A deep copy of a state dict (tensors cloned)."""
+    """A deep copy of a state dict, its tensors copied to the CPU."""
     if isinstance(obj, torch.Tensor):
-        return obj.clone()
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {k: copy_state(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
