@@ -1,0 +1,424 @@
+"""eval_core.py: CORE (22 in-context-learning tasks, DCLM's metric as nanochat measures it) and bits per byte for a
+run's checkpoint.
+
+    python eval_core.py --run runs/<run_id>                          # full CORE, BPB, samples
+    python eval_core.py --run runs/<run_id> --max-per-task 100       # a quick estimate
+    torchrun --standalone --nproc_per_node=8 eval_core.py --run runs/<run_id>
+
+The eval bundle (core.yaml, eval_meta_data.csv, eval_data/) is downloaded once into --bundle-dir; the sha256 of
+the zip and of every file are recorded there, and a bundle whose files have changed is refused. Results go into
+the run's results.json (key "core") and core.csv.
+
+How an example is scored (fixed by the published evaluator, so that scores compare):
+- each task's rows are shuffled with random.Random(1337), cut to --max-per-task, and row i gets num_fewshot other
+  rows sampled with random.Random(1234 + i); few-shot blocks are each followed by a blank line;
+- multiple choice: one prompt per choice; the tokens after the choices' common token prefix are scored;
+  schema: one prompt per context option; the options' common token suffix is scored; the lowest mean
+  cross-entropy wins (ties to the first); language modelling: correct when greedy argmax reproduces every
+  continuation token;
+- every prompt starts with BOS; a prompt longer than the model's context is cut from the left, keeping the
+  scored span; CORE is the mean over tasks of (accuracy - baseline) / (1 - baseline).
+
+Speed: every prompt of every task is scored in one pass, sorted by length into padded batches of at most
+--batch-tokens tokens, spread over the processes by token count; padding is never scored.
+"""
+
+import argparse
+import csv
+import dataclasses
+import fcntl
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from tqdm import tqdm
+
+import train_gpt
+from data.tokenizer import load_tokenizer, sha256_file
+
+BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
+DEFAULT_BUNDLE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "speedrun")
+SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then "
+                  "tomorrow will be", "The opposite of hot is", "The planets of the solar system are:"]
+
+
+class EvalError(ValueError):
+    """A bad bundle, checkpoint or option; the message says what to do."""
+
+
+# -----------------------------------------------------------------------------
+# The bundle: download once (one process), verify always
+
+
+def bundle_manifest(folder):
+    files = {}
+    for root, _, names in os.walk(os.path.join(folder, "eval_bundle")):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            files[os.path.relpath(path, folder)] = sha256_file(path)
+    return files
+
+
+def fetch_bundle(bundle_dir, url=BUNDLE_URL):
+    """Downloads and unpacks the bundle under a file lock (the first process does it, the others wait); then
+    checks every file against the sha256 recorded when it was unpacked. Returns (folder, zip sha256)."""
+    os.makedirs(bundle_dir, exist_ok=True)
+    manifest_path = os.path.join(bundle_dir, "eval_bundle.sha256.json")
+    with open(os.path.join(bundle_dir, ".eval_bundle.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(manifest_path):
+            zip_path = os.path.join(bundle_dir, "eval_bundle.zip")
+            if not os.path.exists(zip_path):
+                print(f"downloading the eval bundle from {url}")
+                try:
+                    with urllib.request.urlopen(url, timeout=60) as response, open(zip_path + ".part", "wb") as f:
+                        shutil.copyfileobj(response, f)
+                except OSError as e:
+                    raise EvalError(f"could not download the eval bundle from {url} ({e}); put eval_bundle.zip in "
+                                    f"{bundle_dir} by hand, or pass --bundle-dir") from None
+                os.replace(zip_path + ".part", zip_path)
+            try:
+                with zipfile.ZipFile(zip_path) as archive:
+                    archive.extractall(bundle_dir)
+            except zipfile.BadZipFile:
+                os.remove(zip_path)
+                raise EvalError(f"{zip_path}: not a valid zip (removed); run again to download it anew") from None
+            manifest = {"zip_sha256": sha256_file(zip_path), "files": bundle_manifest(bundle_dir)}
+            with open(manifest_path, "w") as f:
+                json.dump(manifest, f, indent=1)
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    changed = sorted(set(manifest["files"].items()) ^ set(bundle_manifest(bundle_dir).items()))
+    if changed:
+        raise EvalError(f"{bundle_dir}: the eval bundle's files changed since it was unpacked "
+                        f"({changed[0][0]}{' and more' if len(changed) > 1 else ''}); delete eval_bundle/ and "
+                        f"{os.path.basename(manifest_path)} to unpack it again")
+    return os.path.join(bundle_dir, "eval_bundle"), manifest["zip_sha256"]
+
+
+@dataclass
+class Task:
+    label: str
+    kind: str          # multiple_choice, schema or language_modeling
+    shots: int
+    delimiter: str
+    baseline: float    # random-guess accuracy, a fraction
+    rows: list
+
+
+def load_tasks(bundle, max_per_task=None, labels=None):
+    """The bundle's tasks, each with its rows shuffled (seed 1337) and cut to max_per_task."""
+    with open(os.path.join(bundle, "core.yaml")) as f:
+        specs = yaml.safe_load(f)["icl_tasks"]
+    with open(os.path.join(bundle, "eval_meta_data.csv"), newline="") as f:
+        baselines = {row["Eval Task"]: float(row["Random baseline"]) for row in csv.DictReader(f)}
+    tasks = []
+    for spec in specs:
+        if labels and spec["label"] not in labels:
+            continue
+        with open(os.path.join(bundle, "eval_data", spec["dataset_uri"]), encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        random.Random(1337).shuffle(rows)
+        if spec["label"] not in baselines:
+            raise EvalError(f"{bundle}/eval_meta_data.csv has no random baseline for {spec['label']}")
+        tasks.append(Task(spec["label"], spec["icl_task_type"], spec["num_fewshot"][0],
+                          spec.get("continuation_delimiter", " "), baselines[spec["label"]] / 100,
+                          rows[:max_per_task] if max_per_task else rows))
+    if labels and len(tasks) != len(labels):
+        raise EvalError(f"unknown task(s): {sorted(set(labels) - {t.label for t in tasks})}")
+    return tasks
+
+
+# -----------------------------------------------------------------------------
+# Prompts and scored spans
+
+
+def fewshot_rows(task, index):
+    others = [i for i in range(len(task.rows)) if i != index]
+    return [task.rows[i] for i in random.Random(1234 + index).sample(others, task.shots)] if task.shots else []
+
+
+def render(task, index):
+    """The prompt strings of row `index`: one per choice (multiple choice), per context option (schema), or
+    [without, with] the continuation (language modelling)."""
+    item, shots, d = task.rows[index], fewshot_rows(task, index), task.delimiter
+    if task.kind == "multiple_choice":
+        prefix = "".join(f"{s['query']}{d}{s['choices'][s['gold']]}\n\n" for s in shots)
+        return [f"{prefix}{item['query']}{d}{choice}" for choice in item["choices"]]
+    if task.kind == "schema":
+        prefix = "".join(f"{s['context_options'][s['gold']]}{d}{s['continuation']}\n\n" for s in shots)
+        return [f"{prefix}{option}{d}{item['continuation']}" for option in item["context_options"]]
+    if task.kind == "language_modeling":
+        prefix = "".join(f"{s['context'].strip()}{d}{s['continuation']}\n\n" for s in shots)
+        context = f"{prefix}{item['context'].strip()}{d}"
+        return [context.strip(), context + item["continuation"]]
+    raise EvalError(f"{task.label}: unknown task type {task.kind!r}")
+
+
+def scored_spans(task, token_lists):
+    """(start, end) of the scored tokens in each prompt's token list."""
+    if task.kind == "multiple_choice":
+        common = 0
+        while all(len(t) > common + 1 for t in token_lists) and len({t[common] for t in token_lists}) == 1:
+            common += 1
+        return [(common, len(t)) for t in token_lists]
+    if task.kind == "schema":
+        common = 0
+        while all(len(t) > common + 1 for t in token_lists) and len({t[-1 - common] for t in token_lists}) == 1:
+            common += 1
+        return [(len(t) - common, len(t)) for t in token_lists]
+    without, with_ = token_lists
+    if with_[:len(without)] != without:
+        raise EvalError(f"{task.label}: the prompt without its continuation does not tokenize as a prefix of the "
+                        "prompt with it")
+    return [(len(without), len(with_))]
+
+
+@dataclass
+class Sequence:
+    tokens: list
+    start: int          # scored tokens are tokens[start:end], each predicted from the one before
+    end: int
+    task: int
+    row: int
+    truncated: bool
+
+
+def build_sequences(tasks, tok, max_len):
+    """Every prompt of every task as a BOS-prefixed token list with its scored span; prompts longer than
+    max_len are cut from the left, keeping the span. ("with" is the only scored LM prompt.)"""
+    sequences = []
+    for t, task in enumerate(tasks):
+        for row in range(len(task.rows)):
+            token_lists = [[tok.bos_id] + ids for ids in tok.enc.encode_ordinary_batch(render(task, row))]
+            spans = scored_spans(task, token_lists)
+            if task.kind == "language_modeling":
+                token_lists = token_lists[1:]
+            for tokens, (start, end) in zip(token_lists, spans):
+                cut = max(0, len(tokens) - max_len)
+                if start - cut < 1:
+                    raise EvalError(f"{task.label} row {row}: the scored span ({end - start} tokens) does not fit "
+                                    f"the model's context of {max_len}")
+                sequences.append(Sequence(tokens[cut:], start - cut, end - cut, t, row, cut > 0))
+    return sequences
+
+
+# -----------------------------------------------------------------------------
+# Scoring: all sequences in length-sorted, padded batches, spread over the processes
+
+
+def make_batches(sequences, batch_tokens, world, pad_to=64):
+    """Batches of sequence indices, longest first, each padded to a multiple of pad_to (few distinct shapes) and
+    within batch_tokens; dealt to the processes so that each gets about the same number of tokens."""
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i].tokens))
+    batches, current, width = [], [], 0
+    for i in order:
+        length = math.ceil(len(sequences[i].tokens) / pad_to) * pad_to
+        if current and (len(current) + 1) * max(width, length) > batch_tokens:
+            batches.append((current, width))
+            current, width = [], 0
+        current.append(i)
+        width = max(width, length)
+    if current:
+        batches.append((current, width))
+    per_rank, load = [[] for _ in range(world)], [0] * world
+    for batch, width in batches:
+        rank = load.index(min(load))
+        per_rank[rank].append((batch, width))
+        load[rank] += len(batch) * width
+    return per_rank
+
+
+@torch.no_grad()
+def score_sequences(model, sequences, pad_id, batch_tokens, rank, world, device, autocast, progress=True):
+    """[mean loss over the scored span, 1 if greedy decoding reproduces the span] for every sequence."""
+    results = torch.zeros(len(sequences), 2, dtype=torch.float64, device=device)
+    mine = make_batches(sequences, batch_tokens, world)[rank]
+    for batch, width in tqdm(mine, desc="CORE", unit="batch", disable=not progress or rank != 0):
+        tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        for row, i in enumerate(batch):
+            tokens[row, :len(sequences[i].tokens)] = torch.tensor(sequences[i].tokens)
+        tokens = tokens.to(device)
+        with autocast:
+            logits = model(tokens)
+        losses = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:], reduction="none")
+        greedy = logits[:, :-1].argmax(-1) == tokens[:, 1:]
+        for row, i in enumerate(batch):
+            span = slice(sequences[i].start - 1, sequences[i].end - 1)  # position p predicts token p + 1
+            results[i, 0] = losses[row, span].double().mean()
+            results[i, 1] = float(greedy[row, span].all())
+    if world > 1:
+        dist.all_reduce(results)  # each sequence was scored by exactly one process; the others hold zeros
+    return results.cpu()
+
+
+def predictions(tasks, sequences, results):
+    """Per task, per row: the chosen option (lowest mean loss, ties to the first) or, for language modelling,
+    whether greedy decoding reproduced the continuation."""
+    by_row = {}
+    for seq, (loss, exact) in zip(sequences, results.tolist()):
+        by_row.setdefault((seq.task, seq.row), []).append((loss, exact))
+    chosen = []
+    for t, task in enumerate(tasks):
+        if task.kind == "language_modeling":
+            chosen.append([by_row[(t, row)][0][1] == 1.0 for row in range(len(task.rows))])
+        else:
+            losses = [[loss for loss, _ in by_row[(t, row)]] for row in range(len(task.rows))]
+            chosen.append([scores.index(min(scores)) for scores in losses])
+    return chosen
+
+
+def accuracy(task, chosen):
+    if task.kind == "language_modeling":
+        return sum(chosen) / len(chosen)
+    return sum(choice == row["gold"] for choice, row in zip(chosen, task.rows)) / len(chosen)
+
+
+def centered(accuracy, baseline):
+    return (accuracy - baseline) / (1 - baseline)
+
+
+def core_score(tasks, accuracies):
+    rows = [{"task": task.label, "type": task.kind, "shots": task.shots, "examples": len(task.rows),
+             "accuracy": acc, "baseline": task.baseline, "centered": centered(acc, task.baseline)}
+            for task, acc in zip(tasks, accuracies)]
+    return sum(r["centered"] for r in rows) / len(rows), rows
+
+
+# -----------------------------------------------------------------------------
+# The model of a run
+
+
+def load_run(run_dir, device):
+    """(model, its Config, tokenizer) from runs/<run_id>/checkpoint.pt (weights_only: nothing is unpickled)."""
+    path = os.path.join(run_dir, "checkpoint.pt")
+    if not os.path.isfile(path):
+        raise EvalError(f"{path}: no checkpoint; train with train_gpt.py (it saves one at the end unless "
+                        "--save_final=false)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = dict(state["config"], adam_betas=tuple(state["config"]["adam_betas"]))
+    config = train_gpt.Config(**{f.name: saved[f.name] for f in dataclasses.fields(train_gpt.Config) if f.name in saved})
+    tok = load_tokenizer(config.tokenizer)
+    model = train_gpt.GPT(config, tok.vocab_size)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config, tok
+
+
+@torch.no_grad()
+def greedy_samples(model, tok, max_len, device, autocast, new_tokens=16):
+    samples = []
+    for prompt in SAMPLE_PROMPTS:
+        ids = [tok.bos_id] + tok.encode(prompt)
+        for _ in range(new_tokens):
+            with autocast:
+                logits = model(torch.tensor([ids[-max_len:]], device=device))
+            ids.append(int(logits[0, -1].argmax()))
+        samples.append(tok.decode(ids[1:]))
+    return samples
+
+
+# -----------------------------------------------------------------------------
+# Main
+
+
+def evaluate_run(args, rank=0, world=1, device=torch.device("cpu")):
+    t0 = time.perf_counter()
+    model, config, tok = load_run(args.run, device)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    bundle, zip_sha256 = (args.bundle, None) if args.bundle else fetch_bundle(args.bundle_dir, args.bundle_url)
+    tasks = load_tasks(bundle, args.max_per_task, args.tasks.split(",") if args.tasks else None)
+    max_len = config.seq_len
+    sequences = build_sequences(tasks, tok, max_len)
+    results = score_sequences(model, sequences, tok.bos_id, args.batch_tokens, rank, world, device, autocast)
+    chosen = predictions(tasks, sequences, results)
+    core, rows = core_score(tasks, [accuracy(task, c) for task, c in zip(tasks, chosen)])
+    core_time = time.perf_counter() - t0
+
+    val_loss = val_bpb = None
+    if args.bpb_tokens:
+        info = train_gpt.load_tokenizer_info(config.tokenizer)
+        bpb_config = dataclasses.replace(config, val_tokens=args.bpb_tokens)
+        val = train_gpt.load_val_tokens(config.val_files, args.bpb_tokens, config.seq_len)
+        val_loss, val_bpb = train_gpt.evaluate(model, val, info["token_bytes"], bpb_config, rank, world, device,
+                                               autocast)
+    samples = greedy_samples(model, tok, max_len, device, autocast) if rank == 0 and args.samples else []
+    report = {
+        "core": core, "tasks": rows, "bundle_zip_sha256": zip_sha256, "max_per_task": args.max_per_task,
+        "truncation": f"prompts longer than the model's context ({max_len} tokens) are cut from the left, keeping "
+                      f"the scored span: {sum(s.truncated for s in sequences)} of {len(sequences)} prompts",
+        "val_loss": val_loss, "val_bpb": val_bpb, "bpb_tokens": args.bpb_tokens, "samples": samples,
+        "core_time_s": core_time, "eval_time_s": time.perf_counter() - t0, "world_size": world,
+    }
+    if rank == 0:
+        write_report(args.run, report)
+    return report
+
+
+def write_report(run_dir, report):
+    with open(os.path.join(run_dir, "core.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(report["tasks"][0]))
+        writer.writeheader()
+        writer.writerows(report["tasks"])
+    results_path = os.path.join(run_dir, "results.json")
+    results = {}
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            results = json.load(f)
+    results["core"] = report
+    with open(results_path + ".tmp", "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(results_path + ".tmp", results_path)
+    width = max(len(r["task"]) for r in report["tasks"])
+    for r in report["tasks"]:
+        print(f"{r['task']:<{width}}  accuracy {r['accuracy']:.4f}  centered {r['centered']:+.4f}  ({r['examples']} rows)")
+    print(f"CORE {report['core']:.4f}" + (f"   val bpb {report['val_bpb']:.4f}" if report["val_bpb"] else "") +
+          f"   ({report['eval_time_s']:.1f} s; {report['truncation']})")
+    for sample in report["samples"]:
+        print(f"sample: {sample!r}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="eval_core.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="a run folder holding checkpoint.pt (runs/<run_id>)")
+    parser.add_argument("--max-per-task", type=int, default=None, help="rows per task (default: all)")
+    parser.add_argument("--tasks", default="", help="comma-separated task labels (default: all 22)")
+    parser.add_argument("--bundle-dir", default=DEFAULT_BUNDLE_DIR, help="where the bundle is downloaded to")
+    parser.add_argument("--bundle-url", default=BUNDLE_URL)
+    parser.add_argument("--bundle", default="", help="an unpacked eval_bundle folder to use as it is (no checks)")
+    parser.add_argument("--batch-tokens", type=int, default=16_384, help="padded tokens per forward pass")
+    parser.add_argument("--bpb-tokens", type=int, default=10_485_760, help="val tokens for bits per byte (0: skip)")
+    parser.add_argument("--samples", action=argparse.BooleanOptionalAction, default=True, help="greedy samples")
+    args = parser.parse_args(argv)
+    if args.max_per_task is not None and args.max_per_task < 1:
+        parser.error("--max-per-task must be at least 1")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = train_gpt.resolve_device(train_gpt.Config(), int(os.environ.get("LOCAL_RANK", 0)))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        evaluate_run(args, rank, world, device)
+    except (EvalError, train_gpt.ConfigError) as e:
+        sys.exit(f"error: {e}")
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
