@@ -12,6 +12,7 @@
 #   VOCAB_SIZE        tokenizer vocabulary (default 32768; 4096 for the small sample)
 #   PRESET            train_gpt.py preset on GPUs (default gpt2-core); without a GPU: tiny
 #   TRAIN_ARGS        more train_gpt.py options, e.g. TRAIN_ARGS="--depth=20 --seed=1"
+#   EVAL_ARGS         more eval_core.py options, e.g. EVAL_ARGS="--bundle /path/to/eval_bundle"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -26,6 +27,7 @@ NUM_SHARDS=${NUM_SHARDS:-170}
 TOKENIZER_SHARDS=${TOKENIZER_SHARDS:-8}
 PRESET=${PRESET:-gpt2-core}
 TRAIN_ARGS=${TRAIN_ARGS:-}
+EVAL_ARGS=${EVAL_ARGS:-}
 RAW=data/raw/$DATASET
 TOKENIZER=data/tokenizers/${DATASET}_$VOCAB_SIZE
 TOKENS=data/tokens/${DATASET}_$VOCAB_SIZE
@@ -91,7 +93,13 @@ else
 fi
 echo "log: runs/$RUN_ID/log.txt   results: runs/$RUN_ID/results.json"
 
-stage "evaluate"
-# Not built yet: eval_core.py (CORE, bits per byte on the bundle), the report and the record come next.
-echo "not yet: eval_core.py is not in this checkout; val loss and bits per byte are in results.json"
+stage "evaluate: CORE and bits per byte (runs/$RUN_ID/results.json, core.csv)"
+if [ "$NUM_GPUS" -gt 0 ]; then
+  .venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS" eval_core.py --run "runs/$RUN_ID" $EVAL_ARGS
+else
+  # The tiny model: a quick CORE estimate. The eval bundle is downloaded once; offline, the run goes on without.
+  $PY eval_core.py --run "runs/$RUN_ID" --max-per-task 20 --bpb-tokens 65536 $EVAL_ARGS \
+    || echo "CORE skipped (the error is above); val loss and bits per byte are in runs/$RUN_ID/results.json"
+fi
+# Not built yet: report.md and the record (issue 5).
 stage ""
