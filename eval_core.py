@@ -248,17 +248,19 @@ def score_sequences(model, sequences, pad_id, batch_tokens, rank, world, device,
     mine = make_batches(sequences, batch_tokens, world)[rank]
     for batch, width in tqdm(mine, desc="CORE", unit="batch", disable=not progress or rank != 0):
         tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        scored = torch.zeros(len(batch), width - 1, dtype=torch.bool)  # position p predicts token p + 1
         for row, i in enumerate(batch):
-            tokens[row, :len(sequences[i].tokens)] = torch.tensor(sequences[i].tokens)
-        tokens = tokens.to(device)
+            seq = sequences[i]
+            tokens[row, :len(seq.tokens)] = torch.tensor(seq.tokens)
+            scored[row, seq.start - 1:seq.end - 1] = True
+        tokens, scored = tokens.to(device), scored.to(device)
         with autocast:
             logits = model(tokens)
         losses = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:], reduction="none")
-        greedy = logits[:, :-1].argmax(-1) == tokens[:, 1:]
-        for row, i in enumerate(batch):
-            span = slice(sequences[i].start - 1, sequences[i].end - 1)  # position p predicts token p + 1
-            results[i, 0] = losses[row, span].double().mean()
-            results[i, 1] = float(greedy[row, span].all())
+        greedy_ok = logits[:, :-1].argmax(-1) == tokens[:, 1:]
+        mean_loss = (losses.double() * scored).sum(1) / scored.sum(1)
+        exact = (greedy_ok | ~scored).all(1).double()
+        results[torch.tensor(batch, device=device)] = torch.stack([mean_loss, exact], dim=1)
     if world > 1:
         dist.all_reduce(results)  # each sequence was scored by exactly one process; the others hold zeros
     return results.cpu()
