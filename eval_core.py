@@ -1,9 +1,9 @@
 """eval_core.py: CORE (22 in-context-learning tasks, DCLM's metric as nanochat measures it) and bits per byte for a
 run's checkpoint.
 
-    python eval_core.py --run runs/<run_id>                          # full CORE, BPB, samples
-    python eval_core.py --run runs/<run_id> --max-per-task 100       # a quick estimate
-    torchrun --standalone --nproc_per_node=8 eval_core.py --run runs/<run_id>
+    python eval_core.py --run-dir runs/<run_id>                          # full CORE, BPB, samples
+    python eval_core.py --run-dir runs/<run_id> --max-per-task 100       # a quick estimate
+    torchrun --standalone --nproc_per_node=8 eval_core.py --run-dir runs/<run_id>
 
 The eval bundle (core.yaml, eval_meta_data.csv, eval_data/) is downloaded once into --bundle-dir; the sha256 of
 the zip and of every file are recorded there, and a bundle whose files have changed is refused. Results go into
@@ -37,6 +37,7 @@ import sys
 import time
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -89,22 +90,31 @@ def fetch_bundle(bundle_dir, url=BUNDLE_URL):
                     raise EvalError(f"could not download the eval bundle from {url} ({e}); put eval_bundle.zip in "
                                     f"{bundle_dir} by hand, or pass --bundle-dir") from None
                 os.replace(zip_path + ".part", zip_path)
+            staging = os.path.join(bundle_dir, ".unpacking")
+            shutil.rmtree(staging, ignore_errors=True)
             try:
                 with zipfile.ZipFile(zip_path) as archive:
-                    archive.extractall(bundle_dir)
-            except zipfile.BadZipFile:
+                    archive.extractall(staging)
+                if not os.path.isfile(os.path.join(staging, "eval_bundle", "core.yaml")):
+                    raise zipfile.BadZipFile("no eval_bundle/core.yaml inside")
+            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
                 os.remove(zip_path)
-                raise EvalError(f"{zip_path}: not a valid zip (removed); run again to download it anew") from None
+                shutil.rmtree(staging, ignore_errors=True)
+                raise EvalError(f"{zip_path}: not a valid zip ({e}; removed); run again to download it anew") from None
+            shutil.rmtree(os.path.join(bundle_dir, "eval_bundle"), ignore_errors=True)
+            os.replace(os.path.join(staging, "eval_bundle"), os.path.join(bundle_dir, "eval_bundle"))
+            shutil.rmtree(staging)
             manifest = {"zip_sha256": sha256_file(zip_path), "files": bundle_manifest(bundle_dir)}
             with open(manifest_path, "w") as f:
                 json.dump(manifest, f, indent=1)
     with open(manifest_path) as f:
         manifest = json.load(f)
-    changed = sorted(set(manifest["files"].items()) ^ set(bundle_manifest(bundle_dir).items()))
+    now = bundle_manifest(bundle_dir)
+    changed = sorted(p for p in set(manifest["files"]) | set(now) if manifest["files"].get(p) != now.get(p))
     if changed:
         raise EvalError(f"{bundle_dir}: the eval bundle's files changed since it was unpacked "
-                        f"({changed[0][0]}{' and more' if len(changed) > 1 else ''}); delete eval_bundle/ and "
-                        f"{os.path.basename(manifest_path)} to unpack it again")
+                        f"({changed[0]}{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}); delete "
+                        f"eval_bundle/ and {os.path.basename(manifest_path)} to unpack it again")
     return os.path.join(bundle_dir, "eval_bundle"), manifest["zip_sha256"]
 
 
@@ -146,6 +156,9 @@ def load_tasks(bundle, max_per_task=None, labels=None):
 
 
 def fewshot_rows(task, index):
+    if task.shots >= len(task.rows):
+        raise EvalError(f"{task.label}: {len(task.rows)} rows cannot give {task.shots}-shot prompts; use "
+                        f"--max-per-task {task.shots + 1} or more")
     others = [i for i in range(len(task.rows)) if i != index]
     return [task.rows[i] for i in random.Random(1234 + index).sample(others, task.shots)] if task.shots else []
 
@@ -219,13 +232,14 @@ def build_sequences(tasks, tok, max_len):
 # Scoring: all sequences in length-sorted, padded batches, spread over the processes
 
 
-def make_batches(sequences, batch_tokens, world, pad_to=64):
-    """Batches of sequence indices, longest first, each padded to a multiple of pad_to (few distinct shapes) and
-    within batch_tokens; dealt to the processes so that each gets about the same number of tokens."""
+def make_batches(sequences, batch_tokens, world, max_len, pad_to=64):
+    """Batches of sequence indices, longest first, each padded to a multiple of pad_to (few distinct shapes; at
+    most max_len) and within batch_tokens; dealt to the processes so that each gets about the same number of
+    tokens."""
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i].tokens))
     batches, current, width = [], [], 0
     for i in order:
-        length = math.ceil(len(sequences[i].tokens) / pad_to) * pad_to
+        length = min(math.ceil(len(sequences[i].tokens) / pad_to) * pad_to, max_len)
         if current and (len(current) + 1) * max(width, length) > batch_tokens:
             batches.append((current, width))
             current, width = [], 0
@@ -242,10 +256,10 @@ def make_batches(sequences, batch_tokens, world, pad_to=64):
 
 
 @torch.no_grad()
-def score_sequences(model, sequences, pad_id, batch_tokens, rank, world, device, autocast, progress=True):
+def score_sequences(model, sequences, pad_id, batch_tokens, rank, world, device, autocast, max_len, progress=True):
     """[mean loss over the scored span, 1 if greedy decoding reproduces the span] for every sequence."""
     results = torch.zeros(len(sequences), 2, dtype=torch.float64, device=device)
-    mine = make_batches(sequences, batch_tokens, world)[rank]
+    mine = make_batches(sequences, batch_tokens, world, max_len)[rank]
     for batch, width in tqdm(mine, desc="CORE", unit="batch", disable=not progress or rank != 0):
         tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
         scored = torch.zeros(len(batch), width - 1, dtype=torch.bool)  # position p predicts token p + 1
@@ -256,7 +270,9 @@ def score_sequences(model, sequences, pad_id, batch_tokens, rank, world, device,
         tokens, scored = tokens.to(device), scored.to(device)
         with autocast:
             logits = model(tokens)
-        losses = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:], reduction="none")
+        predicting = logits[:, :-1].float()
+        losses = F.cross_entropy(predicting.reshape(-1, predicting.size(-1)), tokens[:, 1:].reshape(-1),
+                                 reduction="none").view(len(batch), -1)
         greedy_ok = logits[:, :-1].argmax(-1) == tokens[:, 1:]
         mean_loss = (losses.double() * scored).sum(1) / scored.sum(1)
         exact = (greedy_ok | ~scored).all(1).double()
@@ -337,14 +353,16 @@ def greedy_samples(model, tok, max_len, device, autocast, new_tokens=16):
 
 def evaluate_run(args, rank=0, world=1, device=torch.device("cpu")):
     t0 = time.perf_counter()
-    model, config, tok = load_run(args.run, device)
+    model, config, tok = load_run(args.run_dir, device)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
     bundle, zip_sha256 = (args.bundle, None) if args.bundle else fetch_bundle(args.bundle_dir, args.bundle_url)
-    tasks = load_tasks(bundle, args.max_per_task, args.tasks.split(",") if args.tasks else None)
+    labels = list(dict.fromkeys(label for label in args.tasks.split(",") if label)) or None
+    tasks = load_tasks(bundle, args.max_per_task, labels)
     max_len = config.seq_len
     sequences = build_sequences(tasks, tok, max_len)
-    results = score_sequences(model, sequences, tok.bos_id, args.batch_tokens, rank, world, device, autocast)
+    batch_tokens = args.batch_tokens or (16_384 if device.type == "cuda" else 1024)
+    results = score_sequences(model, sequences, tok.bos_id, batch_tokens, rank, world, device, autocast, max_len)
     chosen = predictions(tasks, sequences, results)
     core, rows = core_score(tasks, [accuracy(task, c) for task, c in zip(tasks, chosen)])
     core_time = time.perf_counter() - t0
@@ -365,7 +383,7 @@ def evaluate_run(args, rank=0, world=1, device=torch.device("cpu")):
         "core_time_s": core_time, "eval_time_s": time.perf_counter() - t0, "world_size": world,
     }
     if rank == 0:
-        write_report(args.run, report)
+        write_report(args.run_dir, report)
     return report
 
 
@@ -395,13 +413,14 @@ def write_report(run_dir, report):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="eval_core.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="a run folder holding checkpoint.pt (runs/<run_id>)")
+    parser.add_argument("--run-dir", required=True, help="a run folder holding checkpoint.pt (runs/<run_id>)")
     parser.add_argument("--max-per-task", type=int, default=None, help="rows per task (default: all)")
     parser.add_argument("--tasks", default="", help="comma-separated task labels (default: all 22)")
     parser.add_argument("--bundle-dir", default=DEFAULT_BUNDLE_DIR, help="where the bundle is downloaded to")
     parser.add_argument("--bundle-url", default=BUNDLE_URL)
     parser.add_argument("--bundle", default="", help="an unpacked eval_bundle folder to use as it is (no checks)")
-    parser.add_argument("--batch-tokens", type=int, default=16_384, help="padded tokens per forward pass")
+    parser.add_argument("--batch-tokens", type=int, default=0, help="padded tokens per forward pass (default: 16,384 "
+                        "on a GPU; 1,024 on a CPU, where big batches run slower than small ones)")
     parser.add_argument("--bpb-tokens", type=int, default=10_485_760, help="val tokens for bits per byte (0: skip)")
     parser.add_argument("--samples", action=argparse.BooleanOptionalAction, default=True, help="greedy samples")
     args = parser.parse_args(argv)

@@ -95,10 +95,10 @@ echo "log: runs/$RUN_ID/log.txt   results: runs/$RUN_ID/results.json"
 
 stage "evaluate: CORE and bits per byte (runs/$RUN_ID/results.json, core.csv)"
 if [ "$NUM_GPUS" -gt 0 ]; then
-  .venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS" eval_core.py --run "runs/$RUN_ID" $EVAL_ARGS
+  .venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS" eval_core.py --run-dir "runs/$RUN_ID" $EVAL_ARGS
 else
   # The tiny model: a quick CORE estimate. The eval bundle is downloaded once; offline, the run goes on without.
-  $PY eval_core.py --run "runs/$RUN_ID" --max-per-task 20 --bpb-tokens 65536 $EVAL_ARGS \
+  $PY eval_core.py --run-dir "runs/$RUN_ID" --max-per-task 20 --bpb-tokens 65536 $EVAL_ARGS \
     || echo "CORE skipped (the error is above); val loss and bits per byte are in runs/$RUN_ID/results.json"
 fi
 # Not built yet: report.md and the record (issue 5).

@@ -1,7 +1,7 @@
 """CORE evaluation speed: the batched fast path of eval_core.py against a per-example reference evaluator, on the
 same model and bundle; the scores must agree example by example.
 
-    python -m bench.core --run runs/<run_id> --bundle ~/.cache/speedrun/eval_bundle     # a real run and bundle
+    python -m bench.core --run-dir runs/<run_id> --bundle ~/.cache/speedrun/eval_bundle     # a real run and bundle
     python -m bench.core                          # a freshly initialized model on the test fixture bundle
 
 Without --run, a model of --depth layers is initialized at random (the speed does not depend on the weights)
@@ -35,21 +35,21 @@ def timed(fn, device):
 def main():
     parser = argparse.ArgumentParser(prog="python -m bench.core", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", help="a run folder with checkpoint.pt (default: a random model)")
+    parser.add_argument("--run-dir", help="a run folder with checkpoint.pt (default: a random model)")
     parser.add_argument("--bundle", help="an unpacked eval_bundle folder (default: the test fixture)")
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--tokenizer", default="data/tokenizers/shakespeare_4096")
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--max-per-task", type=int, default=None)
-    parser.add_argument("--batch-tokens", type=int, default=16_384)
+    parser.add_argument("--batch-tokens", type=int, default=0, help="default: eval_core.py's for the device")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
     device = train_gpt.resolve_device(train_gpt.Config())
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
-    if args.run:
-        model, config, tok = eval_core.load_run(args.run, device)
+    if args.run_dir:
+        model, config, tok = eval_core.load_run(args.run_dir, device)
     else:
         tok = load_tokenizer(args.tokenizer)
         config = train_gpt.Config(depth=args.depth, seq_len=args.seq_len, head_dim=64)
@@ -64,8 +64,9 @@ def main():
 
         def fast_path():  # tokenizing and rendering included, as in eval_core.py
             sequences = eval_core.build_sequences(tasks, tok, config.seq_len)
-            return sequences, eval_core.score_sequences(model, sequences, tok.bos_id, args.batch_tokens, 0, 1,
-                                                        device, autocast, progress=False)
+            batch_tokens = args.batch_tokens or (16_384 if device.type == "cuda" else 1024)  # eval_core's defaults
+            return sequences, eval_core.score_sequences(model, sequences, tok.bos_id, batch_tokens, 0, 1, device,
+                                                        autocast, config.seq_len, progress=False)
         (sequences, fast), fast_s = timed(fast_path, device)
         fast_choices = eval_core.predictions(tasks, sequences, fast)
         with autocast:
