@@ -398,6 +398,9 @@ def write_report(run_dir, report):
         with open(results_path) as f:
             results = json.load(f)
     results["core"] = report
+    with open(os.path.join(run_dir, "log.txt"), "a") as f:  # the log stays the record of the run
+        f.write(f"core:{report['core']:.6f} tasks:{json.dumps({r['task']: r['accuracy'] for r in report['tasks']})} "
+                f"max_per_task:{report['max_per_task']} bundle_zip_sha256:{report['bundle_zip_sha256']}\n")
     with open(results_path + ".tmp", "w") as f:
         json.dump(results, f, indent=2)
     os.replace(results_path + ".tmp", results_path)

@@ -845,7 +845,7 @@ def train(config, rank=0, world=1, device=None):
     log.write(f"config: {json.dumps(dataclasses.asdict(config))}")
     log.write(f"environment: {json.dumps(env)}")
     log.write(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, {scaling_params(model):,} in hidden "
-              f"matrices and head; {tokens_flops:,} FLOPs/token; {num_steps} steps of {config.total_batch_tokens:,} "
+              f"matrices and head; vocab {tokenizer['vocab_size']}; {tokens_flops:,} FLOPs/token; {num_steps} steps of {config.total_batch_tokens:,} "
               f"tokens; gradient accumulation {trainer.accum_steps}, world size {world}")
     wandb_run = None
     if config.wandb and rank == 0:
@@ -934,6 +934,7 @@ def train(config, rank=0, world=1, device=None):
         "schema_version": RESULTS_SCHEMA, "run_id": os.path.basename(run_dir), "status": status,
         "preset": config.preset, "seed": config.seed, "config": dataclasses.asdict(config),
         "params": sum(p.numel() for p in model.parameters()), "scaling_params": scaling_params(model),
+        "vocab_size": tokenizer["vocab_size"], "total_batch_tokens": config.total_batch_tokens,
         "steps": progress["step"], "tokens": progress["tokens"],
         "model_flops_per_token": tokens_flops, "model_flops": tokens_flops * progress["tokens"],
         "hardware_flops": training_time * world * peak if peak else None,
