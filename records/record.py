@@ -78,7 +78,7 @@ def parse_log(path):
     missing = [key for key, value in found.items() if value is None]
     if missing:
         raise RecordError(f"{path}: no {', '.join(missing)} line")
-    return Log(source + "\n", found["git"], found["config"], found["environment"], steps, val, core)
+    return Log(source, found["git"], found["config"], found["environment"], steps, val, core)
 
 
 def run_values(run_dir):
@@ -158,7 +158,7 @@ def new_record(track_id, slug, run_dirs, out=None, description="", tracks_file=T
 
 def first_command(out, run):
     with open(os.path.join(out, run["log"]), encoding="utf-8") as f:
-        return next((line[len("command: "):] for line in f if line.startswith("command: ")), "?")
+        return next((line[len("command: "):].rstrip("\n") for line in f if line.startswith("command: ")), "?")
 
 
 def statistics_markdown(track, record):
