@@ -12,7 +12,10 @@
 #   VOCAB_SIZE        tokenizer vocabulary (default 32768; 4096 for the small sample)
 #   PRESET            train_gpt.py preset on GPUs (default gpt2-core); without a GPU: tiny
 #   TRAIN_ARGS        more train_gpt.py options, e.g. TRAIN_ARGS="--depth=20 --seed=1"
-#   EVAL_ARGS         more eval_core.py options, e.g. EVAL_ARGS="--bundle /path/to/eval_bundle"
+#   EVAL_ARGS         more eval_core.py options, e.g. EVAL_ARGS="--max-per-task 500"
+#   SEEDS             runs of the same command with seeds 0..SEEDS-1, gathered into one record (default 1)
+#   TRACK             the record's track (records/tracks.json; default gpt2-core, cpu-smoke without a GPU)
+#   RUN_ID            folder under runs/ (default: a timestamp); re-running with the same RUN_ID resumes
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -26,6 +29,9 @@ if [ "$DATASET" = shakespeare ]; then VOCAB_SIZE=${VOCAB_SIZE:-4096}; else VOCAB
 NUM_SHARDS=${NUM_SHARDS:-170}
 TOKENIZER_SHARDS=${TOKENIZER_SHARDS:-8}
 PRESET=${PRESET:-gpt2-core}
+SEEDS=${SEEDS:-1}
+if [ "$NUM_GPUS" -gt 0 ]; then TRACK=${TRACK:-gpt2-core}; else TRACK=${TRACK:-cpu-smoke}; fi
+RUN_ID=${RUN_ID:-speedrun_${DATASET}_$(date +%Y%m%d_%H%M%S)}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 EVAL_ARGS=${EVAL_ARGS:-}
 RAW=data/raw/$DATASET
@@ -37,8 +43,12 @@ GPT2_ARGS=()
 [ -f "$GPT2_RANKS" ] && GPT2_ARGS=(--gpt2 "$GPT2_RANKS")
 
 stage_start=$SECONDS
-stage() {  # prints the previous stage's wall time and the next stage's name
-  [ -n "${stage_name:-}" ] && echo "== $stage_name: $((SECONDS - stage_start)) s"
+STAGE_TIMES=""
+stage() {  # ends the previous stage (its wall time goes into the report) and starts the next
+  if [ -n "${stage_name:-}" ]; then
+    echo "== $stage_name: $((SECONDS - stage_start)) s"
+    STAGE_TIMES+="$stage_name"$'\t'"$((SECONDS - stage_start))"$'\n'
+  fi
   stage_name=$1; stage_start=$SECONDS
   [ -n "$stage_name" ] && echo "== $stage_name"
   return 0
@@ -82,24 +92,51 @@ stage "tokenize: $RAW -> $TOKENS"
 $PY -m data.tokenize --corpus "$RAW" --tokenizer "$TOKENIZER" --out "$TOKENS"
 
 DATA_ARGS=(--train_files="$TOKENS/train_*.bin" --val_files="$TOKENS/val_*.bin" --tokenizer="$TOKENIZER")
-RUN_ID=${RUN_ID:-speedrun_${DATASET}_$(date +%Y%m%d_%H%M%S)}
-if [ "$NUM_GPUS" -gt 0 ]; then
-  stage "train: $PRESET on $NUM_GPUS GPUs (runs/$RUN_ID)"
-  .venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS" train_gpt.py --preset="$PRESET" "${DATA_ARGS[@]}" \
-    --run_id="$RUN_ID" $TRAIN_ARGS
-else
-  stage "train: the tiny configuration on the CPU (runs/$RUN_ID)"
-  $PY train_gpt.py --preset=tiny "${DATA_ARGS[@]}" --run_id="$RUN_ID" $TRAIN_ARGS
-fi
-echo "log: runs/$RUN_ID/log.txt   results: runs/$RUN_ID/results.json"
+RUN_DIR=runs/$RUN_ID
+RUNS=()
+for ((seed = 0; seed < SEEDS; seed++)); do
+  RUNS+=("$RUN_DIR/seed$seed")
+  if [ -f "$RUN_DIR/seed$seed/results.json" ]; then echo "$RUN_DIR/seed$seed is finished; keeping it"; continue; fi
+  if [ "$NUM_GPUS" -gt 0 ]; then
+    stage "train: $PRESET on $NUM_GPUS GPUs, seed $seed ($RUN_DIR/seed$seed)"
+    .venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS" train_gpt.py --preset="$PRESET" "${DATA_ARGS[@]}" \
+      --out_dir="$RUN_DIR" --run_id="seed$seed" --seed="$seed" $TRAIN_ARGS
+    stage "evaluate: CORE and bits per byte, seed $seed"
+    .venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS" eval_core.py --run-dir "$RUN_DIR/seed$seed" $EVAL_ARGS
+  else
+    stage "train: the tiny configuration on the CPU, seed $seed ($RUN_DIR/seed$seed)"
+    $PY train_gpt.py --preset=tiny "${DATA_ARGS[@]}" --out_dir="$RUN_DIR" --run_id="seed$seed" --seed="$seed" $TRAIN_ARGS
+    # No network for the real eval bundle is assumed here: the test fixture bundle stands in (its CORE is a smoke
+    # test of the pipeline, not a score to compare). EVAL_ARGS="--bundle-dir DIR" uses a real one.
+    stage "evaluate: CORE on the fixture bundle and bits per byte, seed $seed"
+    [ -d data/eval_fixture/eval_bundle ] || $PY -m tests.core_fixture data/eval_fixture
+    $PY eval_core.py --run-dir "$RUN_DIR/seed$seed" --bundle data/eval_fixture/eval_bundle --bpb-tokens 65536 $EVAL_ARGS
+  fi
+done
 
-stage "evaluate: CORE and bits per byte (runs/$RUN_ID/results.json, core.csv)"
-if [ "$NUM_GPUS" -gt 0 ]; then
-  .venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS" eval_core.py --run-dir "runs/$RUN_ID" $EVAL_ARGS
+stage "record: $TRACK ($RUN_DIR/record)"
+if [ -d "$RUN_DIR/record" ]; then
+  $PY -m records validate "$RUN_DIR/record"
 else
-  # The tiny model: a quick CORE estimate. The eval bundle is downloaded once; offline, the run goes on without.
-  $PY eval_core.py --run-dir "runs/$RUN_ID" --max-per-task 20 --bpb-tokens 65536 $EVAL_ARGS \
-    || echo "CORE skipped (the error is above); val loss and bits per byte are in runs/$RUN_ID/results.json"
+  $PY -m records new --track "$TRACK" --slug "$DATASET" --out "$RUN_DIR/record" "${RUNS[@]}" \
+    || echo "the record does not validate (reasons above); the runs are kept in $RUN_DIR"
 fi
-# Not built yet: report.md and the record (issue 5).
+
 stage ""
+$PY - "$RUN_DIR" "$STAGE_TIMES" <<'PYTHON'
+import json, os, platform, subprocess, sys
+run_dir, stage_times = sys.argv[1], sys.argv[2]
+record = json.load(open(os.path.join(run_dir, "record", "results.json")))
+lines = [f"# Speedrun report: {os.path.basename(run_dir)}", "", "## Stages", "", "| stage | wall time |", "|---|---|"]
+lines += [f"| {name} | {seconds} s |" for name, seconds in (row.split("\t") for row in stage_times.strip().split("\n"))]
+env = json.load(open(os.path.join(run_dir, "seed0", "results.json")))["environment"]
+code = {name: sum(1 for _ in open(name)) for name in ("train_gpt.py", "eval_core.py")}
+lines += ["", "## Hardware and software", "", f"- {env['world_size']} x {env['gpu'] or 'CPU (' + platform.processor() + ')'}"
+          f", driver {env['driver']}", f"- Python {env['python']}, torch {env['torch']}, CUDA {env['cuda']}",
+          f"- commit {record['commit']}", f"- code: " + ", ".join(f"{k} {v} lines" for k, v in code.items()), "",
+          "## Metrics (mean ± std over the runs)", "", "| value | mean | std | runs |", "|---|---|---|---|"]
+lines += [f"| {k} | {v['mean']:.6g} | {v['std']:.3g} | {v['n']} |" for k, v in record["summary"].items()]
+open(os.path.join(run_dir, "report.md"), "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PYTHON
+echo "report: $RUN_DIR/report.md   record: $RUN_DIR/record   runs: ${RUNS[*]}"

@@ -626,3 +626,8 @@ def make_zip(folder):
                 with open(os.path.join(folder, name), "rb") as f:
                     archive.writestr(info, f.read())
     return zip_path
+
+
+if __name__ == "__main__":  # python -m tests.core_fixture DIR: the fixture bundle for offline smoke runs
+    import sys
+    print(write_bundle(sys.argv[1]))
