@@ -131,7 +131,7 @@ lines = [f"# Speedrun report: {os.path.basename(run_dir)}", "", "## Stages", "",
 lines += [f"| {name} | {seconds} s |" for name, seconds in (row.split("\t") for row in stage_times.strip().split("\n"))]
 env = json.load(open(os.path.join(run_dir, "seed0", "results.json")))["environment"]
 code = {name: sum(1 for _ in open(name)) for name in ("train_gpt.py", "eval_core.py")}
-lines += ["", "## Hardware and software", "", f"- {env['world_size']} x {env['gpu'] or 'CPU (' + platform.processor() + ')'}"
+lines += ["", "## Hardware and software", "", f"- {env['world_size']} x {env['gpu'] or f'CPU ({os.cpu_count()} cores)'}"
           f", driver {env['driver']}", f"- Python {env['python']}, torch {env['torch']}, CUDA {env['cuda']}",
           f"- commit {record['commit']}", f"- code: " + ", ".join(f"{k} {v} lines" for k, v in code.items()), "",
           "## Metrics (mean ± std over the runs)", "", "| value | mean | std | runs |", "|---|---|---|---|"]

@@ -214,6 +214,10 @@ def validate(path, tracks_file=TRACKS_FILE, repo=None):
     track = tracks.get(record["track"])
     if track is None:
         return [f"{results_path}: unknown track {record['track']!r}"], notes
+    parent, name = os.path.basename(os.path.dirname(os.path.abspath(path))), os.path.basename(os.path.abspath(path))
+    if parent in tracks and (parent != record["track"] or name != f"{record['date']}_{record['slug']}"):
+        fail(results_path, f"a record of track {record['track']} dated {record['date']} with slug {record['slug']} "
+                           f"belongs in {record['track']}/{record['date']}_{record['slug']}, not {parent}/{name}")
     if record["schema_version"] != SCHEMA_VERSION:
         fail(results_path, f"schema_version {record['schema_version']} is not {SCHEMA_VERSION}")
     committed_source = source_at_commit(record["commit"], repo)

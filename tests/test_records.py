@@ -185,7 +185,7 @@ def test_leaderboard_escapes_hostile_strings_and_is_byte_identical_on_regenerati
     hostile = '<script>alert("x")</script> | [link](javascript:alert(1)) & `code`'
     for track in ("below", "budget"):
         new_record(track, "hostile", [str(d) for d in runs["dirs"]], out=str(records / track / "2026-01-01_hostile"),
-                   description=hostile, tracks_file=str(runs["tracks"]))
+                   description=hostile, tracks_file=str(runs["tracks"]), date="2026-01-01")
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\ntext before\n")
     monkeypatch.setattr("records.leaderboard.validate", lambda path, tracks: validate(path, tracks, repo=str(runs["repo"])))
