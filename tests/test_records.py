@@ -208,3 +208,10 @@ def test_compare_prints_welch_numbers_and_a_verdict(runs, capsys):
 
 def test_every_record_in_the_repository_validates():
     assert records_main(["validate", "--all"]) == 0
+
+
+def test_a_record_filed_under_the_wrong_folder_fails(runs, tmp_path):
+    out = new_record("below", "test", [str(d) for d in runs["dirs"]], out=str(tmp_path / "budget" / "2026-01-01_other"),
+                     tracks_file=str(runs["tracks"]), date="2026-01-01")
+    problems = failures(runs, out)
+    assert len(problems) == 1 and "belongs in below/2026-01-01_test, not budget/2026-01-01_other" in problems[0]
