@@ -2,16 +2,18 @@
 # The whole pipeline, from a blank node: set-up, data, tokenizer, tokens, then training and evaluation.
 #
 #   bash speedrun.sh                      # GPU node: ClimbMix, 32k tokenizer; no GPU: the embedded sample
+#   bash speedrun.sh --seeds 5 --track gpt2-core
 #   DATASET=fineweb-edu NUM_SHARDS=240 bash speedrun.sh
 #
 # Every stage is idempotent: re-running after a failure verifies what is done and resumes where it stopped.
-# Settings (environment variables):
+# Settings (environment variables; --seeds, --track, --dataset, --gpus and --run-id set the same ones):
+#   NUM_GPUS          GPUs to train on (default: all that nvidia-smi lists)
 #   DATASET           climbmix | fineweb-edu | shakespeare   (default: climbmix with a GPU, shakespeare without)
 #   NUM_SHARDS        train shards to download (default 170 for hub corpora: ~42 B chars, enough for GPT-2 grade)
 #   TOKENIZER_SHARDS  shards downloaded first, to train the tokenizer while the rest download (default 8)
 #   VOCAB_SIZE        tokenizer vocabulary (default 32768; 4096 for the small sample)
 #   PRESET            train_gpt.py preset on GPUs (default gpt2-core); without a GPU: tiny
-#   TRAIN_ARGS        more train_gpt.py options, e.g. TRAIN_ARGS="--depth=20 --seed=1"
+#   TRAIN_ARGS        more train_gpt.py options, e.g. TRAIN_ARGS="--depth=20 --matrix_lr=0.03"
 #   EVAL_ARGS         more eval_core.py options, e.g. EVAL_ARGS="--max-per-task 500"
 #   SEEDS             runs of the same command with seeds 0..SEEDS-1, gathered into one record (default 1)
 #   TRACK             the record's track (records/tracks.json; default gpt2-core, cpu-smoke without a GPU)
@@ -19,10 +21,18 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-  NUM_GPUS=$(nvidia-smi -L | wc -l)
-else
-  NUM_GPUS=0
+while [ $# -gt 0 ]; do  # flags are the same settings as the environment variables above
+  case "$1" in
+    --seeds) SEEDS=$2; shift 2 ;;
+    --track) TRACK=$2; shift 2 ;;
+    --dataset) DATASET=$2; shift 2 ;;
+    --gpus) NUM_GPUS=$2; shift 2 ;;
+    --run-id) RUN_ID=$2; shift 2 ;;
+    *) echo "error: unknown flag $1; flags: --seeds N --track ID --dataset NAME --gpus N --run-id ID" >&2; exit 2 ;;
+  esac
+done
+if [ -z "${NUM_GPUS:-}" ]; then
+  if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then NUM_GPUS=$(nvidia-smi -L | wc -l); else NUM_GPUS=0; fi
 fi
 if [ "$NUM_GPUS" -gt 0 ]; then DATASET=${DATASET:-climbmix}; else DATASET=${DATASET:-shakespeare}; fi
 if [ "$DATASET" = shakespeare ]; then VOCAB_SIZE=${VOCAB_SIZE:-4096}; else VOCAB_SIZE=${VOCAB_SIZE:-32768}; fi
