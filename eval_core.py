@@ -27,7 +27,6 @@ import argparse
 import csv
 import dataclasses
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -429,18 +428,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.max_per_task is not None and args.max_per_task < 1:
         parser.error("--max-per-task must be at least 1")
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = train_gpt.resolve_device(train_gpt.Config(), int(os.environ.get("LOCAL_RANK", 0)))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank, world, device = train_gpt.init_distributed(train_gpt.Config())
     try:
         evaluate_run(args, rank, world, device)
     except (EvalError, train_gpt.ConfigError) as e:
         sys.exit(f"error: {e}")
     finally:
-        if world > 1 and dist.is_initialized():
+        if dist.is_initialized():
             dist.destroy_process_group()
 
 

@@ -814,6 +814,18 @@ def resolve_device(config, local_rank=0):
     return torch.device(config.device)
 
 
+def init_distributed(config):
+    """This process's rank, world size and device, from torchrun's RANK, WORLD_SIZE and LOCAL_RANK; joins the
+    process group (NCCL on GPUs, gloo on CPUs) when there is more than one process."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = resolve_device(config, int(os.environ.get("LOCAL_RANK", 0)))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
 def train(config, rank=0, world=1, device=None):
     """The whole run for one process; returns the results (rank 0) after writing them."""
     wall_start = time.perf_counter()
@@ -965,20 +977,13 @@ def main(argv=None):
         config = parse_args(sys.argv[1:] if argv is None else argv)
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = resolve_device(config, int(os.environ.get("LOCAL_RANK", 0)))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank, world, device = init_distributed(config)
     try:
         train(config, rank, world, device)
-    except (ConfigError, ShardError) as e:
-        sys.exit(f"error: {e}")
-    except FloatingPointError as e:
+    except (ConfigError, ShardError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
     finally:
-        if world > 1 and dist.is_initialized():
+        if dist.is_initialized():
             dist.destroy_process_group()
 
 

@@ -10,7 +10,6 @@ temporary folder.
 """
 
 import argparse
-import os
 import tempfile
 import time
 

@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 import zipfile
-import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import yaml
 import eval_core
 from data.tokenizer import load_tokenizer
 from eval_core import EvalError, Sequence, Task, main
-from tests.core_fixture import make_zip, write_bundle
+from tests.core_fixture import lm, make_zip, mc, schema, write_bundle
 from tests.core_reference import reference_core, reference_predictions, reference_scores
 from tests.test_train import run, shards  # noqa: F401  (shards: the session's token shards, a fixture)
 
@@ -67,18 +66,6 @@ CORE_TASKS = [
     ("boolq", "multiple_choice", 10, "\nAnswer: ", 62),
     ("bigbench_language_identification", "multiple_choice", 10, " ", 9.1),
 ]
-
-
-def mc(query, choices, gold):
-    return {"query": query, "choices": choices, "gold": gold}
-
-
-def schema(options, continuation, gold):
-    return {"context_options": options, "continuation": continuation, "gold": gold}
-
-
-def lm(context, continuation):
-    return {"context": context, "continuation": continuation}
 
 
 # -----------------------------------------------------------------------------
