@@ -82,7 +82,8 @@ def main():
             f"reference {core_ref:.6f}")
     print(line)
     if not args.no_record:
-        path = record("core-fast-vs-reference", f"{reference_s / fast_s:.1f}x faster ({fast_s:.2f} s vs {reference_s:.2f} s), "
+        path = record("core-fast-vs-reference", f"speed-up {reference_s / fast_s:.2f}x (fast {fast_s:.2f} s, reference "
+                      f"{reference_s:.2f} s), "
                       f"{same}/{total} examples identical, {params / 1e6:.1f} M params, {tokens:,} prompt tokens",
                       f"torch {torch.__version__}", line + "\n")
         print(f"appended to bench/results.md; raw output in {path}")
