@@ -15,6 +15,7 @@
 #   PRESET            train_gpt.py preset on GPUs (default gpt2-core); without a GPU: tiny
 #   TRAIN_ARGS        more train_gpt.py options, e.g. TRAIN_ARGS="--depth=20 --matrix_lr=0.03"
 #   EVAL_ARGS         more eval_core.py options, e.g. EVAL_ARGS="--max-per-task 500"
+#   EVAL_BUNDLE_DIR   without a GPU: evaluate CORE on the real bundle there, not on the test fixture bundle
 #   SEEDS             runs of the same command with seeds 0..SEEDS-1, gathered into one record (default 1)
 #   TRACK             the record's track (records/tracks.json; default gpt2-core, cpu-smoke without a GPU)
 #   RUN_ID            folder under runs/ (default: a timestamp); re-running with the same RUN_ID resumes
@@ -103,24 +104,45 @@ $PY -m data.tokenize --corpus "$RAW" --tokenizer "$TOKENIZER" --out "$TOKENS"
 
 DATA_ARGS=(--train_files="$TOKENS/train_*.bin" --val_files="$TOKENS/val_*.bin" --tokenizer="$TOKENIZER")
 RUN_DIR=runs/$RUN_ID
+if [ "$NUM_GPUS" -gt 0 ]; then
+  LAUNCH=(.venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS")
+  TRAIN=(--preset="$PRESET")
+  EVAL=()
+else
+  LAUNCH=($PY)
+  TRAIN=(--preset=tiny)
+  # Offline, the test fixture bundle stands in for the real one: its CORE shows the pipeline runs, it is not a
+  # score to compare. EVAL_BUNDLE_DIR=DIR uses the real bundle (downloaded there once) instead.
+  if [ -n "${EVAL_BUNDLE_DIR:-}" ]; then
+    EVAL=(--bundle-dir "$EVAL_BUNDLE_DIR" --bpb-tokens 65536)
+  else
+    [ -d data/eval_fixture/eval_bundle ] || $PY -m tests.core_fixture data/eval_fixture
+    EVAL=(--bundle data/eval_fixture/eval_bundle --bpb-tokens 65536)
+  fi
+fi
+has_core() { $PY -c 'import json, sys; sys.exit("core" not in json.load(open(sys.argv[1])))' "$1/results.json"; }
 RUNS=()
 for ((seed = 0; seed < SEEDS; seed++)); do
-  RUNS+=("$RUN_DIR/seed$seed")
-  if [ -f "$RUN_DIR/seed$seed/results.json" ]; then echo "$RUN_DIR/seed$seed is finished; keeping it"; continue; fi
-  if [ "$NUM_GPUS" -gt 0 ]; then
-    stage "train: $PRESET on $NUM_GPUS GPUs, seed $seed ($RUN_DIR/seed$seed)"
-    .venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS" train_gpt.py --preset="$PRESET" "${DATA_ARGS[@]}" \
-      --out_dir="$RUN_DIR" --run_id="seed$seed" --seed="$seed" $TRAIN_ARGS
-    stage "evaluate: CORE and bits per byte, seed $seed"
-    .venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS" eval_core.py --run-dir "$RUN_DIR/seed$seed" $EVAL_ARGS
+  run="$RUN_DIR/seed$seed"
+  RUNS+=("$run")
+  if [ -f "$run/results.json" ]; then
+    echo "$run is trained; keeping it"
   else
-    stage "train: the tiny configuration on the CPU, seed $seed ($RUN_DIR/seed$seed)"
-    $PY train_gpt.py --preset=tiny "${DATA_ARGS[@]}" --out_dir="$RUN_DIR" --run_id="seed$seed" --seed="$seed" $TRAIN_ARGS
-    # No network for the real eval bundle is assumed here: the test fixture bundle stands in (its CORE is a smoke
-    # test of the pipeline, not a score to compare). EVAL_ARGS="--bundle-dir DIR" uses a real one.
-    stage "evaluate: CORE on the fixture bundle and bits per byte, seed $seed"
-    [ -d data/eval_fixture/eval_bundle ] || $PY -m tests.core_fixture data/eval_fixture
-    $PY eval_core.py --run-dir "$RUN_DIR/seed$seed" --bundle data/eval_fixture/eval_bundle --bpb-tokens 65536 $EVAL_ARGS
+    RESUME=()
+    if [ -f "$run/checkpoint.pt" ]; then  # interrupted: continue from its last checkpoint
+      RESUME=(--resume="$run/checkpoint.pt")
+    elif [ -d "$run" ]; then  # interrupted before any checkpoint: set it aside and start again
+      mv "$run" "$run.interrupted.$(date +%s)"
+    fi
+    stage "train: ${TRAIN[*]} on ${NUM_GPUS} GPUs, seed $seed ($run)"
+    "${LAUNCH[@]}" train_gpt.py "${TRAIN[@]}" "${DATA_ARGS[@]}" --out_dir="$RUN_DIR" --run_id="seed$seed" \
+      --seed="$seed" "${RESUME[@]}" $TRAIN_ARGS
+  fi
+  if has_core "$run"; then
+    echo "$run is evaluated; keeping it"
+  else
+    stage "evaluate: CORE and bits per byte, seed $seed"
+    "${LAUNCH[@]}" eval_core.py --run-dir "$run" "${EVAL[@]}" $EVAL_ARGS
   fi
 done
 

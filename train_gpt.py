@@ -844,6 +844,9 @@ def train(config, rank=0, world=1, device=None):
 
     run_dir = os.path.dirname(config.resume) if config.resume else os.path.join(
         config.out_dir, config.run_id or time.strftime("%Y%m%d_%H%M%S") + (f"_{config.preset}" if config.preset else ""))
+    if not config.resume and os.path.exists(os.path.join(run_dir, "log.txt")):
+        raise ConfigError(f"{run_dir} holds a run already; choose another --run_id, or continue it with "
+                          f"--resume={os.path.join(run_dir, 'checkpoint.pt')}")
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
     log = RunLog(os.path.join(run_dir, "log.txt"), enabled=rank == 0)

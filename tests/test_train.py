@@ -123,6 +123,14 @@ def test_resuming_with_other_settings_is_refused(options, tmp_path):
         main(argv(options, run_id="a", steps=2, resume=checkpoint, matrix_lr=0.1))
 
 
+def test_a_second_run_into_the_same_folder_is_refused_and_the_first_is_kept(options, tmp_path):
+    run(options, steps=2)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "runs" / "run").iterdir()}
+    with pytest.raises(SystemExit, match="holds a run already; choose another --run_id, or continue it with --resume="):
+        main(argv(options, steps=3))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "runs" / "run").iterdir()} == before
+
+
 def test_timing_excludes_validation(options, monkeypatch):
     real_totals = train_gpt.val_totals
 
