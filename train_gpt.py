@@ -95,6 +95,7 @@ class Config:
     stop_after: int = 0           # leave after this many steps of this process (time-sliced jobs; tests)
     warmup_timing_steps: int = 10  # untimed real steps (compile, warm-up), then everything is reset
     compile: str = "auto"         # auto: on CUDA only
+    fp8: bool = False             # FP8 matmuls in the large Linears while training (Hopper/Ada; else a notice)
     device: str = "auto"
     peak_flops: float = 0.0       # dense bf16 FLOP/s per device for MFU; 0: looked up from the GPU's name
     wandb: str = ""               # "online" or "offline" to log to wandb
@@ -373,12 +374,96 @@ def attention(q, k, v, window):
     return y.transpose(1, 2)
 
 
+# FP8 matmuls (--fp8): e4m3 operands forward, e5m2 gradients backward, each tensor scaled by its own amax
+# (dynamic per-tensor scaling). Custom ops with fake implementations, so torch.compile sees no graph break.
+E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+
+
+def to_fp8(x, dtype):
+    """x / scale in an fp8 dtype, and the scale (amax over the dtype's largest value)."""
+    scale = (x.detach().abs().amax().float() / torch.finfo(dtype).max).clamp(min=1e-12)
+    return (x / scale).to(dtype), scale
+
+
+def column_major(x):
+    return x.t().contiguous().t()  # _scaled_mm wants its second operand column-major
+
+
+@torch.library.custom_op("speedrun::fp8_matmul", mutates_args=())
+def fp8_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [N, in] @ w[out, in].T in fp8, out in bf16."""
+    x8, x_scale = to_fp8(x, E4M3)
+    w8, w_scale = to_fp8(w, E4M3)
+    return torch._scaled_mm(x8, column_major(w8.t()), scale_a=x_scale, scale_b=w_scale, out_dtype=torch.bfloat16)
+
+
+@fp8_matmul.register_fake
+def _(x, w):
+    return x.new_empty(x.size(0), w.size(0), dtype=torch.bfloat16)
+
+
+@torch.library.custom_op("speedrun::fp8_matmul_backward", mutates_args=())
+def fp8_matmul_backward(grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    g8, g_scale = to_fp8(grad, E5M2)
+    x8, x_scale = to_fp8(x, E4M3)
+    w8, w_scale = to_fp8(w, E4M3)
+    grad_x = torch._scaled_mm(g8, column_major(w8), scale_a=g_scale, scale_b=w_scale, out_dtype=torch.bfloat16)
+    grad_w = torch._scaled_mm(g8.t().contiguous(), column_major(x8), scale_a=g_scale, scale_b=x_scale,
+                              out_dtype=torch.float32)
+    return grad_x, grad_w
+
+
+@fp8_matmul_backward.register_fake
+def _(grad, x, w):
+    return x.new_empty(x.shape, dtype=torch.bfloat16), w.new_empty(w.shape, dtype=torch.float32)
+
+
+def _fp8_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _fp8_backward(ctx, grad):
+    x, w = ctx.saved_tensors
+    grad_x, grad_w = fp8_matmul_backward(grad, x, w)
+    return grad_x.to(x.dtype), grad_w.to(w.dtype)
+
+
+fp8_matmul.register_autograd(_fp8_backward, setup_context=_fp8_setup)
+
+
+class Linear(nn.Linear):
+    """nn.Linear without bias whose training-time matmul runs in FP8 when use_fp8 is set (evaluation: bf16)."""
+
+    def __init__(self, in_features, out_features):
+        super().__init__(in_features, out_features, bias=False)
+        self.use_fp8 = False
+
+    def forward(self, x):
+        if self.use_fp8 and self.training:
+            out = fp8_matmul(x.flatten(0, -2), self.weight).view(*x.shape[:-1], -1)
+            autocast = torch.is_autocast_enabled(x.device.type)  # then a Linear's output would be in its dtype
+            return out.to(torch.get_autocast_dtype(x.device.type) if autocast else x.dtype)
+        return F.linear(x, self.weight.type_as(x))
+
+
+def enable_fp8(model, device):
+    """FP8 for every large Linear (attention, MLP, head) where the hardware has FP8 matmuls; a notice otherwise."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        print(f"notice: --fp8 needs FP8 tensor cores (Hopper or Ada); {torch.cuda.get_device_name(device)} trains "
+              "in bf16")
+        return False
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.use_fp8 = True
+    return True
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim, heads, head_dim, window, value_embed):
         super().__init__()
         self.heads, self.head_dim, self.window = heads, head_dim, window
-        self.qkv = nn.Linear(dim, 3 * heads * head_dim, bias=False)
-        self.proj = nn.Linear(heads * head_dim, dim, bias=False)
+        self.qkv = Linear(dim, 3 * heads * head_dim)
+        self.proj = Linear(heads * head_dim, dim)
         # how much of the value embedding goes into the values: [keep v, add value embedding]
         self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5])) if value_embed else None
 
@@ -395,8 +480,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, dim):
         super().__init__()
-        self.fc = nn.Linear(dim, 4 * dim, bias=False)
-        self.proj = nn.Linear(4 * dim, dim, bias=False)
+        self.fc = Linear(dim, 4 * dim)
+        self.proj = Linear(4 * dim, dim)
 
     def forward(self, x):
         return self.proj(F.relu(self.fc(x)).square())  # ReLU squared
@@ -425,7 +510,7 @@ class GPT(nn.Module):
         self.value_embeds = nn.ModuleList(nn.Embedding(padded_vocab, heads * config.head_dim) for _ in self.value_layers)
         self.blocks = nn.ModuleList(Block(dim, heads, config.head_dim, windows[i], i in self.value_layers)
                                     for i in range(config.depth))
-        self.head = nn.Linear(dim, padded_vocab, bias=False)  # untied from the embedding
+        self.head = Linear(dim, padded_vocab)  # untied from the embedding
         cos, sin = rotary_tables(config.seq_len, config.head_dim, config.rope_base)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -724,6 +809,7 @@ class Trainer:
         self.config, self.rank, self.world, self.device = config, rank, world, device
         torch.manual_seed(config.seed)
         self.model = GPT(config, tokenizer["vocab_size"]).to(device)
+        self.fp8 = config.fp8 and enable_fp8(self.model, device)
         self.optimizers = build_optimizers(self.model, config, rank, world)
         rows_per_step = config.total_batch_tokens // config.seq_len
         self.accum_steps = rows_per_step // (world * config.device_batch)
@@ -861,7 +947,7 @@ def train(config, rank=0, world=1, device=None):
     log.write(f"environment: {json.dumps(env)}")
     log.write(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, {scaling_params(model):,} in hidden "
               f"matrices and head; vocab {tokenizer['vocab_size']}; {tokens_flops:,} FLOPs/token; {num_steps} steps of {config.total_batch_tokens:,} "
-              f"tokens; gradient accumulation {trainer.accum_steps}, world size {world}")
+              f"tokens; gradient accumulation {trainer.accum_steps}, world size {world}; fp8 {trainer.fp8}")
     wandb_run = None
     if config.wandb and rank == 0:
         import wandb

@@ -32,3 +32,26 @@ def test_checkpoint_from_the_gpu_loads_with_weights_only(options, tmp_path):  # 
     run(options, run_id="ck", steps=2, device="cuda")
     state = torch.load(tmp_path / "runs" / "ck" / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert state["progress"]["step"] == 2 and train_gpt.Config(**{**state["config"], "adam_betas": (0.8, 0.95)})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="needs FP8 tensor cores")
+def test_fp8_matmul_on_the_gpu_matches_bf16_forward_and_backward():
+    """_scaled_mm's layout rules (row-major first operand, column-major second) only bite on CUDA."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 512, device="cuda", requires_grad=True)
+    w = (torch.randn(384, 512, device="cuda") * 0.05).requires_grad_()
+    out = train_gpt.fp8_matmul(x, w)
+    grad = torch.randn_like(out, dtype=torch.float32)
+    out.float().backward(grad)
+    xr, wr = x.detach().bfloat16().requires_grad_(), w.detach().bfloat16().requires_grad_()
+    (xr @ wr.t()).float().backward(grad)
+    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
+    assert rel(out, xr @ wr.t()) < 0.05 and rel(x.grad, xr.grad) < 0.08 and rel(w.grad, wr.grad) < 0.08
+
+
+def test_fp8_run_on_the_gpu_learns(options):  # noqa: F811
+    results, lines = run(options, run_id="fp8gpu", steps=30, warmup_steps=3, device="cuda", fp8="true",
+                         model_dim=64, head_dim=32, device_batch=16, total_batch_tokens=1024)
+    train = losses(lines)
+    assert sum(train[s] for s in (28, 29, 30)) / 3 < train[1] - 0.5
