@@ -328,7 +328,7 @@ def load_run(run_dir, device):
     saved = dict(state["config"], adam_betas=tuple(state["config"]["adam_betas"]))
     config = train_gpt.Config(**{f.name: saved[f.name] for f in dataclasses.fields(train_gpt.Config) if f.name in saved})
     tok = load_tokenizer(config.tokenizer)
-    model = train_gpt.GPT(config, tok.vocab_size)
+    model = train_gpt.GPT(config, tok.vocab_size, tok.bos_id)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config, tok
 

@@ -56,6 +56,8 @@ class Config:
     rope_base: float = 100_000.0
     logit_cap: float = 15.0       # logits = cap * tanh(logits / cap)
     value_embeds: bool = True     # token embeddings mixed into the attention values of every other layer
+    doc_mask: bool = False        # attend only within the document (documents start at BOS)
+    attention: str = "auto"       # sdpa | flex (FlexAttention); auto: flex when compiling on CUDA, else sdpa
     # batch: total_batch_tokens = world_size x device_batch x seq_len x accumulation steps
     device_batch: int = 16        # rows per forward pass on one device
     total_batch_tokens: int = 524_288
@@ -360,17 +362,41 @@ def apply_rotary(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
-def attention(q, k, v, window):
-    """Causal attention over the last `window` positions; q, k, v are [B, T, heads, head_dim].
-    The plain PyTorch path; faster kernels plug in here behind a switch."""
+def attention_masks(idx, windows, bos_id, backend):
+    """For each distinct window, what `attention` needs: causal, within the last `window` positions and, when
+    bos_id is given, within the same document (documents start at BOS). For SDPA a boolean mask (None when plain
+    causal suffices), for FlexAttention a block mask."""
+    B, T = idx.shape
+    docs = (idx == bos_id).cumsum(1) if bos_id is not None else None
+    masks = {}
+    for window in sorted(set(windows)):
+        if backend == "flex":
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            def allowed(b, h, q, k, window=window):
+                near = (q >= k) & (q - k < window)
+                return near & (docs[b, q] == docs[b, k]) if docs is not None else near
+            masks[window] = create_block_mask(allowed, B if docs is not None else None, None, T, T, device=idx.device)
+        elif docs is None and window >= T:
+            masks[window] = None
+        else:
+            i = torch.arange(T, device=idx.device)
+            near = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
+            masks[window] = (near & (docs[:, :, None] == docs[:, None, :]))[:, None] if docs is not None else near
+    return masks
+
+
+def attention(q, k, v, mask, backend):
+    """Attention of q, k, v [B, T, heads, head_dim] under a mask from attention_masks. One function, two paths:
+    PyTorch's scaled_dot_product_attention (everywhere) and FlexAttention (fused kernels under torch.compile)."""
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    T = q.size(2)
-    if window >= T:
+    if backend == "flex":
+        from torch.nn.attention.flex_attention import flex_attention
+        y = flex_attention(q, k, v, block_mask=mask)
+    elif mask is None:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     else:
-        i = torch.arange(T, device=q.device)
-        allowed = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return y.transpose(1, 2)
 
 
@@ -467,13 +493,13 @@ class CausalSelfAttention(nn.Module):
         # how much of the value embedding goes into the values: [keep v, add value embedding]
         self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5])) if value_embed else None
 
-    def forward(self, x, cos, sin, value_embed=None):
+    def forward(self, x, cos, sin, value_embed, masks, backend):
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).unbind(2)
         q, k = apply_rotary(rms_norm(q), cos, sin) * 1.2, apply_rotary(rms_norm(k), cos, sin) * 1.2  # QK-norm
         if value_embed is not None:
             v = self.value_mix[0] * v + self.value_mix[1] * value_embed.view_as(v)
-        y = attention(q, k, v, self.window)
+        y = attention(q, k, v, masks[self.window], backend)
         return self.proj(y.reshape(B, T, -1))
 
 
@@ -493,16 +519,20 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(dim, heads, head_dim, window, value_embed)
         self.mlp = MLP(dim)
 
-    def forward(self, x, cos, sin, value_embed):
-        x = x + self.attn(rms_norm(x), cos, sin, value_embed)
+    def forward(self, x, cos, sin, value_embed, masks, backend):
+        x = x + self.attn(rms_norm(x), cos, sin, value_embed, masks, backend)
         return x + self.mlp(rms_norm(x))
 
 
 class GPT(nn.Module):
-    def __init__(self, config, vocab_size):
+    def __init__(self, config, vocab_size, bos_id=None):
         super().__init__()
         dim, heads, windows = derived(config)
-        self.vocab_size, self.logit_cap = vocab_size, config.logit_cap
+        self.vocab_size, self.logit_cap, self.windows = vocab_size, config.logit_cap, windows
+        if config.doc_mask and bos_id is None:
+            raise ConfigError("--doc_mask needs the BOS id (the tokenizer's)")
+        self.doc_bos = bos_id if config.doc_mask else None
+        self.attention_backend = "sdpa"  # or "flex": set_attention_backend
         padded_vocab = math.ceil(vocab_size / 128) * 128  # tensor-core friendly shapes
         self.embed = nn.Embedding(padded_vocab, dim)
         # layers with value embeddings: every other one, counting back from the last
@@ -535,8 +565,9 @@ class GPT(nn.Module):
         """Logits [B, T, vocab] without targets; else the cross-entropy (mean, or per token with reduction='none')."""
         x = rms_norm(self.embed(idx))
         value_embeds = dict(zip(self.value_layers, (ve(idx) for ve in self.value_embeds)))
+        masks = attention_masks(idx, self.windows, self.doc_bos, self.attention_backend)
         for i, block in enumerate(self.blocks):
-            x = block(x, self.cos, self.sin, value_embeds.get(i))
+            x = block(x, self.cos, self.sin, value_embeds.get(i), masks, self.attention_backend)
         logits = self.head(rms_norm(x))[..., :self.vocab_size].float()
         logits = self.logit_cap * torch.tanh(logits / self.logit_cap)
         if targets is None:
@@ -808,7 +839,7 @@ class Trainer:
     def __init__(self, config, tokenizer, rank, world, device):
         self.config, self.rank, self.world, self.device = config, rank, world, device
         torch.manual_seed(config.seed)
-        self.model = GPT(config, tokenizer["vocab_size"]).to(device)
+        self.model = GPT(config, tokenizer["vocab_size"], tokenizer["bos_id"]).to(device)
         self.fp8 = config.fp8 and enable_fp8(self.model, device)
         self.optimizers = build_optimizers(self.model, config, rank, world)
         rows_per_step = config.total_batch_tokens // config.seq_len
@@ -817,6 +848,8 @@ class Trainer:
                                  world, config.seed, device)
         use_compile = config.compile == "true" or (config.compile == "auto" and device.type == "cuda")
         self.forward = torch.compile(self.model) if use_compile else self.model
+        self.model.attention_backend = ("flex" if config.attention == "auto" and use_compile and device.type == "cuda"
+                                        else "sdpa" if config.attention == "auto" else config.attention)
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                          else torch.autocast("cpu", enabled=False))
 
@@ -888,6 +921,8 @@ def check_config(config, world):
         raise ConfigError(f"--total_batch_tokens={config.total_batch_tokens:,} is not a multiple of world size x "
                           f"device_batch x seq_len = {world} x {config.device_batch} x {config.seq_len} = "
                           f"{per_pass:,}; change one of them (the global batch is kept by gradient accumulation)")
+    if config.attention not in ("auto", "sdpa", "flex"):
+        raise ConfigError(f"--attention={config.attention}: use auto, sdpa or flex")
     if config.compile not in ("auto", "true", "false"):
         raise ConfigError(f"--compile={config.compile}: use auto, true or false")
     if config.wandb not in ("", "online", "offline"):
@@ -933,6 +968,8 @@ def train(config, rank=0, world=1, device=None):
     if not config.resume and os.path.exists(os.path.join(run_dir, "log.txt")):
         raise ConfigError(f"{run_dir} holds a run already; choose another --run_id, or continue it with "
                           f"--resume={os.path.join(run_dir, 'checkpoint.pt')}")
+    if world > 1:
+        dist.barrier()  # every process has looked before the first one writes
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
     log = RunLog(os.path.join(run_dir, "log.txt"), enabled=rank == 0)
@@ -947,7 +984,8 @@ def train(config, rank=0, world=1, device=None):
     log.write(f"environment: {json.dumps(env)}")
     log.write(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, {scaling_params(model):,} in hidden "
               f"matrices and head; vocab {tokenizer['vocab_size']}; {tokens_flops:,} FLOPs/token; {num_steps} steps of {config.total_batch_tokens:,} "
-              f"tokens; gradient accumulation {trainer.accum_steps}, world size {world}; fp8 {trainer.fp8}")
+              f"tokens; gradient accumulation {trainer.accum_steps}, world size {world}; fp8 {trainer.fp8}; attention "
+              f"{model.attention_backend}")
     wandb_run = None
     if config.wandb and rank == 0:
         import wandb

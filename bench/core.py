@@ -53,7 +53,7 @@ def main():
         tok = load_tokenizer(args.tokenizer)
         config = train_gpt.Config(depth=args.depth, seq_len=args.seq_len, head_dim=64)
         torch.manual_seed(0)
-        model = train_gpt.GPT(config, tok.vocab_size)
+        model = train_gpt.GPT(config, tok.vocab_size, tok.bos_id)
         for p in model.parameters():  # not the zero-initialized projections: every choice would tie
             torch.nn.init.normal_(p, std=0.02)
         model = model.to(device).eval()

@@ -2,7 +2,6 @@
 
 import sys
 
-import pytest
 
 import bench.data
 import bench.train
