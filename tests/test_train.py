@@ -337,10 +337,15 @@ def test_a_loader_error_reaches_the_training_loop(shards, tokenizer_dir):
 
 def test_compiled_model_trains_like_the_eager_one(options):
     """torch.compile (used on GPUs by default) on CPU: the same losses as eager, within float tolerance."""
+    from torch._dynamo.utils import counters
     _, eager = run(options, run_id="eager", steps=3)
+    counters.clear()
     _, compiled = run(options, run_id="compiled", steps=3, compile="true")
     for step, loss in losses(eager).items():
         assert losses(compiled)[step] == pytest.approx(loss, rel=1e-3)
+    # one graph for training (compiled in the warm-up step, reused by every step after the reset) and one for
+    # evaluation; no graph breaks, no recompiles
+    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"], dict(counters)
 
 
 def test_help_lists_every_option_and_preset(capsys):
