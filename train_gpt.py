@@ -12,6 +12,7 @@ processes: gradient accumulation fills the gap. A run writes runs/<run_id>/: log
 commit, the command, the config, the environment, one line per step), results.json and checkpoint.pt.
 """
 
+import atexit
 import dataclasses
 import glob
 import hashlib
@@ -206,7 +207,7 @@ class DataLoader:
         self.rows_per_step, self.rank, self.world = rows_per_step, rank, world
         self.state = {"epoch": 0, "shard": 0, "pos": 0}
         self._cache = (None, None, None)  # (file, tokens, BOS positions) of the shard being read
-        self._queue = self._stop = None
+        self._queue = self._stop = self._thread = None
 
     def shard_order(self, epoch):
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
@@ -267,8 +268,10 @@ class DataLoader:
         """(inputs, targets) for this process: int64 [rows, seq_len] tensors on the device."""
         if self._queue is None:  # start the background thread from the current state
             self._queue, self._stop = queue.Queue(maxsize=2), threading.Event()
-            threading.Thread(target=self._producer, args=(dict(self.state), self._queue, self._stop),
-                             daemon=True).start()
+            self._thread = threading.Thread(target=self._producer, args=(dict(self.state), self._queue, self._stop),
+                                            daemon=True)
+            self._thread.start()
+            atexit.register(self.close)  # on every way out, before the interpreter tears threads down
         item = self._queue.get()
         if isinstance(item, Exception):
             raise item
@@ -281,9 +284,15 @@ class DataLoader:
 
     def load_state_dict(self, state):
         """Restores a position; batches already prepared from the old one are dropped."""
+        self.close()
+        self.state = dict(state)
+
+    def close(self):
+        """Stops the background thread (a thread still inside numpy or torch at exit can abort the process)."""
         if self._queue is not None:
             self._stop.set()
-        self.state, self._queue = dict(state), None
+            self._thread.join()
+            self._queue = None
 
 
 def find_files(pattern, what):
@@ -1092,6 +1101,7 @@ def train(config, rank=0, world=1, device=None):
             json.dump(results, f, indent=2)
     if wandb_run:
         wandb_run.finish()
+    trainer.loader.close()
     return results
 
 
