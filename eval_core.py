@@ -231,6 +231,11 @@ def build_sequences(tasks, tok, max_len):
 # Scoring: all sequences in length-sorted, padded batches, spread over the processes
 
 
+def default_batch_tokens(device):
+    """Padded tokens per forward pass: big batches on GPUs; small ones on CPUs, where big ones run slower."""
+    return 16_384 if device.type == "cuda" else 1024
+
+
 def make_batches(sequences, batch_tokens, world, max_len, pad_to=64):
     """Batches of sequence indices, longest first, each padded to a multiple of pad_to (few distinct shapes; at
     most max_len) and within batch_tokens; dealt to the processes so that each gets about the same number of
@@ -353,14 +358,13 @@ def greedy_samples(model, tok, max_len, device, autocast, new_tokens=16):
 def evaluate_run(args, rank=0, world=1, device=torch.device("cpu")):
     t0 = time.perf_counter()
     model, config, tok = load_run(args.run_dir, device)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    autocast = train_gpt.autocast_for(device)
     bundle, zip_sha256 = (args.bundle, None) if args.bundle else fetch_bundle(args.bundle_dir, args.bundle_url)
     labels = list(dict.fromkeys(label for label in args.tasks.split(",") if label)) or None
     tasks = load_tasks(bundle, args.max_per_task, labels)
     max_len = config.seq_len
     sequences = build_sequences(tasks, tok, max_len)
-    batch_tokens = args.batch_tokens or (16_384 if device.type == "cuda" else 1024)
+    batch_tokens = args.batch_tokens or default_batch_tokens(device)
     results = score_sequences(model, sequences, tok.bos_id, batch_tokens, rank, world, device, autocast, max_len)
     chosen = predictions(tasks, sequences, results)
     core, rows = core_score(tasks, [accuracy(task, c) for task, c in zip(tasks, chosen)])

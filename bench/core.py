@@ -45,8 +45,7 @@ def main():
     args = parser.parse_args()
 
     device = train_gpt.resolve_device(train_gpt.Config())
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    autocast = train_gpt.autocast_for(device)
     if args.run_dir:
         model, config, tok = eval_core.load_run(args.run_dir, device)
     else:
@@ -63,7 +62,7 @@ def main():
 
         def fast_path():  # tokenizing and rendering included, as in eval_core.py
             sequences = eval_core.build_sequences(tasks, tok, config.seq_len)
-            batch_tokens = args.batch_tokens or (16_384 if device.type == "cuda" else 1024)  # eval_core's defaults
+            batch_tokens = args.batch_tokens or eval_core.default_batch_tokens(device)
             return sequences, eval_core.score_sequences(model, sequences, tok.bos_id, batch_tokens, 0, 1, device,
                                                         autocast, config.seq_len, progress=False)
         (sequences, fast), fast_s = timed(fast_path, device)
