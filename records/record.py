@@ -72,10 +72,13 @@ def number(text, where):
     return value
 
 
-def parse_step_line(line):
-    """A step line's step, its total and its fields (key:value words) as strings."""
+def parse_step_line(line, where):
+    """A step line's step, its total and its fields (key:value words) as strings; a key given twice is refused."""
     head = STEP_HEAD.match(line)
-    fields = dict(word.split(":", 1) for word in line.split() if ":" in word)
+    pairs = [word.split(":", 1) for word in line.split() if ":" in word]
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        raise RecordError(f"{where}: a step line with a field given twice")
     return int(head.group(1)), int(head.group(2)), fields
 
 
@@ -115,7 +118,7 @@ def parse_log(path):
         elif RESUME_LINE.match(line):
             events.append((number_, "resume", {"step": int(RESUME_LINE.match(line).group(1))}))
         elif STEP_HEAD.match(line):
-            step, total, fields = parse_step_line(line)
+            step, total, fields = parse_step_line(line, where)
             if "train_loss" in fields:
                 missing = [k for k in ("step_ms", "tok/s", "train_time_ms") if k not in fields]
                 if missing:
@@ -504,9 +507,9 @@ def check_run(run, log, ctx, fail):
     for segment in log.segments[1:]:
         changed = sorted(k for k in set(config) | set(segment["config"])
                          if config.get(k) != segment["config"].get(k) and k not in ctx["resumable"])
-        if segment["git"] != git or changed or segment["model"] != model:
+        if segment["git"] != git or changed or segment["model"] != model or segment.get("data") != first.get("data"):
             fail(log.path, f"line {segment['line']}: the run was resumed with another "
-                           f"{'commit' if segment['git'] != git else 'model' if not changed else ', '.join(changed)}")
+                           f"{'commit' if segment['git'] != git else ', '.join(changed) or 'model or data'}")
             return None
     if git.get("commit") != record["commit"] or run["commit"] != record["commit"]:
         fail(log.path, f"commit {git.get('commit')} (results.json: {run['commit']}) is not the record's "
@@ -622,7 +625,8 @@ def validate(path, tracks_file=TRACKS_FILE, repo=None):
     try:
         check_record(path, tracks_file, repo, failures, notes)
     except Exception as e:  # a validator reports, it does not crash: the next record is still checked
-        failures.append(f"{os.path.join(path, 'results.json')}: cannot be checked ({type(e).__name__}: {e})")
+        failures.append(f"{os.path.join(path, 'results.json')}: cannot be checked ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())})")
     return failures, notes
 
 
@@ -631,7 +635,7 @@ def check_record(path, tracks_file, repo, failures, notes):
     results_path = os.path.join(path, "results.json")
 
     def fail(file, reason):
-        failures.append(f"{file}: {reason}")
+        failures.append(f"{file}: {' '.join(str(reason).split())}")  # one line, whatever a record holds
 
     try:
         with open(results_path) as f:
@@ -679,8 +683,10 @@ def check_record(path, tracks_file, repo, failures, notes):
 
     runs, logs, replays = record["runs"], {}, {}
     for i, run in enumerate(runs):
-        bad = [f"'{key}' {problem}" for key, kind in RUN_SCHEMA.items()
-               if (problem := schema_problem(run.get(key) if isinstance(run, dict) else None, kind))]
+        if not isinstance(run, dict):
+            fail(results_path, f"run {i + 1} is not a JSON object")
+            continue
+        bad = [f"'{key}' {problem}" for key, kind in RUN_SCHEMA.items() if (problem := schema_problem(run.get(key), kind))]
         if bad:
             fail(results_path, f"run {i + 1}: {'; '.join(bad)}")
             continue
