@@ -39,7 +39,7 @@ def report_validation(path, tracks_file):
 
 
 def cmd_validate(args):
-    paths = record_dirs() if args.all else args.paths
+    paths = record_dirs(RECORDS_DIR) if args.all else args.paths
     if not paths:
         print("no records to validate" if args.all else "give record folders or --all")
         return 0 if args.all else 2
@@ -50,19 +50,34 @@ def load_runs(paths):
     """Per-run values from run folders (results.json of a run) or record folders (their runs)."""
     runs = []
     for path in paths:
-        with open(os.path.join(path, "results.json")) as f:
-            results = json.load(f)
-        runs += results["runs"] if "runs" in results else [run_values(path)]
+        results_path = os.path.join(path, "results.json")
+        try:
+            with open(results_path) as f:
+                results = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise RecordError(f"{results_path}: cannot read ({e})") from None
+        if isinstance(results, dict) and "runs" in results:
+            if not isinstance(results["runs"], list) or not all(isinstance(run, dict) for run in results["runs"]):
+                raise RecordError(f"{results_path}: 'runs' is not a list of runs")
+            runs += results["runs"]
+        else:
+            runs.append(run_values(path))
     return runs
 
 
 def cmd_compare(args):
     a, b = load_runs(args.a), load_runs(args.b)
-    verdicts = 0
+    verdicts = refused = 0
     for key, lower_is_better in (("training_time_s", True), (args.metric, args.metric != "core")):
         xs, ys = [r[key] for r in a if r.get(key) is not None], [r[key] for r in b if r.get(key) is not None]
         if len(xs) < 2 or len(ys) < 2:
             print(f"{key}: needs at least 2 runs on each side (have {len(xs)} and {len(ys)})")
+            continue
+        constant = [f"{side} ({values[0]})" for side, values in (("A", xs), ("B", ys)) if len(set(values)) == 1]
+        if constant:  # identical runs (or one run counted twice): the t-test would claim certainty, t = +-inf
+            print(f"{key}: refused: every run of {' and '.join(constant)} has the same value; zero variance is "
+                  "not a measurement (are these copies of one run?)")
+            refused += 1
             continue
         test = welch_t_test(xs, ys)
         (ma, sa), (mb, sb) = mean_std(xs), mean_std(ys)
@@ -74,12 +89,12 @@ def cmd_compare(args):
         print(f"{key}: A {ma:.6g} ± {sa:.3g} (n={len(xs)}), B {mb:.6g} ± {sb:.3g} (n={len(ys)}), B - A = "
               f"{mb - ma:+.6g}; Welch t = {test.t:.3f}, df = {test.df:.1f}, p(two-sided) = {test.p_two_sided:.3g}, "
               f"p(B better) = {better:.3g} -> {verdict} at p < {args.alpha}")
-    return 0
+    return 1 if refused else 0
 
 
 def cmd_leaderboard(args):
     from records.leaderboard import write_leaderboard
-    for path in write_leaderboard(RECORDS_DIR, args.readme, args.tracks):
+    for path in write_leaderboard(RECORDS_DIR, args.readme, args.tracks, report=lambda line: print(f"left out {line}")):
         print(f"wrote {path}")
     return 0
 

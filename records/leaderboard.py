@@ -17,13 +17,15 @@ from records.record import TRACKS_FILE, load_tracks, validate
 START, END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
 
 
-def ranked_records(records_dir, tracks, tracks_file=TRACKS_FILE):
-    """{track id: [record dicts, best first]} of the records that validate."""
+def ranked_records(records_dir, tracks, tracks_file=TRACKS_FILE, report=None):
+    """{track id: [record dicts, best first]} of the records that validate; report(line) hears of the others."""
     board = {track_id: [] for track_id in tracks}
     for results in sorted(glob.glob(os.path.join(records_dir, "*", "*", "results.json"))):
         path = os.path.dirname(results)
         failures, _ = validate(path, tracks_file)
         if failures:
+            if report:
+                report(f"{path}: {len(failures)} problem(s), the first: {failures[0]}")
             continue
         with open(results) as f:
             record = json.load(f)
@@ -109,9 +111,9 @@ def html_page(board, tracks):
     return "\n".join(parts + ["</body></html>"]) + "\n"
 
 
-def write_leaderboard(records_dir, readme, tracks_file=TRACKS_FILE):
+def write_leaderboard(records_dir, readme, tracks_file=TRACKS_FILE, report=None):
     tracks = load_tracks(tracks_file)
-    board = ranked_records(records_dir, tracks, tracks_file)
+    board = ranked_records(records_dir, tracks, tracks_file, report)
     page = os.path.join(records_dir, "leaderboard.html")
     with open(page, "w", encoding="utf-8") as f:
         f.write(html_page(board, tracks))

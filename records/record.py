@@ -6,10 +6,14 @@ records/<track>/<YYYY-MM-DD>_<slug>/
     results.json     per-run values, their mean and standard deviation, the commit, the track, the test
     statistics.md    the same numbers for people
 
+    logs/<run>.diff  only for a run made from a modified tree: its `git diff HEAD` (the log names its sha256)
+
 Nothing from a record is executed: logs and JSON are parsed as text, and the training script's source in a log
-is only hashed and compared with the commit's.
+is only compared with train_gpt.py at the record's commit. Every figure that decides a rank is re-derived from
+the logs' lines (which must agree with each other) and from that commit's own code (its FLOPs formula).
 """
 
+import ast
 import dataclasses
 import datetime
 import hashlib
@@ -19,6 +23,7 @@ import os
 import re
 import shutil
 import subprocess
+import types
 
 from records.stats import mean_std, one_sample_t_test
 
@@ -37,48 +42,126 @@ def load_tracks(path=TRACKS_FILE):
 
 
 # -----------------------------------------------------------------------------
-# Reading a run's log
+# Reading a run's log: strict about the lines a record is checked against, blind to any other line
 
 
 @dataclasses.dataclass
 class Log:
-    source: str
-    git: dict
-    config: dict
-    environment: dict
-    steps: dict        # step -> step_ms (the last line for a step wins: a resumed run repeats the lost steps)
-    val: list          # (step, val_loss, val_bpb), in order
-    core: float | None
+    path: str
+    sha256: str        # of the whole file: the same log twice is one run
+    source: str        # train_gpt.py as the run read it
+    segments: list     # per start of the script (a resumed run appends one): {"git", "config", "environment", ...}
+    events: list       # (line number, kind, fields) in order: "resume", "train", "val", "target", "done", "core"
+
+
+HEADER_KEYS = ("git", "config", "environment", "data")  # JSON after "key: "
+MODEL_LINE = re.compile(r"vocab (\d+); ([\d,]+) FLOPs/token; (\d+) steps of ([\d,]+) tokens")
+STEP_HEAD = re.compile(r"step:(\d+)/(\d+)( |$)")
+DONE_LINE = re.compile(r"done: (\w+), val_loss:(\S+) val_bpb:(\S+) training_time:(\S+)s( |$)")
+CORE_LINE = re.compile(r"core:(\S+) tasks:(\{.*\}) max_per_task:(\S+) bundle_zip_sha256:(\S+)$")
+RESUME_LINE = re.compile(r"resumed from .* at step (\d+)$")
+
+
+def number(text, where):
+    try:
+        value = float(text)
+    except ValueError:
+        raise RecordError(f"{where}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise RecordError(f"{where}: {text!r} is not a finite number")
+    return value
+
+
+def parse_step_line(line, where):
+    """A step line's step, its total and its fields (key:value words) as strings; a key given twice is refused."""
+    head = STEP_HEAD.match(line)
+    pairs = [word.split(":", 1) for word in line.split() if ":" in word]
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        raise RecordError(f"{where}: a step line with a field given twice")
+    return int(head.group(1)), int(head.group(2)), fields
 
 
 def parse_log(path):
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    """The parts of a train_gpt.py log that a record is checked against; RecordError names the file and line."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path}: cannot read ({e})") from None
     source, sep, rest = text.partition("\n" + SOURCE_END + "\n")
     if not sep:
         raise RecordError(f"{path}: no train_gpt.py source at the top (no line of 100 '='); is this a train_gpt.py log?")
-    found = {"git": None, "config": None, "environment": None}
-    steps, val, core = {}, [], None
-    for number, line in enumerate(rest.splitlines(), 1):
-        key = line.split(":", 1)[0]
-        if key in found and found[key] is None:
+    first = source.count("\n") + 3  # the line number of the first line after the separator
+    segments, events = [], []
+    for number_, line in enumerate(rest.splitlines(), first):
+        where = f"{path}:{number_}"
+        key, _, value = line.partition(": ")
+        if key in HEADER_KEYS:
+            if key == "git":
+                segments.append({"line": number_})
+            if not segments or key in segments[-1]:
+                raise RecordError(f"{where}: a {key} line out of place (each start of the script writes one, after git)")
             try:
-                found[key] = json.loads(line.split(":", 1)[1])
+                segments[-1][key] = json.loads(value)
             except json.JSONDecodeError:
-                raise RecordError(f"{path}: the {key} line is not valid JSON") from None
-        elif line.startswith("step:"):
-            fields = dict(field.split(":", 1) for field in line.split() if ":" in field)
-            step = int(fields["step"].split("/")[0])
-            if "step_ms" in fields:
-                steps[step] = float(fields["step_ms"])
-            if "val_loss" in fields:
-                val.append((step, float(fields["val_loss"]), float(fields["val_bpb"])))
+                raise RecordError(f"{where}: the {key} line is not valid JSON") from None
+        elif line.startswith("model: ") and segments:
+            found = MODEL_LINE.search(line)
+            if not found:
+                raise RecordError(f"{where}: the model line has no 'vocab V; F FLOPs/token; S steps of B tokens'")
+            segments[-1]["model"] = {"vocab_size": int(found.group(1)),
+                                     "flops_per_token": int(found.group(2).replace(",", "")),
+                                     "num_steps": int(found.group(3)),
+                                     "batch_tokens": int(found.group(4).replace(",", ""))}
+        elif RESUME_LINE.match(line):
+            events.append((number_, "resume", {"step": int(RESUME_LINE.match(line).group(1))}))
+        elif STEP_HEAD.match(line):
+            step, total, fields = parse_step_line(line, where)
+            if "train_loss" in fields:
+                missing = [k for k in ("step_ms", "tok/s", "train_time_ms") if k not in fields]
+                if missing:
+                    raise RecordError(f"{where}: a step line without {', '.join(missing)} (a failed or cut step?)")
+                events.append((number_, "train", {
+                    "step": step, "total": total, "train_loss": fields["train_loss"],
+                    "step_ms": number(fields["step_ms"], where), "tok_s": number(fields["tok/s"], where),
+                    "train_time_ms": number(fields["train_time_ms"], where)}))
+            elif "val_loss" in fields:
+                missing = [k for k in ("val_bpb", "train_time_ms") if k not in fields]
+                if missing:
+                    raise RecordError(f"{where}: a validation line without {', '.join(missing)}")
+                events.append((number_, "val", {
+                    "step": step, "total": total, "val_loss": number(fields["val_loss"], where),
+                    "val_bpb": number(fields["val_bpb"], where),
+                    "train_time_ms": number(fields["train_time_ms"], where)}))
+            elif " reached the target val loss " in line:
+                events.append((number_, "target", {"step": step}))
+        elif line.startswith("done: "):
+            found = DONE_LINE.match(line)
+            if not found:
+                raise RecordError(f"{where}: the done line is not 'done: STATUS, val_loss:L val_bpb:B training_time:Ts'")
+            events.append((number_, "done", {"status": found.group(1), "val_loss": number(found.group(2), where),
+                                             "val_bpb": number(found.group(3), where),
+                                             "training_time": number(found.group(4), where)}))
         elif line.startswith("core:"):
-            core = float(line.split()[0].split(":")[1])
-    missing = [key for key, value in found.items() if value is None]
-    if missing:
-        raise RecordError(f"{path}: no {', '.join(missing)} line")
-    return Log(source, found["git"], found["config"], found["environment"], steps, val, core)
+            found = CORE_LINE.match(line)
+            if not found:
+                raise RecordError(f"{where}: the core line is not 'core:C tasks:{{...}} max_per_task:M "
+                                  "bundle_zip_sha256:S'")
+            try:
+                tasks = json.loads(found.group(2))
+            except json.JSONDecodeError:
+                raise RecordError(f"{where}: the core line's tasks are not valid JSON") from None
+            events.append((number_, "core", {"core": number(found.group(1), where), "tasks": tasks,
+                                             "max_per_task": found.group(3), "bundle_zip_sha256": found.group(4)}))
+    if not segments:
+        raise RecordError(f"{path}: no git line after the source")
+    for segment in segments:
+        missing = [key for key in ("git", "config", "environment", "model") if key not in segment]
+        if missing:
+            raise RecordError(f"{path}:{segment['line']}: the start of the script wrote no {', '.join(missing)} line")
+    return Log(path, hashlib.sha256(raw).hexdigest(), source, segments, events)
 
 
 def run_values(run_dir):
@@ -86,16 +169,19 @@ def run_values(run_dir):
     path = os.path.join(run_dir, "results.json")
     if not os.path.isfile(path):
         raise RecordError(f"{path}: missing; is {run_dir} a finished train_gpt.py run?")
-    with open(path) as f:
-        results = json.load(f)
-    core = results.get("core") or {}
-    return {"run_id": results["run_id"], "log": f"logs/{results['run_id']}.txt", "seed": results["seed"],
-            "steps": results["steps"], "tokens": results["tokens"], "vocab_size": results["vocab_size"],
-            "training_time_s": results["training_time_s"], "val_loss": results["val_loss"],
-            "val_bpb": results["val_bpb"], "core": core.get("core"), "model_flops": results["model_flops"],
-            "model_flops_per_token": results["model_flops_per_token"], "mfu": results["mfu"],
-            "world_size": results["environment"]["world_size"], "gpu": results["environment"]["gpu"],
-            "commit": results["git"]["commit"]}
+    try:
+        with open(path) as f:
+            results = json.load(f)
+        core = results.get("core") or {}
+        return {"run_id": results["run_id"], "log": f"logs/{results['run_id']}.txt", "seed": results["seed"],
+                "steps": results["steps"], "tokens": results["tokens"], "vocab_size": results["vocab_size"],
+                "training_time_s": results["training_time_s"], "val_loss": results["val_loss"],
+                "val_bpb": results["val_bpb"], "core": core.get("core"), "model_flops": results["model_flops"],
+                "model_flops_per_token": results["model_flops_per_token"], "mfu": results["mfu"],
+                "world_size": results["environment"]["world_size"], "gpu": results["environment"]["gpu"],
+                "commit": results["git"]["commit"]}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise RecordError(f"{path}: not a finished train_gpt.py run's results ({type(e).__name__}: {e})") from None
 
 
 # -----------------------------------------------------------------------------
@@ -142,6 +228,8 @@ def new_record(track_id, slug, run_dirs, out=None, description="", tracks_file=T
     os.makedirs(os.path.join(out, "logs"))
     for run_dir, run in zip(run_dirs, runs):
         shutil.copyfile(os.path.join(run_dir, "log.txt"), os.path.join(out, run["log"]))
+        if os.path.isfile(os.path.join(run_dir, "git.diff")):  # a run from a modified tree: its `git diff HEAD`
+            shutil.copyfile(os.path.join(run_dir, "git.diff"), os.path.join(out, f"logs/{run['run_id']}.diff"))
     metric = track["metric"]
     record = {"schema_version": SCHEMA_VERSION, "track": track_id, "slug": slug, "date": date,
               "description": description, "commit": commits.pop(), "runs": runs, "summary": summarize(track, runs),
@@ -175,130 +263,506 @@ def statistics_markdown(track, record):
 
 
 # -----------------------------------------------------------------------------
-# Validating a record: every failure names the file and the reason
+# Validating a record: everything that decides a rank is re-derived from the logs and the commit; every failure
+# is one line that names the file and the reason
 
 
 def close(a, b, rel=1e-9, abs_tol=0.0):
     return a is not None and b is not None and math.isclose(a, b, rel_tol=rel, abs_tol=abs_tol)
 
 
+SIX_DECIMALS = 5e-7 + 1e-12  # a value the log prints with 6 decimals
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # the diff of a clean tree
+RESUMABLE = "RESUMABLE_CHANGES"  # train_gpt.py's set of options a resumed run may change
+
+
 def source_at_commit(commit, repo):
     """train_gpt.py at a commit, or None when the commit is not in this repository."""
+    if not re.fullmatch(r"[0-9a-f]{40}", commit or ""):
+        return None
     shown = subprocess.run(["git", "show", f"{commit}:train_gpt.py"], capture_output=True, cwd=repo)
     return shown.stdout.decode("utf-8") if shown.returncode == 0 else None
 
 
+def commit_definitions(source, names):
+    """The named top-level functions and constants of a train_gpt.py source, with the definitions they use, run in
+    a namespace of their own (only `math` given). The source is train_gpt.py at a commit that is in this
+    repository, i.e. this project's own reviewed code read from git, never text from a record; only these
+    definitions are executed, so nothing is imported (no torch) and the current train_gpt.py plays no part: a
+    record is counted with the formula of the code that made it."""
+    tree = ast.parse(source)
+    defined = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            defined[node.name] = node
+        elif isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+            defined.update((t.id, node) for t in node.targets)
+    wanted, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in defined and defined[name] not in wanted:
+            wanted.add(defined[name])
+            todo += [n.id for n in ast.walk(defined[name]) if isinstance(n, ast.Name)]
+    namespace = {"math": math}
+    exec(compile(ast.Module(body=[n for n in tree.body if n in wanted], type_ignores=[]), "train_gpt.py@commit",
+                 "exec"), namespace)
+    return namespace
+
+
+def apply_diff(source, diff_path):
+    """train_gpt.py with the train_gpt.py part of a `git diff HEAD` applied, or None when it does not apply."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "train_gpt.py"), "w", encoding="utf-8") as f:
+            f.write(source)
+        applied = subprocess.run(["git", "apply", "--include=train_gpt.py", os.path.abspath(diff_path)], cwd=tmp,
+                                 capture_output=True)
+        if applied.returncode != 0:
+            return None
+        with open(os.path.join(tmp, "train_gpt.py"), encoding="utf-8") as f:
+            return f.read()
+
+
+RUN_SCHEMA = {"run_id": str, "log": str, "seed": int, "steps": int, "tokens": int, "vocab_size": int,
+              "training_time_s": float, "val_loss": float, "val_bpb": float, "core": (float, None),
+              "model_flops": int, "model_flops_per_token": int, "mfu": (float, None), "world_size": int,
+              "gpu": (str, None), "commit": str}
+
+
+def schema_problem(value, kind):
+    """Why value is not of the kind (float accepts int; int and float refuse bool; None allowed when listed)."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if value is None:
+        return None if None in kinds else "is missing"
+    for k in kinds:
+        if k is float and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return None
+        if k in (int, str, list, dict) and isinstance(value, k) and not isinstance(value, bool):
+            return None
+    return f"is not {' or '.join('null' if k is None else k.__name__ for k in kinds)}"
+
+
+def track_pins(track):
+    """(pins, unpinned): what the track fixes of the data and the CORE bundle; the keys that tracks.json lists
+    without a value yet (no record of the track can be accepted until a maintainer pins them)."""
+    pins = {**track.get("data", {}), **{f"core.{k}": v for k, v in (track.get("core") or {}).items()}}
+    return pins, sorted(key for key, value in pins.items() if value is None)
+
+
+def replay(log, fail):
+    """The step, validation and done lines replayed in order (a resume goes back to its step); returns what they
+    establish, or None after the first inconsistency (reported)."""
+    total_ms = {0: 0.0}  # step -> sum of the logged step times up to it, on the path that survived
+    losses, times, last, num_steps = {}, {}, 0, None
+    val = done = target = None
+    for line, kind, e in log.events:
+        where = f"line {line}"
+        if done is not None and kind in ("resume", "train", "val", "target", "done"):
+            fail(log.path, f"{where}: a {kind} line after the done line")
+            return None
+        if kind == "resume":
+            if e["step"] not in total_ms:
+                fail(log.path, f"{where}: resumes at step {e['step']}, which the log never reached")
+                return None
+            last = e["step"]
+            for step in [s for s in total_ms if s > last]:
+                del total_ms[step], losses[step], times[step]
+            val = target = None
+            continue
+        if kind in ("train", "val") and num_steps not in (None, e["total"]):
+            fail(log.path, f"{where}: step {e['step']}/{e['total']}, but earlier lines count {num_steps} steps")
+            return None
+        if kind == "train":
+            num_steps = e["total"]
+            if e["step"] != last + 1:
+                fail(log.path, f"{where}: step {e['step']} follows step {last}; the step lines must be consecutive")
+                return None
+            last = e["step"]
+            total_ms[last] = total_ms[last - 1] + e["step_ms"]
+            losses[last], times[last] = e["train_loss"], e["step_ms"]
+            # train_time_ms is the exact running total rounded to 1 ms; each step_ms is rounded to 0.01 ms
+            if abs(e["train_time_ms"] - total_ms[last]) > 0.5 + 0.005 * last + 1e-6:
+                fail(log.path, f"{where}: the step times sum to {total_ms[last]:.2f} ms at step {last}, but the line "
+                               f"says train_time_ms:{e['train_time_ms']:.0f}")
+                return None
+            batch = log.segments[0]["model"]["batch_tokens"]
+            low, high = batch * 1000 / (e["step_ms"] + 0.005) - 0.5, batch * 1000 / max(e["step_ms"] - 0.005, 1e-9) + 0.5
+            if not low <= e["tok_s"] <= high:
+                fail(log.path, f"{where}: tok/s:{e['tok_s']:.0f} is not {batch:,} tokens in step_ms:{e['step_ms']}")
+                return None
+        elif kind == "val":
+            num_steps = e["total"]
+            if e["step"] != last or abs(e["train_time_ms"] - total_ms[last]) > 0.5 + 0.005 * last + 1e-6:
+                fail(log.path, f"{where}: the validation at step {e['step']} (train_time_ms:{e['train_time_ms']:.0f}) "
+                               f"does not follow the step lines (step {last}, {total_ms[last]:.2f} ms)")
+                return None
+            val = e
+        elif kind == "target":
+            if val is None or e["step"] != val["step"]:
+                fail(log.path, f"{where}: reaching the target is claimed without a validation at step {e['step']}")
+                return None
+            target = e
+        elif kind == "done":
+            done = e
+    if done is None:
+        fail(log.path, "no done line: the run did not finish")
+        return None
+    if val is None or val["step"] != last:
+        fail(log.path, f"the last validation line is not at the last step ({last}): the final val loss is not logged")
+        return None
+    expected = "target_reached" if target else "finished"
+    if done["status"] != expected or (expected == "finished" and last != num_steps):
+        fail(log.path, f"the done line says {done['status']} after step {last} of {num_steps}"
+                       f"{' and a reached target' if target else ''}")
+        return None
+    if (done["val_loss"], done["val_bpb"]) != (round(val["val_loss"], 6), round(val["val_bpb"], 6)):
+        fail(log.path, f"the done line's val_loss:{done['val_loss']} val_bpb:{done['val_bpb']} are not the last "
+                       f"validation's {val['val_loss']} and {val['val_bpb']}")
+        return None
+    if abs(done["training_time"] * 1000 - total_ms[last]) > 5 + 0.005 * last + 1e-6:
+        fail(log.path, f"the done line's training_time:{done['training_time']}s is not the sum of the step times "
+                       f"({total_ms[last] / 1000:.3f} s)")
+        return None
+    return {"steps": last, "num_steps": num_steps, "step_ms_sum": total_ms[last], "status": done["status"],
+            "val_loss": val["val_loss"], "val_bpb": val["val_bpb"], "train_time_ms": val["train_time_ms"],
+            "done_training_time": done["training_time"], "losses": tuple(losses[s] for s in sorted(losses)),
+            "step_times": tuple(times[s] for s in sorted(times))}
+
+
+def check_data(log, config, track, fail):
+    """The data line: tokenizer, train and val files and the scored val text, against each other and the track."""
+    data = log.segments[0].get("data")
+    if data is None:
+        fail(log.path, "no data line (tokenizer, train and val identity, val tokens and bytes): the data the run "
+                       "trained and evaluated on cannot be checked; re-run with a train_gpt.py that logs it")
+        return
+    schema = {"tokenizer_sha256": str, "train_shards": list, "val_shards": list, "train_source": (list, None),
+              "val_source": (list, None), "val_tokens": int, "val_bytes": int}
+    bad = [f"{key} {problem}" for key, kind in schema.items() if (problem := schema_problem(data.get(key), kind))]
+    files = [f for key in ("train_shards", "val_shards", "train_source", "val_source") for f in data.get(key) or []]
+    if not bad and not all(isinstance(f, dict) and isinstance(f.get("sha256"), str) for f in files):
+        bad.append("a file entry without a sha256")
+    if bad:
+        fail(log.path, f"the data line: {'; '.join(bad)}")
+        return
+    shas = {key: [f["sha256"] for f in data[key] or []] for key in ("train_shards", "val_shards", "train_source",
+                                                                   "val_source")}
+    shared = set(shas["train_shards"] + shas["train_source"]) & set(shas["val_shards"] + shas["val_source"])
+    if shared:
+        fail(log.path, f"the run trained on its validation data (sha256 {sorted(shared)[0][:12]} is in both)")
+    scored = config["val_tokens"] // config["seq_len"] * config["seq_len"]
+    if data["val_tokens"] != scored:
+        fail(log.path, f"the data line scores {data['val_tokens']:,} val tokens; the config's val_tokens "
+                       f"{config['val_tokens']:,} at seq_len {config['seq_len']} scores {scored:,}")
+    pins, _ = track_pins(track)
+    for key in ("tokenizer_sha256", "val_tokens"):
+        if pins.get(key) is not None and data[key] != pins[key]:
+            fail(log.path, f"{key} {data[key]} is not the track's {pins[key]}")
+    for key in ("val_shards", "val_source", "train_source"):
+        if pins.get(f"{key}_sha256") is not None and shas[key] != pins[f"{key}_sha256"]:
+            fail(log.path, f"the {key.replace('_', ' ')} (sha256 {[s[:12] for s in shas[key]]}) are not the "
+                           f"track's {[s[:12] for s in pins[f'{key}_sha256']]}")
+    if pins.get("val_bytes") is not None:
+        tolerance = pins.get("val_bytes_rel_tol", 0.0) * pins["val_bytes"]
+        if abs(data["val_bytes"] - pins["val_bytes"]) > tolerance:
+            fail(log.path, f"{data['val_bytes']:,} val bytes scored; the track compares bits per byte on "
+                           f"{pins['val_bytes']:,} (± {tolerance:,.0f}) bytes of its val text")
+
+
+def check_core(log, run, track, fail):
+    """The last core line (eval_core.py's) against results.json and, on a CORE track, the track's bundle."""
+    lines = [e for _, kind, e in log.events if kind == "core"]
+    core = lines[-1] if lines else None
+    if run["core"] is not None and (core is None or not close(core["core"], run["core"], abs_tol=SIX_DECIMALS)):
+        fail(log.path, f"CORE {core and core['core']} in the log, {run['core']} in results.json")
+        return
+    pins = track.get("core")
+    if not pins:
+        return
+    if core is None or run["core"] is None:
+        fail(log.path, "no CORE: the track ranks by CORE (python eval_core.py --run-dir RUN before the record)")
+        return
+    baselines = pins.get("baselines") or {}
+    if set(core["tasks"]) != set(baselines):
+        fail(log.path, f"CORE over {len(core['tasks'])} tasks; the track's bundle has {len(baselines)} "
+                       f"(missing: {', '.join(sorted(set(baselines) - set(core['tasks']))) or 'none'}; extra: "
+                       f"{', '.join(sorted(set(core['tasks']) - set(baselines))) or 'none'})")
+        return
+    if core["max_per_task"] != "None":
+        fail(log.path, f"CORE on at most {core['max_per_task']} rows per task; the track needs every row")
+    if pins.get("bundle_zip_sha256") is not None and core["bundle_zip_sha256"] != pins["bundle_zip_sha256"]:
+        fail(log.path, f"CORE from bundle {core['bundle_zip_sha256']}, not the track's {pins['bundle_zip_sha256']}")
+    centered = [(core["tasks"][t] - b / 100) / (1 - b / 100) for t, b in baselines.items()]
+    if not all(isinstance(a, (int, float)) for a in core["tasks"].values()) or not close(
+            sum(centered) / len(centered), core["core"], abs_tol=SIX_DECIMALS):
+        fail(log.path, f"CORE {core['core']} is not the mean centered accuracy of its tasks "
+                       f"({sum(centered) / len(centered):.6f} with the track's baselines)")
+
+
+def check_run(run, log, ctx, fail):
+    """One run of a record against its log, the commit's source and the track; returns what the replay found."""
+    record, track, results_path = ctx["record"], ctx["track"], ctx["results_path"]
+    first = log.segments[0]
+    git, config, env, model = first["git"], first["config"], first["environment"], first["model"]
+    for segment in log.segments[1:]:
+        changed = sorted(k for k in set(config) | set(segment["config"])
+                         if config.get(k) != segment["config"].get(k) and k not in ctx["resumable"])
+        if segment["git"] != git or changed or segment["model"] != model or segment.get("data") != first.get("data"):
+            fail(log.path, f"line {segment['line']}: the run was resumed with another "
+                           f"{'commit' if segment['git'] != git else ', '.join(changed) or 'model or data'}")
+            return None
+    if git.get("commit") != record["commit"] or run["commit"] != record["commit"]:
+        fail(log.path, f"commit {git.get('commit')} (results.json: {run['commit']}) is not the record's "
+                       f"{record['commit']}")
+        return None
+    committed = ctx["source"]
+    if committed is not None:
+        diff_path = os.path.splitext(log.path)[0] + ".diff"
+        if git.get("dirty") is not False or git.get("diff_sha256") != EMPTY_SHA256:
+            if not os.path.isfile(diff_path):
+                fail(log.path, f"written from a modified tree (git diff sha256 {str(git.get('diff_sha256'))[:12]}): "
+                               f"put that diff (`git diff HEAD`) in {os.path.basename(diff_path)}, or commit and re-run")
+                return None
+            with open(diff_path, "rb") as f:
+                diff_sha = hashlib.sha256(f.read()).hexdigest()
+            if diff_sha != git.get("diff_sha256"):
+                fail(diff_path, f"sha256 {diff_sha[:12]} is not the log's diff_sha256 {str(git.get('diff_sha256'))[:12]}")
+                return None
+            committed = apply_diff(committed, diff_path)
+            if committed is None:
+                fail(diff_path, f"does not apply to train_gpt.py at commit {record['commit'][:12]}")
+                return None
+        if log.source != committed:
+            fail(log.path, f"the train_gpt.py source in the log does not match train_gpt.py at commit "
+                           f"{record['commit'][:12]}{' with the diff' if git.get('dirty') else ''} (sha256 "
+                           f"{hashlib.sha256(log.source.encode()).hexdigest()[:12]} vs "
+                           f"{hashlib.sha256(committed.encode()).hexdigest()[:12]})")
+            return None
+    if any(segment["config"].get("log_every") != 1 for segment in log.segments):
+        fail(log.path, "log_every is not 1: the step times cannot be summed")
+        return None
+    if config.get("seed") != run["seed"]:
+        fail(log.path, f"seed {config.get('seed')} in the config, {run['seed']} in results.json")
+    replayed = replay(log, fail)
+    if replayed is None:
+        return None
+    if replayed["steps"] != run["steps"]:
+        fail(log.path, f"the step lines cover steps 1..{replayed['steps']}, results.json says {run['steps']} steps")
+    time_ms = run["training_time_s"] * 1000
+    if abs(time_ms - replayed["step_ms_sum"]) > 0.005 * replayed["steps"] + 1e-6:
+        fail(log.path, f"the step times sum to {replayed['step_ms_sum'] / 1000:.5f} s, but results.json says "
+                       f"{run['training_time_s']:.5f} s")
+    elif abs(time_ms - replayed["train_time_ms"]) > 0.5 + 1e-6 or abs(
+            run["training_time_s"] - replayed["done_training_time"]) > 0.005 + 1e-9:
+        fail(log.path, f"training time {run['training_time_s']:.5f} s in results.json; the last lines say "
+                       f"train_time_ms:{replayed['train_time_ms']:.0f} and training_time:{replayed['done_training_time']}s")
+    for key in ("val_loss", "val_bpb"):
+        if not close(replayed[key], run[key], abs_tol=SIX_DECIMALS):
+            fail(log.path, f"final {key} {replayed[key]} in the log, {run[key]} in results.json")
+    if (model["vocab_size"], model["num_steps"], model["batch_tokens"]) != (
+            run["vocab_size"], replayed["num_steps"], config.get("total_batch_tokens")):
+        fail(log.path, f"the model line (vocab {model['vocab_size']}, {model['num_steps']} steps of "
+                       f"{model['batch_tokens']:,} tokens) disagrees with results.json's vocab {run['vocab_size']}, "
+                       f"the step lines' {replayed['num_steps']} steps or the config's total_batch_tokens")
+    if config.get("steps") and replayed["num_steps"] != config["steps"]:
+        fail(log.path, f"{replayed['num_steps']} steps, but the config says steps={config['steps']}")
+    if replayed["status"] == "target_reached" and not replayed["val_loss"] <= config.get("target_val_loss", 0):
+        fail(log.path, f"stopped at the target val loss {config.get('target_val_loss')}, but its val loss is "
+                       f"{replayed['val_loss']}")
+    if ctx["formula"] is not None:
+        try:
+            per_token = ctx["formula"]["flops_per_token"](types.SimpleNamespace(**config), model["vocab_size"])
+        except Exception as e:  # the commit's formula on the logged config: any failure is the record's problem
+            fail(log.path, f"the FLOPs formula of train_gpt.py at the record's commit fails on this config "
+                           f"({type(e).__name__}: {e})")
+            return None
+        if per_token != run["model_flops_per_token"] or per_token != model["flops_per_token"]:
+            fail(results_path, f"run {run['run_id']}: {run['model_flops_per_token']:,} FLOPs per token claimed "
+                               f"({model['flops_per_token']:,} in the log), {per_token:,} recomputed from the config "
+                               "with the formula of the record's commit")
+        tokens = replayed["steps"] * config["total_batch_tokens"]
+        if run["tokens"] != tokens or run["model_flops"] != per_token * tokens:
+            fail(results_path, f"run {run['run_id']}: tokens or model FLOPs do not follow from steps x batch "
+                               f"({tokens:,} tokens, {per_token * tokens:,} FLOPs)")
+        check_mfu(run, config, env, per_token * tokens, ctx["formula"].get("PEAK_BF16_FLOPS"), results_path, fail)
+    if (env.get("world_size"), env.get("gpu")) != (run["world_size"], run["gpu"]):
+        fail(log.path, f"ran on {env.get('world_size')}x {env.get('gpu')}, results.json says "
+                       f"{run['world_size']}x {run['gpu']}")
+    hardware = track.get("hardware")
+    if hardware and (env.get("world_size") != hardware["count"] or hardware["gpu"] not in (env.get("gpu") or "")):
+        fail(log.path, f"ran on {env.get('world_size')}x {env.get('gpu')}, the track is "
+                       f"{hardware['count']}x {hardware['gpu']}")
+    pins, _ = track_pins(track)
+    if pins.get("val_tokens") is not None and config.get("val_tokens") != pins["val_tokens"]:
+        fail(log.path, f"val_tokens {config.get('val_tokens')} is not the track's {pins['val_tokens']}")
+    if pins.get("vocab_size") is not None and model["vocab_size"] != pins["vocab_size"]:
+        fail(log.path, f"vocab {model['vocab_size']} is not the track's {pins['vocab_size']}")
+    check_data(log, config, track, fail)
+    check_core(log, run, track, fail)
+    return replayed
+
+
+def check_mfu(run, config, env, model_flops, peak_table, results_path, fail):
+    """MFU as train_gpt.py computes it: model FLOPs / (training time x processes x peak FLOP/s per device)."""
+    peak = config.get("peak_flops") or None
+    if peak is None and isinstance(peak_table, dict) and env.get("gpu"):
+        peak = next((flops for key, flops in peak_table.items() if key in env["gpu"]), None)
+    if peak_table is None and not config.get("peak_flops"):  # a commit without the table: MFU is only bounded
+        if run["mfu"] is not None and not 0 < run["mfu"] <= 1:
+            fail(results_path, f"run {run['run_id']}: MFU {run['mfu']:.3f} is outside (0, 1]")
+        return
+    expected = model_flops / (run["training_time_s"] * run["world_size"] * peak) if peak else None
+    if (expected is None) != (run["mfu"] is None) or (expected is not None and not close(expected, run["mfu"], 1e-6)):
+        fail(results_path, f"run {run['run_id']}: MFU {run['mfu']} claimed, {expected} recomputed")
+    elif expected is not None and not 0 < expected <= 1:
+        fail(results_path, f"run {run['run_id']}: MFU {expected:.3f} is outside (0, 1]: the time or the peak is wrong")
+
+
 def validate(path, tracks_file=TRACKS_FILE, repo=None):
-    """Returns (failures, notes): failures are 'file: reason' strings (empty when the record is valid)."""
-    import train_gpt  # the repo's script, only for its FLOPs formula; the record's source is never executed
+    """Returns (failures, notes): failures are 'file: reason' lines (none when the record is valid). Never raises:
+    a record that cannot be checked fails with the reason."""
     failures, notes = [], []
+    try:
+        check_record(path, tracks_file, repo, failures, notes)
+    except Exception as e:  # a validator reports, it does not crash: the next record is still checked
+        failures.append(f"{os.path.join(path, 'results.json')}: cannot be checked ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())})")
+    return failures, notes
+
+
+def check_record(path, tracks_file, repo, failures, notes):
     repo = repo or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     results_path = os.path.join(path, "results.json")
 
     def fail(file, reason):
-        failures.append(f"{file}: {reason}")
+        failures.append(f"{file}: {' '.join(str(reason).split())}")  # one line, whatever a record holds
 
     try:
         with open(results_path) as f:
             record = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        return [f"{results_path}: cannot read ({e})"], notes
+        return fail(results_path, f"cannot read ({e})")
+    if not isinstance(record, dict):
+        return fail(results_path, "is not a JSON object")
     schema = {"schema_version": int, "track": str, "slug": str, "date": str, "commit": str, "runs": list,
               "summary": dict}
     for key, kind in schema.items():
-        if not isinstance(record.get(key), kind):
-            fail(results_path, f"'{key}' is missing or not a {kind.__name__}")
+        if schema_problem(record.get(key), kind):
+            fail(results_path, f"'{key}' {schema_problem(record.get(key), kind)}")
     if failures:
-        return failures, notes
+        return
     tracks = load_tracks(tracks_file)
     track = tracks.get(record["track"])
     if track is None:
-        return [f"{results_path}: unknown track {record['track']!r}"], notes
+        return fail(results_path, f"unknown track {record['track']!r}")
     parent, name = os.path.basename(os.path.dirname(os.path.abspath(path))), os.path.basename(os.path.abspath(path))
     if parent in tracks and (parent != record["track"] or name != f"{record['date']}_{record['slug']}"):
         fail(results_path, f"a record of track {record['track']} dated {record['date']} with slug {record['slug']} "
                            f"belongs in {record['track']}/{record['date']}_{record['slug']}, not {parent}/{name}")
     if record["schema_version"] != SCHEMA_VERSION:
         fail(results_path, f"schema_version {record['schema_version']} is not {SCHEMA_VERSION}")
-    committed_source = source_at_commit(record["commit"], repo)
-    if committed_source is None:
-        notes.append(f"commit {record['commit']} is not in this repository: the logs' source was not compared with it")
+    _, unpinned = track_pins(track)
+    if unpinned:
+        fail(tracks_file, f"track {record['track']} does not pin {', '.join(unpinned)} yet: its records cannot be "
+                          "checked until a maintainer pins them")
+    source = source_at_commit(record["commit"], repo)
+    if source is None:
+        fail(results_path, f"commit {record['commit']} is not in this repository ({repo}): the logs' source and "
+                           "FLOPs cannot be checked; records are made from pushed commits")
+    try:
+        formula = commit_definitions(source, ["flops_per_token", "PEAK_BF16_FLOPS", RESUMABLE]) if source else None
+    except Exception as e:
+        formula = None
+        fail(results_path, f"train_gpt.py at commit {record['commit'][:12]} has no usable FLOPs formula "
+                           f"({type(e).__name__}: {e})")
+    if formula is not None and "flops_per_token" not in formula:
+        fail(results_path, f"train_gpt.py at commit {record['commit'][:12]} defines no flops_per_token")
+        formula = None
+    ctx = {"record": record, "track": track, "results_path": results_path, "source": source, "formula": formula,
+           "resumable": set((formula or {}).get(RESUMABLE, ()))}
 
-    for run in record["runs"]:
-        log_path = os.path.join(path, run.get("log", "?"))
-        if not os.path.isfile(log_path) or os.path.dirname(os.path.normpath(run["log"])) != "logs":
-            fail(results_path, f"run {run.get('run_id')}: its log {run.get('log')} is not in logs/")
+    runs, logs, replays = record["runs"], {}, {}
+    for i, run in enumerate(runs):
+        if not isinstance(run, dict):
+            fail(results_path, f"run {i + 1} is not a JSON object")
+            continue
+        bad = [f"'{key}' {problem}" for key, kind in RUN_SCHEMA.items() if (problem := schema_problem(run.get(key), kind))]
+        if bad:
+            fail(results_path, f"run {i + 1}: {'; '.join(bad)}")
+            continue
+        log_path = os.path.join(path, run["log"])
+        if (os.path.dirname(os.path.normpath(run["log"])) != "logs" or not os.path.isfile(log_path)
+                or not run["log"].endswith(".txt")):
+            fail(results_path, f"run {run['run_id']}: its log {run['log']} is not in logs/")
+            continue
+        if os.path.normpath(run["log"]) in logs or run["run_id"] in replays:
+            fail(results_path, f"run {run['run_id']}: its run id or its log {run['log']} is another run's too")
             continue
         try:
             log = parse_log(log_path)
         except RecordError as e:
             failures.append(str(e))
             continue
-        if log.git.get("commit") != record["commit"]:
-            fail(log_path, f"commit {log.git.get('commit')} is not the record's {record['commit']}")
-        if committed_source is not None and log.source != committed_source:
-            fail(log_path, f"the train_gpt.py source in the log does not match train_gpt.py at commit "
-                           f"{record['commit'][:12]} (sha256 {hashlib.sha256(log.source.encode()).hexdigest()[:12]} vs "
-                           f"{hashlib.sha256(committed_source.encode()).hexdigest()[:12]})")
-        config = log.config
-        if config.get("log_every") != 1:
-            fail(log_path, "log_every is not 1: the step times cannot be summed")
-        if sorted(log.steps) != list(range(1, run["steps"] + 1)):
-            fail(log_path, f"the step lines do not cover steps 1..{run['steps']}")
-        step_total = sum(log.steps.values()) / 1000
-        if not close(step_total, run["training_time_s"], rel=1e-6, abs_tol=1e-5 * len(log.steps) + 1e-3):
-            fail(log_path, f"the step times sum to {step_total:.3f} s, but results.json says {run['training_time_s']:.3f} s")
-        if not log.val:
-            fail(log_path, "no validation line")
-        else:
-            _, val_loss, val_bpb = log.val[-1]
-            for key, logged in (("val_loss", val_loss), ("val_bpb", val_bpb)):
-                if not close(logged, run[key], abs_tol=5e-7):
-                    fail(log_path, f"final {key} {logged} in the log, {run[key]} in results.json")
-        if run.get("core") is not None and not close(log.core, run["core"], abs_tol=5e-7):
-            fail(log_path, f"CORE {log.core} in the log, {run['core']} in results.json")
-        try:
-            cfg = train_gpt.Config(**dict(config, adam_betas=tuple(config["adam_betas"])))
-            per_token = train_gpt.flops_per_token(cfg, run["vocab_size"])
-        except (TypeError, KeyError) as e:
-            fail(log_path, f"the config cannot be read by this train_gpt.py ({e})")
-            continue
-        if per_token != run["model_flops_per_token"]:
-            fail(results_path, f"run {run['run_id']}: {run['model_flops_per_token']:,} FLOPs per token claimed, "
-                               f"{per_token:,} recomputed from the config")
-        if run["tokens"] != run["steps"] * cfg.total_batch_tokens or run["model_flops"] != per_token * run["tokens"]:
-            fail(results_path, f"run {run['run_id']}: tokens or model FLOPs do not follow from steps x batch")
-        if run["mfu"] is not None and not 0 < run["mfu"] <= 1:
-            fail(results_path, f"run {run['run_id']}: MFU {run['mfu']:.3f} is outside (0, 1]")
-        hardware = track.get("hardware")
-        if hardware and (log.environment.get("world_size") != hardware["count"]
-                         or hardware["gpu"] not in (log.environment.get("gpu") or "")):
-            fail(log_path, f"ran on {log.environment.get('world_size')}x {log.environment.get('gpu')}, the track is "
-                           f"{hardware['count']}x {hardware['gpu']}")
-        if track.get("val_tokens") and config.get("val_tokens") != track["val_tokens"]:
-            fail(log_path, f"val_tokens {config.get('val_tokens')} is not the track's {track['val_tokens']}")
-
-    runs = record["runs"]
+        logs[os.path.normpath(run["log"])] = log
+        replays[run["run_id"]] = check_run(run, log, ctx, fail)
     if failures:
-        return failures, notes
+        return
+    check_distinct(runs, logs, replays, results_path, fail)
     for key, s in summarize(track, runs).items():
-        claimed = record["summary"].get(key, {})
-        if not (close(claimed.get("mean"), s["mean"]) and close(claimed.get("std"), s["std"], abs_tol=1e-12)):
+        claimed = record["summary"].get(key)
+        claimed = claimed if isinstance(claimed, dict) else {}
+        if not (close(claimed.get("mean"), s["mean"]) and close(claimed.get("std"), s["std"], abs_tol=1e-12)
+                and claimed.get("n") == s["n"]):
             fail(results_path, f"summary of {key} does not match its runs (mean {s['mean']:.6g}, std {s['std']:.3g})")
     if len(runs) < track["min_runs"]:
         fail(results_path, f"{len(runs)} runs; the track needs at least {track['min_runs']}")
     metric = [run[track["metric"]] for run in runs]
     if None in metric:
-        fail(results_path, f"a run has no {track['metric']}")
-    elif "budget_flops" in track:
+        return fail(results_path, f"a run has no {track['metric']}")
+    if "budget_flops" in track:
         over = [run["run_id"] for run in runs if run["model_flops"] > track["budget_flops"]]
         if over:
             fail(results_path, f"runs over the budget of {track['budget_flops']:.3g} model FLOPs: {', '.join(over)}")
+        if record.get("test") is not None:
+            fail(results_path, "a budget track has no t-test: 'test' must be null")
     elif len(runs) >= 2:
+        if len(set(metric)) == 1:
+            return fail(results_path, f"every run has {track['metric']} {metric[0]}: zero variance, so no t-test; "
+                                      "are these the same run?")
         test = target_test(track, metric)
         if test["p_value"] >= track["alpha"]:
             fail(results_path, f"{track['metric']} mean {sum(metric) / len(metric):.6g} is not {track['direction']} "
                                f"{track['target']} at p < {track['alpha']}: p = {test['p_value']:.3g}")
-        if not close((record.get("test") or {}).get("p_value"), test["p_value"], rel=1e-6):
-            fail(results_path, f"the stated t-test does not match the runs (p = {test['p_value']:.3g})")
-    return failures, notes
+        claimed = record.get("test") if isinstance(record.get("test"), dict) else {}
+        if not all(close(claimed.get(k), test[k], rel=1e-6) for k in ("t", "df", "p_value", "target")):
+            fail(results_path, f"the stated t-test does not match the runs (t = {test['t']:.4f}, "
+                               f"p = {test['p_value']:.3g})")
+    stats_path = os.path.join(path, "statistics.md")
+    try:
+        with open(stats_path, encoding="utf-8") as f:
+            written = f.read()
+    except OSError:
+        written = None
+    if not failures and written != statistics_markdown(track, record):
+        fail(stats_path, "is not the statistics of results.json (regenerate it: records.record.statistics_markdown)")
+
+
+def check_distinct(runs, logs, replays, results_path, fail):
+    """Runs are distinct: different seeds, different logs, different step lines."""
+    seeds = [run["seed"] for run in runs]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        fail(results_path, f"seed {repeated[0]} is used by more than one run; runs must differ in seed")
+    seen = {}
+    for log in logs.values():
+        if log.sha256 in seen:
+            fail(log.path, f"is the same file as {seen[log.sha256]}: one run counted twice")
+        seen.setdefault(log.sha256, log.path)
+    for key, what in (("losses", "train losses"), ("step_times", "step times")):
+        seen = {}
+        for run in runs:
+            found = replays[run["run_id"]][key]
+            if found in seen:
+                fail(results_path, f"runs {seen[found]} and {run['run_id']} log the same {what} at every step: "
+                                   "one run counted twice")
+            seen.setdefault(found, run["run_id"])
