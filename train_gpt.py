@@ -57,6 +57,8 @@ class Config:
     rope_base: float = 100_000.0
     logit_cap: float = 15.0       # logits = cap * tanh(logits / cap)
     value_embeds: bool = True     # token embeddings mixed into the attention values of every other layer
+    embed_dtype: str = "fp32"     # fp32 | bf16: the token and value embedding tables (bf16: half the memory and
+                                  # gradient traffic; AdamW then keeps its state in bf16 too)
     doc_mask: bool = False        # attend only within the document (documents start at BOS)
     attention: str = "auto"       # sdpa | flex (FlexAttention); auto: flex when compiling on CUDA, else sdpa
     # batch: total_batch_tokens = world_size x device_batch x seq_len x accumulation steps
@@ -554,6 +556,9 @@ class GPT(nn.Module):
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
         self.reset_parameters()
+        if config.embed_dtype == "bf16":  # initialized in fp32 first, so that both dtypes start from the same draw
+            for emb in [self.embed, *self.value_embeds]:
+                emb.to(torch.bfloat16)
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -572,7 +577,7 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, reduction="mean"):
         """Logits [B, T, vocab] without targets; else the cross-entropy (mean, or per token with reduction='none')."""
-        x = rms_norm(self.embed(idx))
+        x = rms_norm(self.embed(idx).float())  # the residual stream stays fp32 whatever the table's dtype
         value_embeds = dict(zip(self.value_layers, (ve(idx) for ve in self.value_embeds)))
         masks = attention_masks(idx, self.windows, self.doc_bos, self.attention_backend)
         for i, block in enumerate(self.blocks):
@@ -940,6 +945,8 @@ def check_config(config, world):
         raise ConfigError(f"--attention={config.attention}: use auto, sdpa or flex")
     if config.compile not in ("auto", "true", "false"):
         raise ConfigError(f"--compile={config.compile}: use auto, true or false")
+    if config.embed_dtype not in ("fp32", "bf16"):
+        raise ConfigError(f"--embed_dtype={config.embed_dtype}: use fp32 or bf16")
     if config.wandb not in ("", "online", "offline"):
         raise ConfigError(f"--wandb={config.wandb}: use online or offline (or leave it out)")
 
