@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from data.shards import ShardError, read_header, read_shard
 from data.tokenizer import TokenizerError, load_tokenizer, sha256_file
+from speedups import fp8_linear, fp8_matmul  # noqa: F401  (fp8_matmul: tests/test_gpu.py calls train_gpt.fp8_matmul)
 
 RESULTS_SCHEMA = 1
 
@@ -411,75 +412,18 @@ def attention(q, k, v, mask, backend):
     return y.transpose(1, 2)
 
 
-# FP8 matmuls (--fp8): e4m3 operands forward, e5m2 gradients backward, each tensor scaled by its own amax
-# (dynamic per-tensor scaling). Custom ops with fake implementations, so torch.compile sees no graph break.
-E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
-
-
-def to_fp8(x, dtype):
-    """x / scale in an fp8 dtype, and the scale (amax over the dtype's largest value)."""
-    scale = (x.detach().abs().amax().float() / torch.finfo(dtype).max).clamp(min=1e-12)
-    return (x / scale).to(dtype), scale
-
-
-def column_major(x):
-    return x.t().contiguous().t()  # _scaled_mm wants its second operand column-major
-
-
-@torch.library.custom_op("speedrun::fp8_matmul", mutates_args=())
-def fp8_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x [N, in] @ w[out, in].T in fp8, out in bf16."""
-    x8, x_scale = to_fp8(x, E4M3)
-    w8, w_scale = to_fp8(w, E4M3)
-    return torch._scaled_mm(x8, column_major(w8.t()), scale_a=x_scale, scale_b=w_scale, out_dtype=torch.bfloat16)
-
-
-@fp8_matmul.register_fake
-def _(x, w):
-    return x.new_empty(x.size(0), w.size(0), dtype=torch.bfloat16)
-
-
-@torch.library.custom_op("speedrun::fp8_matmul_backward", mutates_args=())
-def fp8_matmul_backward(grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    g8, g_scale = to_fp8(grad, E5M2)
-    x8, x_scale = to_fp8(x, E4M3)
-    w8, w_scale = to_fp8(w, E4M3)
-    grad_x = torch._scaled_mm(g8, column_major(w8), scale_a=g_scale, scale_b=w_scale, out_dtype=torch.bfloat16)
-    grad_w = torch._scaled_mm(g8.t().contiguous(), column_major(x8), scale_a=g_scale, scale_b=x_scale,
-                              out_dtype=torch.float32)
-    return grad_x, grad_w
-
-
-@fp8_matmul_backward.register_fake
-def _(grad, x, w):
-    return x.new_empty(x.shape, dtype=torch.bfloat16), w.new_empty(w.shape, dtype=torch.float32)
-
-
-def _fp8_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _fp8_backward(ctx, grad):
-    x, w = ctx.saved_tensors
-    grad_x, grad_w = fp8_matmul_backward(grad, x, w)
-    return grad_x.to(x.dtype), grad_w.to(w.dtype)
-
-
-fp8_matmul.register_autograd(_fp8_backward, setup_context=_fp8_setup)
-
-
 class Linear(nn.Linear):
-    """nn.Linear without bias whose training-time matmul runs in FP8 when use_fp8 is set (evaluation: bf16)."""
+    """nn.Linear without bias whose training-time matmul runs in FP8 when use_fp8 is set (evaluation: bf16).
+    What the model knows about the Linear fixes FP8 scales (speedups.py): normed_input, its input is rms-normed;
+    mean_loss_head, its output feeds the mean soft-capped cross-entropy."""
 
-    def __init__(self, in_features, out_features):
+    def __init__(self, in_features, out_features, normed_input=False, mean_loss_head=False):
         super().__init__(in_features, out_features, bias=False)
-        self.use_fp8 = False
+        self.use_fp8, self.normed_input, self.mean_loss_head = False, normed_input, mean_loss_head
 
     def forward(self, x):
         if self.use_fp8 and self.training:
-            out = fp8_matmul(x.flatten(0, -2), self.weight).view(*x.shape[:-1], -1)
-            autocast = torch.is_autocast_enabled(x.device.type)  # then a Linear's output would be in its dtype
-            return out.to(torch.get_autocast_dtype(x.device.type) if autocast else x.dtype)
+            return fp8_linear(x, self.weight, self.normed_input, self.mean_loss_head)
         return F.linear(x, self.weight.type_as(x))
 
 
@@ -499,7 +443,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, dim, heads, head_dim, window, value_embed):
         super().__init__()
         self.heads, self.head_dim, self.window = heads, head_dim, window
-        self.qkv = Linear(dim, 3 * heads * head_dim)
+        self.qkv = Linear(dim, 3 * heads * head_dim, normed_input=True)
         self.proj = Linear(heads * head_dim, dim)
         # how much of the value embedding goes into the values: [keep v, add value embedding]
         self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5])) if value_embed else None
@@ -517,7 +461,7 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, dim):
         super().__init__()
-        self.fc = Linear(dim, 4 * dim)
+        self.fc = Linear(dim, 4 * dim, normed_input=True)
         self.proj = Linear(4 * dim, dim)
 
     def forward(self, x):
@@ -551,7 +495,7 @@ class GPT(nn.Module):
         self.value_embeds = nn.ModuleList(nn.Embedding(padded_vocab, heads * config.head_dim) for _ in self.value_layers)
         self.blocks = nn.ModuleList(Block(dim, heads, config.head_dim, windows[i], i in self.value_layers)
                                     for i in range(config.depth))
-        self.head = Linear(dim, padded_vocab)  # untied from the embedding
+        self.head = Linear(dim, padded_vocab, normed_input=True, mean_loss_head=True)  # untied from the embedding
         cos, sin = rotary_tables(config.seq_len, config.head_dim, config.rope_base)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
