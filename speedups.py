@@ -118,6 +118,63 @@ def fp8_linear(x, w, normed_input=False, mean_loss_head=False):
 
 # -----------------------------------------------------------------------------
 # Fused soft-capped cross-entropy
+#
+# The plain loss (GPT.forward) makes the logits of the whole micro-batch [rows, vocab], then fp32 copies for the
+# soft-cap, the log-softmax and, backward, their gradients: several rows x vocab fp32 tensors alive at once (3-7
+# GB at 32k rows and a 50k vocab). Here the head matmul, the soft-cap and the cross-entropy run one chunk of rows
+# at a time: forward keeps each row's log-sum-exp (4 bytes a row), and backward recomputes a chunk's logits to
+# make its gradients. At most one chunk's logits exist at a time; the price is the head's forward matmul done
+# twice (2 x rows x dim x vocab FLOPs more, a third more for the head). The chunk loop is plain Python over
+# static shapes, so torch.compile unrolls it and fuses each chunk's element-wise work.
+
+
+def softcap_logits(h, w, cap, vocab):
+    """cap x tanh(logits / cap) in fp32 for h [rows, dim] and the head w [padded vocab, dim], the pad cut off."""
+    logits = (h @ w.t())[:, :vocab].float()
+    return cap * torch.tanh(logits / cap)
+
+
+class SoftcappedCrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy of softcap_logits(h, w) against targets, in fp32; matmuls in compute_dtype."""
+
+    @staticmethod
+    def forward(ctx, h, w, targets, cap, vocab, chunk_rows, compute_dtype):
+        hc, wc = h.to(compute_dtype), w.to(compute_dtype)
+        losses, lses = [], []
+        for start in range(0, h.size(0), chunk_rows):
+            z = softcap_logits(hc[start:start + chunk_rows], wc, cap, vocab)
+            lse = torch.logsumexp(z, dim=-1)
+            losses.append(lse - z.gather(1, targets[start:start + chunk_rows, None]).squeeze(1))
+            lses.append(lse)
+        ctx.save_for_backward(h, w, targets, torch.cat(lses))
+        ctx.cap, ctx.vocab, ctx.chunk_rows, ctx.compute_dtype = cap, vocab, chunk_rows, compute_dtype
+        return torch.cat(losses)
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        h, w, targets, lse = ctx.saved_tensors
+        cap, vocab, chunk_rows, dtype = ctx.cap, ctx.vocab, ctx.chunk_rows, ctx.compute_dtype
+        hc, wc = h.to(dtype), w.to(dtype)
+        grad_h, grad_w = [], torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        for start in range(0, h.size(0), chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            capped = torch.tanh((hc[rows] @ wc.t())[:, :vocab].float() / cap)
+            # d loss / d logit = (softmax - onehot) x d softcap / d logit, where d softcap / d logit = 1 - tanh^2
+            probs = torch.exp(cap * capped - lse[rows, None])
+            probs.scatter_add_(1, targets[rows, None], torch.full_like(lse[rows, None], -1.0))
+            g = (probs * (1 - capped * capped) * grad_losses[rows, None]).to(dtype)
+            g = torch.nn.functional.pad(g, (0, w.size(0) - vocab))  # the padded logits get no gradient
+            grad_h.append((g @ wc).to(h.dtype))
+            grad_w += (g.t() @ hc[rows]).float()
+        return torch.cat(grad_h), grad_w.to(w.dtype), None, None, None, None, None
+
+
+def chunked_softcapped_cross_entropy(h, w, targets, cap, vocab, chunk_rows):
+    """Per-row losses [rows] (fp32) of the soft-capped logits h @ w.T, without the logits of all rows at once.
+    Matmuls in the autocast dtype when autocast is on (as the plain head Linear's), else in h's dtype."""
+    autocast = torch.is_autocast_enabled(h.device.type)
+    dtype = torch.get_autocast_dtype(h.device.type) if autocast else h.dtype
+    return SoftcappedCrossEntropy.apply(h, w, targets, cap, vocab, chunk_rows, dtype)
 
 
 # -----------------------------------------------------------------------------

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from data.shards import ShardError, read_header, read_shard
 from data.tokenizer import TokenizerError, load_tokenizer, sha256_file
-from speedups import fp8_linear, fp8_matmul  # noqa: F401  (fp8_matmul: tests/test_gpu.py calls train_gpt.fp8_matmul)
+from speedups import chunked_softcapped_cross_entropy, fp8_linear
+from speedups import fp8_matmul  # noqa: F401  (tests/test_gpu.py calls it as train_gpt.fp8_matmul)
 
 RESULTS_SCHEMA = 1
 
@@ -57,6 +58,10 @@ class Config:
     short_window: int = 0         # 0: seq_len // 4
     rope_base: float = 100_000.0
     logit_cap: float = 15.0       # logits = cap * tanh(logits / cap)
+    loss: str = "plain"           # plain | chunked: head + soft-cap + cross-entropy chunk by chunk of rows, never
+                                  # all the fp32 logits at once (speedups.py; the head matmul then runs in bf16,
+                                  # also with --fp8)
+    loss_chunk: int = 4096        # rows per chunk with --loss=chunked
     value_embeds: bool = True     # token embeddings mixed into the attention values of every other layer
     embed_dtype: str = "fp32"     # fp32 | bf16: the token and value embedding tables (bf16: half the memory and
                                   # gradient traffic; AdamW then keeps its state in bf16 too)
@@ -484,6 +489,7 @@ class GPT(nn.Module):
         super().__init__()
         dim, heads, windows = derived(config)
         self.vocab_size, self.logit_cap, self.windows = vocab_size, config.logit_cap, windows
+        self.loss, self.loss_chunk = config.loss, config.loss_chunk
         if config.doc_mask and bos_id is None:
             raise ConfigError("--doc_mask needs the BOS id (the tokenizer's)")
         self.doc_bos = bos_id if config.doc_mask else None
@@ -526,7 +532,12 @@ class GPT(nn.Module):
         masks = attention_masks(idx, self.windows, self.doc_bos, self.attention_backend)
         for i, block in enumerate(self.blocks):
             x = block(x, self.cos, self.sin, value_embeds.get(i), masks, self.attention_backend)
-        logits = self.head(rms_norm(x))[..., :self.vocab_size].float()
+        x = rms_norm(x)
+        if targets is not None and self.loss == "chunked":
+            losses = chunked_softcapped_cross_entropy(x.flatten(0, -2), self.head.weight, targets.reshape(-1),
+                                                      self.logit_cap, self.vocab_size, self.loss_chunk)
+            return losses.mean() if reduction == "mean" else losses.view_as(targets)
+        logits = self.head(x)[..., :self.vocab_size].float()
         logits = self.logit_cap * torch.tanh(logits / self.logit_cap)
         if targets is None:
             return logits
@@ -889,6 +900,9 @@ def check_config(config, world):
         raise ConfigError(f"--attention={config.attention}: use auto, sdpa or flex")
     if config.compile not in ("auto", "true", "false"):
         raise ConfigError(f"--compile={config.compile}: use auto, true or false")
+    if config.loss not in ("plain", "chunked") or config.loss_chunk < 1:
+        raise ConfigError(f"--loss={config.loss} --loss_chunk={config.loss_chunk}: use plain or chunked, and a "
+                          "positive number of rows per chunk")
     if config.embed_dtype not in ("fp32", "bf16"):
         raise ConfigError(f"--embed_dtype={config.embed_dtype}: use fp32 or bf16")
     if config.wandb not in ("", "online", "offline"):

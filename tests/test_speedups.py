@@ -1,0 +1,110 @@
+"""speedups.py's chunked soft-capped cross-entropy against the plain loss of GPT.forward, bf16 embedding tables,
+and a training loop that reads the loss only when it logs it (all on the CPU)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import speedups
+import train_gpt
+from tests.test_train import argv, log_lines, losses, options, run, shards  # noqa: F401  (fixtures)
+
+
+def plain_softcapped_cross_entropy(h, w, targets, cap, vocab):
+    """GPT.forward's plain loss, per row."""
+    logits = (h @ w.t())[:, :vocab].float()
+    return F.cross_entropy(cap * torch.tanh(logits / cap), targets, reduction="none")
+
+
+def loss_and_grads(loss_fn, h, w, targets, reduction):
+    h, w = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    losses = loss_fn(h, w, targets)
+    weights = torch.linspace(0.5, 1.5, len(losses))  # reduction="none" gets an uneven upstream gradient
+    (losses.mean() if reduction == "mean" else (losses * weights).sum()).backward()
+    return losses, h.grad, w.grad
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("chunk_rows", [16, 50, 1000])  # 50 rows: chunks of 16 leave a short last one
+def test_chunked_loss_equals_the_plain_one_in_value_and_gradient(chunk_rows, reduction):
+    torch.manual_seed(0)
+    h, w = torch.randn(50, 32), torch.randn(128, 32)  # a head padded to 128 rows for a vocab of 100
+    targets = torch.randint(0, 100, (50,))
+    cap = 15.0
+    plain = loss_and_grads(lambda h, w, t: plain_softcapped_cross_entropy(h, w, t, cap, 100), h, w, targets,
+                           reduction)
+    chunked = loss_and_grads(lambda h, w, t: speedups.chunked_softcapped_cross_entropy(h, w, t, cap, 100,
+                                                                                       chunk_rows),
+                             h, w, targets, reduction)
+    for a, b, what in zip(chunked, plain, ("loss", "grad h", "grad w")):
+        assert a.dtype == b.dtype and a.shape == b.shape, what
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=what)
+    assert (chunked[2][100:] == 0).all()  # the padded rows of the head get no gradient
+
+
+def test_chunked_loss_under_bf16_autocast_is_close_to_the_plain_one():
+    """Matmuls in bf16 as the plain head Linear's under autocast; everything after the matmul in fp32."""
+    torch.manual_seed(0)
+    h, w = torch.randn(64, 32), torch.randn(128, 32) * 0.3
+    targets = torch.randint(0, 100, (64,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = loss_and_grads(lambda h, w, t: F.cross_entropy(
+            15 * torch.tanh(F.linear(h, w)[:, :100].float() / 15), t, reduction="none"), h, w, targets, "mean")
+        chunked = loss_and_grads(lambda h, w, t: speedups.chunked_softcapped_cross_entropy(h, w, t, 15.0, 100, 16),
+                                 h, w, targets, "mean")
+    for a, b, what in zip(chunked, plain, ("loss", "grad h", "grad w")):
+        assert a.dtype == b.dtype, what
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-4, msg=what)  # bf16 matmuls: 8 mantissa bits
+
+
+def test_chunked_loss_never_keeps_logits_for_backward():
+    saved = []
+    h, w = torch.randn(64, 32, requires_grad=True), torch.randn(128, 32, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        speedups.chunked_softcapped_cross_entropy(h, w, torch.randint(0, 100, (64,)), 15.0, 100, 16).mean()
+    assert sorted(tuple(t.shape) for t in saved) == [(64,), (64,), (64, 32), (128, 32)]  # h, w, targets, lse
+
+
+def tiny_model(**changes):
+    torch.manual_seed(0)
+    config = train_gpt.Config(depth=2, model_dim=32, head_dim=16, seq_len=32, short_window=8, **changes)
+    model = train_gpt.GPT(config, vocab_size=200)
+    with torch.no_grad():  # weights that give every parameter a gradient, and an uneven softmax
+        for block in model.blocks:
+            block.attn.proj.weight.normal_(std=0.05)
+            block.mlp.proj.weight.normal_(std=0.05)
+        model.head.weight.normal_(std=0.3)
+    return model
+
+
+def test_gpt_with_the_chunked_loss_matches_the_plain_loss_and_gradients():
+    idx = torch.randint(0, 200, (3, 32))
+    plain, chunked = tiny_model(), tiny_model(loss="chunked", loss_chunk=40)
+    plain(idx, idx).backward()
+    loss = chunked(idx, idx)
+    loss.backward()
+    assert loss.item() == pytest.approx(plain(idx, idx).item(), rel=1e-6)
+    for (name, p), q in zip(plain.named_parameters(), chunked.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-7, msg=name)
+    with torch.no_grad():  # evaluation's per-token losses
+        torch.testing.assert_close(chunked(idx, idx, reduction="none"), plain(idx, idx, reduction="none"))
+        assert torch.equal(chunked(idx), plain(idx))  # no targets: the logits, the same path
+
+
+def test_gpt_with_the_chunked_loss_compiles_without_a_graph_break():
+    model = tiny_model(loss="chunked", loss_chunk=40)
+    idx = torch.randint(0, 200, (3, 32))
+    model(idx, idx).backward()
+    eager = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    compiled(idx, idx).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, eager[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_bad_loss_options_are_refused_early():
+    for bad in (dict(loss="fused"), dict(loss="chunked", loss_chunk=0), dict(embed_dtype="fp16")):
+        with pytest.raises(train_gpt.ConfigError, match="--loss=|--embed_dtype="):
+            train_gpt.check_config(train_gpt.Config(depth=2, **bad), 1)
