@@ -99,7 +99,7 @@ class Config:
     seed: int = 0
     run_id: str = ""              # default: a timestamp and the preset
     out_dir: str = "runs"
-    log_every: int = 1
+    log_every: int = 1            # steps between loss reads (host syncs) and log lines; records need 1
     save_every: int = 0           # steps between checkpoints (0: none during the run)
     save_final: bool = True       # a checkpoint at the end (to evaluate, or to continue)
     resume: str = ""              # a checkpoint.pt to continue from, exactly
@@ -905,6 +905,8 @@ def check_config(config, world):
                           "positive number of rows per chunk")
     if config.embed_dtype not in ("fp32", "bf16"):
         raise ConfigError(f"--embed_dtype={config.embed_dtype}: use fp32 or bf16")
+    if config.log_every < 1:
+        raise ConfigError(f"--log_every={config.log_every}: use 1 or more steps")
     if config.wandb not in ("", "online", "offline"):
         raise ConfigError(f"--wandb={config.wandb}: use online or offline (or leave it out)")
 
@@ -1007,39 +1009,58 @@ def train(config, rank=0, world=1, device=None):
 
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     status, steps_here, val_loss, val_bpb = "finished", 0, None, None
+    # The loss stays on the device until a read: a log line, a validation, a checkpoint, a stop. Between reads no
+    # step waits for the device (a sync every step idles the GPU while the CPU queues the next step's work). The
+    # clock starts after a sync and stops after the sync at the read, so the timed windows cover exactly the
+    # steps; each read is logged, with the window's mean step time. log_every=1 (the default) reads, and syncs,
+    # every step. A non-finite loss is caught at the first read after it (at most log_every - 1 steps later),
+    # always before a checkpoint is written, and the step where it first appeared is named.
+    window_start, window_losses = None, []
     while progress["step"] < num_steps:
         step = progress["step"]
-        synchronize(device)
-        t0 = time.perf_counter()
+        if window_start is None:
+            synchronize(device)
+            window_start = time.perf_counter()
         loss, multiplier = trainer.step(step, num_steps)
-        loss = loss.item()
-        synchronize(device)
-        step_time = time.perf_counter() - t0  # the timed region: training steps only
-        progress["training_time"] += step_time
+        window_losses.append(loss)
         progress["tokens"] += config.total_batch_tokens
         progress["step"] = step = step + 1
         steps_here += 1
-        if not math.isfinite(loss):
+        val_due = (config.val_every and step % config.val_every == 0) or step == num_steps
+        save_due = config.save_every and step % config.save_every == 0  # on every rank: all read at the same steps
+        stop_due = config.stop_after and steps_here == config.stop_after and step < num_steps
+        if not (step % config.log_every == 0 or val_due or save_due or stop_due):
+            continue
+        synchronize(device)
+        window_time = time.perf_counter() - window_start  # the timed region: training steps only
+        progress["training_time"] += window_time
+        step_time = window_time / len(window_losses)
+        values = torch.stack(window_losses).tolist()
+        window_start, window_losses = None, []
+        bad = next((i for i, value in enumerate(values) if not math.isfinite(value)), None)
+        if bad is not None:
+            bad_step, loss = step - len(values) + 1 + bad, values[bad]
             saved = f"the last checkpoint is {checkpoint_path}" if os.path.exists(checkpoint_path) else "no checkpoint was saved"
-            log.write(f"step:{step}/{num_steps} train_loss:{loss} -- stopping: the loss is not finite; {saved}")
-            raise FloatingPointError(f"step {step}: train loss is {loss}; stopped ({saved}). Try a lower lr or check "
-                                     "the data")
-        if step % config.log_every == 0 or step == num_steps:
-            tok_per_s = config.total_batch_tokens / step_time
-            mfu = f"{100 * tokens_flops * tok_per_s / (peak * world):.1f}%" if peak else "n/a"
-            log.write(f"step:{step}/{num_steps} train_loss:{loss:.6f} lr:{multiplier:.4f} step_ms:{1000 * step_time:.2f} "
-                      f"tok/s:{tok_per_s:.0f} mfu:{mfu} train_time_ms:{1000 * progress['training_time']:.0f}")
-            if wandb_run:
-                wandb_run.log({"train_loss": loss, "lr_multiplier": multiplier, "tok_per_s": tok_per_s}, step=step)
-        if (config.val_every and step % config.val_every == 0) or step == num_steps:
+            log.write(f"step:{bad_step}/{num_steps} train_loss:{loss} -- stopping: the loss is not finite (read after "
+                      f"step {step}); {saved}")
+            raise FloatingPointError(f"step {bad_step}: train loss is {loss}; stopped ({saved}). Try a lower lr or "
+                                     "check the data")
+        loss = values[-1]
+        tok_per_s = config.total_batch_tokens / step_time
+        mfu = f"{100 * tokens_flops * tok_per_s / (peak * world):.1f}%" if peak else "n/a"
+        log.write(f"step:{step}/{num_steps} train_loss:{loss:.6f} lr:{multiplier:.4f} step_ms:{1000 * step_time:.2f} "
+                  f"tok/s:{tok_per_s:.0f} mfu:{mfu} train_time_ms:{1000 * progress['training_time']:.0f}")
+        if wandb_run:
+            wandb_run.log({"train_loss": loss, "lr_multiplier": multiplier, "tok_per_s": tok_per_s}, step=step)
+        if val_due:
             val_loss, val_bpb = validate(step)
             if config.target_val_loss and val_loss <= config.target_val_loss:
                 status = "target_reached"
                 log.write(f"step:{step}/{num_steps} reached the target val loss {config.target_val_loss}")
                 break
-        if config.save_every and step % config.save_every == 0 and rank == 0:
+        if save_due and rank == 0:
             save_checkpoint(checkpoint_path, model, trainer.optimizers, trainer.loader, progress, config)
-        if config.stop_after and steps_here == config.stop_after and step < num_steps:
+        if stop_due:
             log.write(f"step:{step}/{num_steps} stopping after {steps_here} steps (--stop_after); resume with "
                       f"--resume={checkpoint_path}")
             return None

@@ -1,6 +1,8 @@
 """speedups.py's chunked soft-capped cross-entropy against the plain loss of GPT.forward, bf16 embedding tables,
 and a training loop that reads the loss only when it logs it (all on the CPU)."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -108,3 +110,42 @@ def test_bad_loss_options_are_refused_early():
     for bad in (dict(loss="fused"), dict(loss="chunked", loss_chunk=0), dict(embed_dtype="fp16")):
         with pytest.raises(train_gpt.ConfigError, match="--loss=|--embed_dtype="):
             train_gpt.check_config(train_gpt.Config(depth=2, **bad), 1)
+
+
+# -----------------------------------------------------------------------------
+# The training loop reads the loss only when it logs it
+
+
+def test_the_loss_is_read_only_at_log_steps_and_the_windows_sum_to_the_training_time(options, monkeypatch):
+    _, every = run(options, run_id="every", steps=7)
+    steps_done, syncs = [0], []
+    real_step = train_gpt.Trainer.step
+
+    def counted_step(self, step, num_steps):
+        steps_done[0] += 1
+        return real_step(self, step, num_steps)
+    monkeypatch.setattr(train_gpt.Trainer, "step", counted_step)
+    monkeypatch.setattr(train_gpt, "synchronize", lambda device: syncs.append(steps_done[0]))
+    results, lines = run(options, run_id="sparse", steps=7, log_every=3, warmup_timing_steps=1)
+    warmup = 1
+    timed_syncs = {count - warmup for count in syncs if count > warmup}
+    assert timed_syncs <= {3, 6, 7}  # never between two reads (the validation at step 7 syncs too)
+    assert sorted(losses(lines)) == [3, 6, 7]
+    assert all(losses(lines)[s] == losses(every)[s] for s in (3, 6, 7))  # the same steps, read later
+    steps = [int(l["step"].split("/")[0]) for l in lines if "step_ms" in l]
+    window_ms = sum(float(l["step_ms"]) * (s - before) for l, s, before in
+                    zip([l for l in lines if "step_ms" in l], steps, [0] + steps[:-1]))
+    assert results["training_time_s"] == pytest.approx(window_ms / 1000, rel=1e-3)
+
+
+def test_a_loss_that_turns_non_finite_between_reads_is_caught_at_the_next_read_naming_its_step(options, tmp_path):
+    diverge = dict(matrix_lr=1e30, embed_lr=1e30, head_lr=1e30, scalar_lr=1e30, steps=20)
+    messages = {}
+    for log_every in (1, 5):
+        with pytest.raises(SystemExit) as exc:
+            train_gpt.main(argv(options, run_id=f"nan{log_every}", log_every=log_every, **diverge))
+        messages[log_every] = str(exc.value.code)
+    first_bad = {k: int(re.match(r"error: step (\d+): train loss is (nan|inf)", m).group(1)) for k, m in messages.items()}
+    assert first_bad[5] == first_bad[1] < 5, messages  # the same step, found at the read after step 5
+    log = (tmp_path / "runs" / "nan5" / "log.txt").read_text()
+    assert f"step:{first_bad[5]}/20 train_loss:nan -- stopping: the loss is not finite (read after step 5)" in log
