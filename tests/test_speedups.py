@@ -106,6 +106,29 @@ def test_gpt_with_the_chunked_loss_compiles_without_a_graph_break():
         torch.testing.assert_close(p.grad, eager[name], rtol=1e-4, atol=1e-7, msg=name)
 
 
+def test_bf16_embedding_tables_start_from_the_fp32_draw_and_train_with_adamw():
+    fp32, bf16 = tiny_model(), tiny_model(embed_dtype="bf16")
+    tables = lambda model: [model.embed, *model.value_embeds]
+    assert len(tables(bf16)) == 2  # the token embedding and one value embedding at depth 2
+    for a, b in zip(tables(fp32), tables(bf16)):
+        assert b.weight.dtype == torch.bfloat16 and torch.equal(b.weight, a.weight.bfloat16())
+    assert all(p.dtype == torch.float32 for name, p in bf16.named_parameters() if "embed" not in name)
+    idx = torch.randint(0, 200, (3, 32))
+    loss = bf16(idx, idx)
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(fp32(idx, idx).item(), rel=1e-2)
+    config = train_gpt.Config(depth=2, model_dim=32, head_dim=16, seq_len=32, short_window=8, embed_dtype="bf16")
+    optimizers = train_gpt.build_optimizers(bf16, config, 0, 1)
+    before = [t.weight.detach().clone() for t in tables(bf16)]
+    loss.backward()
+    assert all(t.weight.grad.dtype == torch.bfloat16 for t in tables(bf16))
+    for opt in optimizers:
+        opt.step()
+    for table, old in zip(tables(bf16), before):
+        assert table.weight.dtype == torch.bfloat16 and torch.isfinite(table.weight).all()
+        assert not torch.equal(table.weight, old)
+    assert bf16(idx, idx).item() < loss.item()
+
+
 def test_bad_loss_options_are_refused_early():
     for bad in (dict(loss="fused"), dict(loss="chunked", loss_chunk=0), dict(embed_dtype="fp16")):
         with pytest.raises(train_gpt.ConfigError, match="--loss=|--embed_dtype="):
