@@ -14,7 +14,9 @@ import torch
 # ops and torch._scaled_mm inside a torch.autograd.Function, which Dynamo traces into the compiled graph: Inductor
 # fuses each quantization (divide, clamp, cast, and the transposed copy backward needs) into one pass, or into
 # the kernel that produces the tensor, where an opaque custom op ran four eager passes per tensor. Backward keeps
-# the fp8 copies (1 byte an element) and their scales, not the inputs.
+# the fp8 copies (1 byte an element) and their scales, not the inputs; under torch.compile the partitioner may
+# instead recompute a copy from a tensor it keeps anyway (on the CPU, for an rms-normed input, it kept the
+# residual stream and recomputed the normalize-and-cast; it never kept the fp32 input beside the fp8 copy).
 #
 # Scales map a tensor's largest possible magnitude to the format's largest value. Where a bound is known in
 # advance the scale is fixed, and no amax pass over the tensor runs:
