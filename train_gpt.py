@@ -34,6 +34,8 @@ import torch.nn.functional as F
 
 from data.shards import ShardError, read_header, read_shard
 from data.tokenizer import TokenizerError, load_tokenizer, sha256_file
+from speedups import chunked_softcapped_cross_entropy, fp8_linear
+from speedups import fp8_matmul  # noqa: F401  (tests/test_gpu.py calls it as train_gpt.fp8_matmul)
 
 RESULTS_SCHEMA = 1
 
@@ -56,7 +58,13 @@ class Config:
     short_window: int = 0         # 0: seq_len // 4
     rope_base: float = 100_000.0
     logit_cap: float = 15.0       # logits = cap * tanh(logits / cap)
+    loss: str = "plain"           # plain | chunked: head + soft-cap + cross-entropy chunk by chunk of rows, never
+                                  # all the fp32 logits at once (speedups.py; the head matmul then runs in bf16,
+                                  # also with --fp8)
+    loss_chunk: int = 4096        # rows per chunk with --loss=chunked
     value_embeds: bool = True     # token embeddings mixed into the attention values of every other layer
+    embed_dtype: str = "fp32"     # fp32 | bf16: the token and value embedding tables (bf16: half the memory and
+                                  # gradient traffic; AdamW then keeps its state in bf16 too)
     doc_mask: bool = False        # attend only within the document (documents start at BOS)
     attention: str = "auto"       # sdpa | flex (FlexAttention); auto: flex when compiling on CUDA, else sdpa
     # batch: total_batch_tokens = world_size x device_batch x seq_len x accumulation steps
@@ -91,7 +99,7 @@ class Config:
     seed: int = 0
     run_id: str = ""              # default: a timestamp and the preset
     out_dir: str = "runs"
-    log_every: int = 1
+    log_every: int = 1            # steps between loss reads (host syncs) and log lines; records need 1
     save_every: int = 0           # steps between checkpoints (0: none during the run)
     save_final: bool = True       # a checkpoint at the end (to evaluate, or to continue)
     resume: str = ""              # a checkpoint.pt to continue from, exactly
@@ -409,75 +417,18 @@ def attention(q, k, v, mask, backend):
     return y.transpose(1, 2)
 
 
-# FP8 matmuls (--fp8): e4m3 operands forward, e5m2 gradients backward, each tensor scaled by its own amax
-# (dynamic per-tensor scaling). Custom ops with fake implementations, so torch.compile sees no graph break.
-E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
-
-
-def to_fp8(x, dtype):
-    """x / scale in an fp8 dtype, and the scale (amax over the dtype's largest value)."""
-    scale = (x.detach().abs().amax().float() / torch.finfo(dtype).max).clamp(min=1e-12)
-    return (x / scale).to(dtype), scale
-
-
-def column_major(x):
-    return x.t().contiguous().t()  # _scaled_mm wants its second operand column-major
-
-
-@torch.library.custom_op("speedrun::fp8_matmul", mutates_args=())
-def fp8_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x [N, in] @ w[out, in].T in fp8, out in bf16."""
-    x8, x_scale = to_fp8(x, E4M3)
-    w8, w_scale = to_fp8(w, E4M3)
-    return torch._scaled_mm(x8, column_major(w8.t()), scale_a=x_scale, scale_b=w_scale, out_dtype=torch.bfloat16)
-
-
-@fp8_matmul.register_fake
-def _(x, w):
-    return x.new_empty(x.size(0), w.size(0), dtype=torch.bfloat16)
-
-
-@torch.library.custom_op("speedrun::fp8_matmul_backward", mutates_args=())
-def fp8_matmul_backward(grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    g8, g_scale = to_fp8(grad, E5M2)
-    x8, x_scale = to_fp8(x, E4M3)
-    w8, w_scale = to_fp8(w, E4M3)
-    grad_x = torch._scaled_mm(g8, column_major(w8), scale_a=g_scale, scale_b=w_scale, out_dtype=torch.bfloat16)
-    grad_w = torch._scaled_mm(g8.t().contiguous(), column_major(x8), scale_a=g_scale, scale_b=x_scale,
-                              out_dtype=torch.float32)
-    return grad_x, grad_w
-
-
-@fp8_matmul_backward.register_fake
-def _(grad, x, w):
-    return x.new_empty(x.shape, dtype=torch.bfloat16), w.new_empty(w.shape, dtype=torch.float32)
-
-
-def _fp8_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _fp8_backward(ctx, grad):
-    x, w = ctx.saved_tensors
-    grad_x, grad_w = fp8_matmul_backward(grad, x, w)
-    return grad_x.to(x.dtype), grad_w.to(w.dtype)
-
-
-fp8_matmul.register_autograd(_fp8_backward, setup_context=_fp8_setup)
-
-
 class Linear(nn.Linear):
-    """nn.Linear without bias whose training-time matmul runs in FP8 when use_fp8 is set (evaluation: bf16)."""
+    """nn.Linear without bias whose training-time matmul runs in FP8 when use_fp8 is set (evaluation: bf16).
+    What the model knows about the Linear fixes FP8 scales (speedups.py): normed_input, its input is rms-normed;
+    mean_loss_head, its output feeds the mean soft-capped cross-entropy."""
 
-    def __init__(self, in_features, out_features):
+    def __init__(self, in_features, out_features, normed_input=False, mean_loss_head=False):
         super().__init__(in_features, out_features, bias=False)
-        self.use_fp8 = False
+        self.use_fp8, self.normed_input, self.mean_loss_head = False, normed_input, mean_loss_head
 
     def forward(self, x):
         if self.use_fp8 and self.training:
-            out = fp8_matmul(x.flatten(0, -2), self.weight).view(*x.shape[:-1], -1)
-            autocast = torch.is_autocast_enabled(x.device.type)  # then a Linear's output would be in its dtype
-            return out.to(torch.get_autocast_dtype(x.device.type) if autocast else x.dtype)
+            return fp8_linear(x, self.weight, self.normed_input, self.mean_loss_head)
         return F.linear(x, self.weight.type_as(x))
 
 
@@ -497,7 +448,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, dim, heads, head_dim, window, value_embed):
         super().__init__()
         self.heads, self.head_dim, self.window = heads, head_dim, window
-        self.qkv = Linear(dim, 3 * heads * head_dim)
+        self.qkv = Linear(dim, 3 * heads * head_dim, normed_input=True)
         self.proj = Linear(heads * head_dim, dim)
         # how much of the value embedding goes into the values: [keep v, add value embedding]
         self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5])) if value_embed else None
@@ -515,7 +466,7 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, dim):
         super().__init__()
-        self.fc = Linear(dim, 4 * dim)
+        self.fc = Linear(dim, 4 * dim, normed_input=True)
         self.proj = Linear(4 * dim, dim)
 
     def forward(self, x):
@@ -538,6 +489,7 @@ class GPT(nn.Module):
         super().__init__()
         dim, heads, windows = derived(config)
         self.vocab_size, self.logit_cap, self.windows = vocab_size, config.logit_cap, windows
+        self.loss, self.loss_chunk = config.loss, config.loss_chunk
         if config.doc_mask and bos_id is None:
             raise ConfigError("--doc_mask needs the BOS id (the tokenizer's)")
         self.doc_bos = bos_id if config.doc_mask else None
@@ -549,11 +501,14 @@ class GPT(nn.Module):
         self.value_embeds = nn.ModuleList(nn.Embedding(padded_vocab, heads * config.head_dim) for _ in self.value_layers)
         self.blocks = nn.ModuleList(Block(dim, heads, config.head_dim, windows[i], i in self.value_layers)
                                     for i in range(config.depth))
-        self.head = Linear(dim, padded_vocab)  # untied from the embedding
+        self.head = Linear(dim, padded_vocab, normed_input=True, mean_loss_head=True)  # untied from the embedding
         cos, sin = rotary_tables(config.seq_len, config.head_dim, config.rope_base)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
         self.reset_parameters()
+        if config.embed_dtype == "bf16":  # initialized in fp32 first, so that both dtypes start from the same draw
+            for emb in [self.embed, *self.value_embeds]:
+                emb.to(torch.bfloat16)
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -572,12 +527,17 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, reduction="mean"):
         """Logits [B, T, vocab] without targets; else the cross-entropy (mean, or per token with reduction='none')."""
-        x = rms_norm(self.embed(idx))
+        x = rms_norm(self.embed(idx).float())  # the residual stream stays fp32 whatever the table's dtype
         value_embeds = dict(zip(self.value_layers, (ve(idx) for ve in self.value_embeds)))
         masks = attention_masks(idx, self.windows, self.doc_bos, self.attention_backend)
         for i, block in enumerate(self.blocks):
             x = block(x, self.cos, self.sin, value_embeds.get(i), masks, self.attention_backend)
-        logits = self.head(rms_norm(x))[..., :self.vocab_size].float()
+        x = rms_norm(x)
+        if targets is not None and self.loss == "chunked":
+            losses = chunked_softcapped_cross_entropy(x.flatten(0, -2), self.head.weight, targets.reshape(-1),
+                                                      self.logit_cap, self.vocab_size, self.loss_chunk)
+            return losses.mean() if reduction == "mean" else losses.view_as(targets)
+        logits = self.head(x)[..., :self.vocab_size].float()
         logits = self.logit_cap * torch.tanh(logits / self.logit_cap)
         if targets is None:
             return logits
@@ -940,6 +900,13 @@ def check_config(config, world):
         raise ConfigError(f"--attention={config.attention}: use auto, sdpa or flex")
     if config.compile not in ("auto", "true", "false"):
         raise ConfigError(f"--compile={config.compile}: use auto, true or false")
+    if config.loss not in ("plain", "chunked") or config.loss_chunk < 1:
+        raise ConfigError(f"--loss={config.loss} --loss_chunk={config.loss_chunk}: use plain or chunked, and a "
+                          "positive number of rows per chunk")
+    if config.embed_dtype not in ("fp32", "bf16"):
+        raise ConfigError(f"--embed_dtype={config.embed_dtype}: use fp32 or bf16")
+    if config.log_every < 1:
+        raise ConfigError(f"--log_every={config.log_every}: use 1 or more steps")
     if config.wandb not in ("", "online", "offline"):
         raise ConfigError(f"--wandb={config.wandb}: use online or offline (or leave it out)")
 
@@ -1042,39 +1009,58 @@ def train(config, rank=0, world=1, device=None):
 
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     status, steps_here, val_loss, val_bpb = "finished", 0, None, None
+    # The loss stays on the device until a read: a log line, a validation, a checkpoint, a stop. Between reads no
+    # step waits for the device (a sync every step idles the GPU while the CPU queues the next step's work). The
+    # clock starts after a sync and stops after the sync at the read, so the timed windows cover exactly the
+    # steps; each read is logged, with the window's mean step time. log_every=1 (the default) reads, and syncs,
+    # every step. A non-finite loss is caught at the first read after it (at most log_every - 1 steps later),
+    # always before a checkpoint is written, and the step where it first appeared is named.
+    window_start, window_losses = None, []
     while progress["step"] < num_steps:
         step = progress["step"]
-        synchronize(device)
-        t0 = time.perf_counter()
+        if window_start is None:
+            synchronize(device)
+            window_start = time.perf_counter()
         loss, multiplier = trainer.step(step, num_steps)
-        loss = loss.item()
-        synchronize(device)
-        step_time = time.perf_counter() - t0  # the timed region: training steps only
-        progress["training_time"] += step_time
+        window_losses.append(loss)
         progress["tokens"] += config.total_batch_tokens
         progress["step"] = step = step + 1
         steps_here += 1
-        if not math.isfinite(loss):
+        val_due = (config.val_every and step % config.val_every == 0) or step == num_steps
+        save_due = config.save_every and step % config.save_every == 0  # on every rank: all read at the same steps
+        stop_due = config.stop_after and steps_here == config.stop_after and step < num_steps
+        if not (step % config.log_every == 0 or val_due or save_due or stop_due):
+            continue
+        synchronize(device)
+        window_time = time.perf_counter() - window_start  # the timed region: training steps only
+        progress["training_time"] += window_time
+        step_time = window_time / len(window_losses)
+        values = torch.stack(window_losses).tolist()
+        window_start, window_losses = None, []
+        bad = next((i for i, value in enumerate(values) if not math.isfinite(value)), None)
+        if bad is not None:
+            bad_step, loss = step - len(values) + 1 + bad, values[bad]
             saved = f"the last checkpoint is {checkpoint_path}" if os.path.exists(checkpoint_path) else "no checkpoint was saved"
-            log.write(f"step:{step}/{num_steps} train_loss:{loss} -- stopping: the loss is not finite; {saved}")
-            raise FloatingPointError(f"step {step}: train loss is {loss}; stopped ({saved}). Try a lower lr or check "
-                                     "the data")
-        if step % config.log_every == 0 or step == num_steps:
-            tok_per_s = config.total_batch_tokens / step_time
-            mfu = f"{100 * tokens_flops * tok_per_s / (peak * world):.1f}%" if peak else "n/a"
-            log.write(f"step:{step}/{num_steps} train_loss:{loss:.6f} lr:{multiplier:.4f} step_ms:{1000 * step_time:.2f} "
-                      f"tok/s:{tok_per_s:.0f} mfu:{mfu} train_time_ms:{1000 * progress['training_time']:.0f}")
-            if wandb_run:
-                wandb_run.log({"train_loss": loss, "lr_multiplier": multiplier, "tok_per_s": tok_per_s}, step=step)
-        if (config.val_every and step % config.val_every == 0) or step == num_steps:
+            log.write(f"step:{bad_step}/{num_steps} train_loss:{loss} -- stopping: the loss is not finite (read after "
+                      f"step {step}); {saved}")
+            raise FloatingPointError(f"step {bad_step}: train loss is {loss}; stopped ({saved}). Try a lower lr or "
+                                     "check the data")
+        loss = values[-1]
+        tok_per_s = config.total_batch_tokens / step_time
+        mfu = f"{100 * tokens_flops * tok_per_s / (peak * world):.1f}%" if peak else "n/a"
+        log.write(f"step:{step}/{num_steps} train_loss:{loss:.6f} lr:{multiplier:.4f} step_ms:{1000 * step_time:.2f} "
+                  f"tok/s:{tok_per_s:.0f} mfu:{mfu} train_time_ms:{1000 * progress['training_time']:.0f}")
+        if wandb_run:
+            wandb_run.log({"train_loss": loss, "lr_multiplier": multiplier, "tok_per_s": tok_per_s}, step=step)
+        if val_due:
             val_loss, val_bpb = validate(step)
             if config.target_val_loss and val_loss <= config.target_val_loss:
                 status = "target_reached"
                 log.write(f"step:{step}/{num_steps} reached the target val loss {config.target_val_loss}")
                 break
-        if config.save_every and step % config.save_every == 0 and rank == 0:
+        if save_due and rank == 0:
             save_checkpoint(checkpoint_path, model, trainer.optimizers, trainer.loader, progress, config)
-        if config.stop_after and steps_here == config.stop_after and step < num_steps:
+        if stop_due:
             log.write(f"step:{step}/{num_steps} stopping after {steps_here} steps (--stop_after); resume with "
                       f"--resume={checkpoint_path}")
             return None
