@@ -32,8 +32,8 @@ that scores compare, odd cases included:
   as is a span longer than the context;
 - a task's accuracy is its share of correct rows; centered accuracy is (accuracy - 0.01 * baseline) /
   (1 - 0.01 * baseline), with the random baseline in percent from eval_meta_data.csv; CORE is their mean.
-Relative paths in the run's config (tokenizer, val files) are taken from this checkout's folder, so that CORE runs
-from any working directory.
+Relative paths in the run's config (tokenizer, val files) are taken from this checkout's folder (where training
+ran them from), so that CORE runs the same whatever the working directory.
 
 Speed: every prompt of every task is scored in one pass, sorted by length into padded batches of at most
 --batch-tokens tokens, spread over the processes by token count; padding is never scored.

@@ -634,6 +634,36 @@ def test_the_documented_torchrun_command_line_reaches_eval_core():
     assert args.training_script == "eval_core.py" and "runs/<run_id>" in args.training_script_args
 
 
+def test_core_runs_from_any_working_directory_with_the_configs_relative_paths(trained, tokenizer_dir, shards, bundle,
+                                                                             tmp_path):
+    """A checkout whose run config names its tokenizer and val files relative to the checkout (as the presets do),
+    evaluated from another folder: the paths are taken from the checkout, and the results are those of the run."""
+    checkout = tmp_path / "checkout"
+    (checkout / "data").mkdir(parents=True)
+    for source in [*REPO.glob("*.py"), *(REPO / "data").glob("*.py")]:
+        shutil.copy(source, checkout / source.relative_to(REPO))
+    shutil.copytree(tokenizer_dir, checkout / "data" / "tokenizers" / "tok")
+    (checkout / "data" / "tokens").mkdir()
+    for shard in Path(shards).glob("val_*.bin"):
+        shutil.copy(shard, checkout / "data" / "tokens" / shard.name)
+    run = Path(shutil.copytree(trained[0], tmp_path / "run"))
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["config"].update(tokenizer="data/tokenizers/tok", val_files="data/tokens/val_*.bin")
+    torch.save(state, run / "checkpoint.pt")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, str(checkout / "eval_core.py"), "--run-dir", str(run), "--bundle", bundle,
+                           "--tasks", "copa,winograd", "--bpb-tokens", "2048", "--no-samples"],
+                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((run / "results.json").read_text())["core"]
+    assert report["val_bpb"] == pytest.approx(trained[1]["val_bpb"], rel=1e-6)  # the run's own val tokens
+    assert [r["task"] for r in report["tasks"]] == ["copa", "winograd"] and math.isfinite(report["core"])
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_max_per_task_cuts_every_task(run_copy, bundle, cpu_only):
     main(["--run-dir", str(run_copy), "--bundle", bundle, "--bpb-tokens", "0", "--no-samples", "--max-per-task", "11",
           "--tasks", "copa,jeopardy"])
