@@ -9,15 +9,31 @@ The eval bundle (core.yaml, eval_meta_data.csv, eval_data/) is downloaded once i
 the zip and of every file are recorded there, and a bundle whose files have changed is refused. Results go into
 the run's results.json (key "core") and core.csv.
 
-How an example is scored (fixed by the published evaluator, so that scores compare):
+How an example is scored: exactly as nanochat's evaluator (the one behind the published GPT-2 CORE 0.256525), so
+that scores compare, odd cases included:
 - each task's rows are shuffled with random.Random(1337), cut to --max-per-task, and row i gets num_fewshot other
-  rows sampled with random.Random(1234 + i); few-shot blocks are each followed by a blank line;
-- multiple choice: one prompt per choice; the tokens after the choices' common token prefix are scored;
-  schema: one prompt per context option; the options' common token suffix is scored; the lowest mean
-  cross-entropy wins (ties to the first); language modelling: correct when greedy argmax reproduces every
-  continuation token;
-- every prompt starts with BOS; a prompt longer than the model's context is cut from the left, keeping the
-  scored span; CORE is the mean over tasks of (accuracy - baseline) / (1 - baseline).
+  rows of the cut list sampled with random.Random(1234 + i); each few-shot block is followed by a blank line; the
+  delimiter is the task's continuation_delimiter (" " when core.yaml names none); language-modelling contexts are
+  stripped of surrounding whitespace, and so is the whole prompt without its continuation;
+- every prompt is tokenized with BOS in front (specials in the text are plain text);
+- multiple choice: one prompt per choice; the tokens after the prompts' common token prefix are scored. When one
+  prompt is a token prefix of all the others (a choice that is a token prefix of every other choice, or identical
+  choices), that prompt has nothing left to score: its mean loss is NaN. Schema: one prompt per context option;
+  the prompts' common token suffix is scored (NaN only when all the prompts are identical);
+- the choice is the lowest mean cross-entropy, ties to the first, as Python's min() picks over the list: a NaN in
+  first place is chosen whatever the others score (nothing compares lower than it), a NaN elsewhere is never
+  chosen. Prompts of one row that are identical score identically (so the first of them wins a tie), as they do
+  in the reference's one batch per row;
+- language modelling: correct when greedy argmax reproduces every continuation token; an empty continuation (in
+  tokens) is an error, as in the reference;
+- a prompt longer than the model's context is cut from the left (no BOS put back), as the reference does for a
+  model with a fixed context such as GPT-2's 1024 tokens; a scored span that then fills the whole context scores
+  nothing (NaN, as in the reference) for a choice, and is an error for a continuation (the reference fails on it),
+  as is a span longer than the context;
+- a task's accuracy is its share of correct rows; centered accuracy is (accuracy - 0.01 * baseline) /
+  (1 - 0.01 * baseline), with the random baseline in percent from eval_meta_data.csv; CORE is their mean.
+Relative paths in the run's config (tokenizer, val files) are taken from this checkout's folder (where training
+ran them from), so that CORE runs the same whatever the working directory.
 
 Speed: every prompt of every task is scored in one pass, sorted by length into padded batches of at most
 --batch-tokens tokens, spread over the processes by token count; padding is never scored.
@@ -46,7 +62,7 @@ import yaml
 from tqdm import tqdm
 
 import train_gpt
-from data.tokenizer import load_tokenizer, sha256_file
+from data.tokenizer import TokenizerError, load_tokenizer, sha256_file
 
 BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 DEFAULT_BUNDLE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "speedrun")
@@ -123,7 +139,8 @@ class Task:
     kind: str          # multiple_choice, schema or language_modeling
     shots: int
     delimiter: str
-    baseline: float    # random-guess accuracy, a fraction
+    baseline: float    # random-guess accuracy, a fraction (0.01 x the percent in eval_meta_data.csv, as the
+                       # reference computes it, to the last bit)
     rows: list
 
 
@@ -143,7 +160,7 @@ def load_tasks(bundle, max_per_task=None, labels=None):
         if spec["label"] not in baselines:
             raise EvalError(f"{bundle}/eval_meta_data.csv has no random baseline for {spec['label']}")
         tasks.append(Task(spec["label"], spec["icl_task_type"], spec["num_fewshot"][0],
-                          spec.get("continuation_delimiter", " "), baselines[spec["label"]] / 100,
+                          spec.get("continuation_delimiter", " "), 0.01 * baselines[spec["label"]],
                           rows[:max_per_task] if max_per_task else rows))
     if labels and len(tasks) != len(labels):
         raise EvalError(f"unknown task(s): {sorted(set(labels) - {t.label for t in tasks})}")
@@ -179,22 +196,33 @@ def render(task, index):
     raise EvalError(f"{task.label}: unknown task type {task.kind!r}")
 
 
-def scored_spans(task, token_lists):
-    """(start, end) of the scored tokens in each prompt's token list."""
+def common_length(token_lists, from_end=False):
+    """How many leading (or trailing) tokens all the lists share; the whole shortest list when it is a prefix (a
+    suffix) of every other one."""
+    shortest = min(len(t) for t in token_lists)
+    common = 0
+    while common < shortest and len({t[-1 - common] if from_end else t[common] for t in token_lists}) == 1:
+        common += 1
+    return common
+
+
+def scored_spans(task, token_lists, where=""):
+    """(start, end) of the scored tokens in each prompt's token list (end is always the list's length). A choice
+    whose prompt is all common prefix (or suffix) gets start == end: nothing to score, a NaN mean loss. `where`
+    names the row in error messages."""
     if task.kind == "multiple_choice":
-        common = 0
-        while all(len(t) > common + 1 for t in token_lists) and len({t[common] for t in token_lists}) == 1:
-            common += 1
+        common = common_length(token_lists)
         return [(common, len(t)) for t in token_lists]
     if task.kind == "schema":
-        common = 0
-        while all(len(t) > common + 1 for t in token_lists) and len({t[-1 - common] for t in token_lists}) == 1:
-            common += 1
+        common = common_length(token_lists, from_end=True)
         return [(len(t) - common, len(t)) for t in token_lists]
     without, with_ = token_lists
     if with_[:len(without)] != without:
-        raise EvalError(f"{task.label}: the prompt without its continuation does not tokenize as a prefix of the "
-                        "prompt with it")
+        raise EvalError(f"{task.label}{where}: the prompt without its continuation does not tokenize as a prefix of "
+                        "the prompt with it")
+    if len(with_) == len(without):
+        raise EvalError(f"{task.label}{where}: the continuation is empty (no tokens after the prompt), which the "
+                        "reference evaluator refuses too; fix or remove the row")
     return [(len(without), len(with_))]
 
 
@@ -210,19 +238,25 @@ class Sequence:
 
 def build_sequences(tasks, tok, max_len):
     """Every prompt of every task as a BOS-prefixed token list with its scored span; prompts longer than
-    max_len are cut from the left, keeping the span. ("with" is the only scored LM prompt.)"""
+    max_len are cut from the left (spans are found on the whole prompts first). A choice's span that fills the
+    whole cut prompt scores nothing, as in the reference (whose slice from position -1 is empty); a span longer
+    than that, or an LM continuation that fills the context, is an error (the reference fails on those).
+    ("with" is the only scored LM prompt.)"""
     sequences = []
     for t, task in enumerate(tasks):
         for row in range(len(task.rows)):
             token_lists = [[tok.bos_id] + ids for ids in tok.enc.encode_ordinary_batch(render(task, row))]
-            spans = scored_spans(task, token_lists)
+            spans = scored_spans(task, token_lists, f" row {row}")
             if task.kind == "language_modeling":
                 token_lists = token_lists[1:]
             for tokens, (start, end) in zip(token_lists, spans):
                 cut = max(0, len(tokens) - max_len)
-                if start - cut < 1:
+                if start - cut < 0 or (start == cut and task.kind == "language_modeling"):
                     raise EvalError(f"{task.label} row {row}: the scored span ({end - start} tokens) does not fit "
-                                    f"the model's context of {max_len}")
+                                    f"the model's context of {max_len} (the reference evaluator fails on it too); "
+                                    "leave the task out with --tasks, or use a model with a longer context")
+                if start == cut:  # nothing before the span is left to predict its first token from
+                    start = end
                 sequences.append(Sequence(tokens[cut:], start - cut, end - cut, t, row, cut > 0))
     return sequences
 
@@ -278,7 +312,7 @@ def score_sequences(model, sequences, pad_id, batch_tokens, rank, world, device,
         losses = F.cross_entropy(predicting.reshape(-1, predicting.size(-1)), tokens[:, 1:].reshape(-1),
                                  reduction="none").view(len(batch), -1)
         greedy_ok = logits[:, :-1].argmax(-1) == tokens[:, 1:]
-        mean_loss = (losses.double() * scored).sum(1) / scored.sum(1)
+        mean_loss = losses.double().where(scored, 0.0).sum(1) / scored.sum(1)  # nothing scored: 0 / 0 = NaN
         exact = (greedy_ok | ~scored).all(1).double()
         results[torch.tensor(batch, device=device)] = torch.stack([mean_loss, exact], dim=1)
     if world > 1:
@@ -286,19 +320,37 @@ def score_sequences(model, sequences, pad_id, batch_tokens, rank, world, device,
     return results.cpu()
 
 
+def pick(mean_losses):
+    """The reference's choice: the lowest mean loss, ties to the first, as Python's min() over the list picks it.
+    min() keeps its first item until a later one compares lower, and nothing compares lower than NaN: a NaN (a
+    choice with nothing scored) in first place is chosen whatever the others score, and elsewhere never is."""
+    if math.isnan(mean_losses[0]):
+        return 0
+    return min((loss, i) for i, loss in enumerate(mean_losses) if not math.isnan(loss))[1]
+
+
 def predictions(tasks, sequences, results):
-    """Per task, per row: the chosen option (lowest mean loss, ties to the first) or, for language modelling,
-    whether greedy decoding reproduced the continuation."""
+    """Per task, per row: the chosen option (see pick) or, for language modelling, whether greedy decoding
+    reproduced the continuation. Identical prompts of one row get the loss of the first of them: in different
+    padded batches their losses may differ in the last bits, and the reference, which scores a row in one batch,
+    sees them tie."""
     by_row = {}
     for seq, (loss, exact) in zip(sequences, results.tolist()):
-        by_row.setdefault((seq.task, seq.row), []).append((loss, exact))
+        by_row.setdefault((seq.task, seq.row), []).append((seq, loss, exact))
     chosen = []
     for t, task in enumerate(tasks):
         if task.kind == "language_modeling":
-            chosen.append([by_row[(t, row)][0][1] == 1.0 for row in range(len(task.rows))])
-        else:
-            losses = [[loss for loss, _ in by_row[(t, row)]] for row in range(len(task.rows))]
-            chosen.append([scores.index(min(scores)) for scores in losses])
+            chosen.append([by_row[(t, row)][0][2] == 1.0 for row in range(len(task.rows))])
+            continue
+        picks = []
+        for row in range(len(task.rows)):
+            prompts, losses = by_row[(t, row)], []
+            for seq, loss, _ in prompts:
+                first = next(i for i, (other, _, _) in enumerate(prompts)
+                             if other.tokens == seq.tokens and other.start == seq.start)
+                losses.append(losses[first] if first < len(losses) else loss)
+            picks.append(pick(losses))
+        chosen.append(picks)
     return chosen
 
 
@@ -323,6 +375,12 @@ def core_score(tasks, accuracies):
 # The model of a run
 
 
+def in_checkout(path):
+    """A path from a run's config, where training took it from: relative ones from the checkout's folder (the one
+    of train_gpt.py, where training runs), whatever the working directory now."""
+    return os.path.join(os.path.dirname(os.path.abspath(train_gpt.__file__)), path)
+
+
 def load_run(run_dir, device):
     """(model, its Config, tokenizer) from runs/<run_id>/checkpoint.pt (weights_only: nothing is unpickled)."""
     path = os.path.join(run_dir, "checkpoint.pt")
@@ -332,7 +390,7 @@ def load_run(run_dir, device):
     state = torch.load(path, map_location="cpu", weights_only=True)
     saved = dict(state["config"], adam_betas=tuple(state["config"]["adam_betas"]))
     config = train_gpt.Config(**{f.name: saved[f.name] for f in dataclasses.fields(train_gpt.Config) if f.name in saved})
-    tok = load_tokenizer(config.tokenizer)
+    tok = load_tokenizer(in_checkout(config.tokenizer))
     model = train_gpt.GPT(config, tok.vocab_size, tok.bos_id)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config, tok
@@ -372,9 +430,9 @@ def evaluate_run(args, rank=0, world=1, device=torch.device("cpu")):
 
     val_loss = val_bpb = None
     if args.bpb_tokens:
-        info = train_gpt.load_tokenizer_info(config.tokenizer)
+        info = train_gpt.load_tokenizer_info(in_checkout(config.tokenizer))
         bpb_config = dataclasses.replace(config, val_tokens=args.bpb_tokens)
-        val = train_gpt.load_val_tokens(config.val_files, args.bpb_tokens, config.seq_len)
+        val = train_gpt.load_val_tokens(in_checkout(config.val_files), args.bpb_tokens, config.seq_len)
         val_loss, val_bpb = train_gpt.evaluate(model, val, info["token_bytes"], bpb_config, rank, world, device,
                                                autocast)
     samples = greedy_samples(model, tok, max_len, device, autocast) if rank == 0 and args.samples else []
@@ -435,7 +493,7 @@ def main(argv=None):
     rank, world, device = train_gpt.init_distributed(train_gpt.Config())
     try:
         evaluate_run(args, rank, world, device)
-    except (EvalError, train_gpt.ConfigError) as e:
+    except (EvalError, train_gpt.ConfigError, TokenizerError) as e:
         sys.exit(f"error: {e}")
     finally:
         if dist.is_initialized():

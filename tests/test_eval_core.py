@@ -33,7 +33,7 @@ import eval_core
 from data.tokenizer import load_tokenizer
 from eval_core import EvalError, Sequence, Task, main
 from tests.core_fixture import lm, make_zip, mc, schema, write_bundle
-from tests.core_reference import reference_core, reference_predictions, reference_scores
+from tests.core_reference import reference_core, reference_predictions, render_prompts, row_scores
 from tests.test_train import run, shards  # noqa: F401  (shards: the session's token shards, a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,6 +224,12 @@ def test_the_cap_applies_before_few_shot_sampling(tmp_path):
     assert eval_core.render(whole, 0)[1] == "Five plus one is six\n\nZero plus one is one\n\nOne plus one is two"
 
 
+def test_prompts_equal_the_oracles_independent_rendering_on_every_fixture_row(tasks):
+    for task in tasks:
+        for row in range(len(task.rows)):
+            assert eval_core.render(task, row) == render_prompts(task, row), (task.label, row)
+
+
 # -----------------------------------------------------------------------------
 # Scored spans
 
@@ -231,15 +237,22 @@ def test_the_cap_applies_before_few_shot_sampling(tmp_path):
 def test_multiple_choice_scores_the_tokens_after_the_common_prefix():
     task = Task("t", "multiple_choice", 0, " ", 0.25, [])
     assert eval_core.scored_spans(task, [[0, 5, 6, 7], [0, 5, 6, 8, 9], [0, 5, 6, 7, 1]]) == [(3, 4), (3, 5), (3, 5)]
-    # a choice that is a token prefix of another still scores its last token
-    assert eval_core.scored_spans(task, [[0, 5, 6], [0, 5, 6, 7]]) == [(2, 3), (2, 4)]
+    # a choice that is a token prefix of every other one has nothing left to score (the reference's rule), and the
+    # others score only what follows it
+    assert eval_core.scored_spans(task, [[0, 5, 6], [0, 5, 6, 7]]) == [(3, 3), (3, 4)]
+    assert eval_core.scored_spans(task, [[0, 5, 6, 7, 8], [0, 5, 6], [0, 5, 6, 7]]) == [(3, 5), (3, 3), (3, 4)]
+    # a prefix of some choices but not of all: the common prefix ends before it
+    assert eval_core.scored_spans(task, [[0, 5, 6], [0, 5, 6, 7], [0, 5, 8]]) == [(2, 3), (2, 4), (2, 3)]
+    assert eval_core.scored_spans(task, [[0, 5], [0, 5]]) == [(2, 2), (2, 2)]  # identical choices: nothing
 
 
 def test_schema_scores_the_common_suffix():
     task = Task("t", "schema", 0, " ", 0.5, [])
     assert eval_core.scored_spans(task, [[0, 2, 3, 8, 9], [0, 4, 8, 9]]) == [(3, 5), (2, 4)]
-    # an option that is a token suffix of another: the BOS (position 0) is never scored
+    # an option that is a token suffix of another: the BOS (position 0) ends the common suffix
     assert eval_core.scored_spans(task, [[0, 8, 9], [0, 7, 8, 9]]) == [(1, 3), (2, 4)]
+    # identical options: all of it is common suffix, start 0 (build_sequences makes that an empty span)
+    assert eval_core.scored_spans(task, [[0, 8, 9], [0, 8, 9]]) == [(0, 3), (0, 3)]
 
 
 def test_spans_on_real_prompts_new_york_new_jersey_and_a_shared_suffix(tok):
@@ -285,7 +298,7 @@ def test_long_prompts_are_cut_from_the_left_keeping_the_span(tasks, tok):
     assert 0 < len(cut) < len(sequences)
     assert {tasks[s.task].label for s in cut} >= {"agi_eval_lsat_ar", "squad", "coqa", "hellaswag"}
     for s in sequences:
-        assert len(s.tokens) <= SEQ_LEN and 1 <= s.start < s.end == len(s.tokens)  # the span ends every prompt
+        assert len(s.tokens) <= SEQ_LEN and 1 <= s.start <= s.end == len(s.tokens)  # the span ends every prompt
     for s in cut[:50]:
         prompts = eval_core.render(tasks[s.task], s.row)
         full = [[tok.bos_id] + tok.encode(p) for p in prompts]
@@ -306,13 +319,35 @@ def test_a_span_longer_than_the_context_is_an_error(tasks, tok):
 def test_the_lowest_mean_loss_wins_ties_to_the_first_and_lm_needs_every_token_greedy():
     tasks = [Task("m", "multiple_choice", 0, " ", 0.25, [mc("q", ["a", "b", "c"], 1)] * 2),
              Task("l", "language_modeling", 0, " ", 0.0, [lm("c", "x")] * 2)]
-    sequences = [Sequence([0, 1], 1, 2, 0, 0, False)] * 3 + [Sequence([0, 1], 1, 2, 0, 1, False)] * 3 + \
+    sequences = [Sequence([0, choice], 1, 2, 0, row, False) for row in range(2) for choice in (1, 2, 3)] + \
         [Sequence([0, 1], 1, 2, 1, 0, False), Sequence([0, 1], 1, 2, 1, 1, False)]
     results = torch.tensor([[2.0, 0], [1.5, 0], [1.5, 0], [0.7, 1], [0.9, 1], [0.6, 0], [3.0, 1], [0.1, 0]],
                            dtype=torch.float64)
     chosen = eval_core.predictions(tasks, sequences, results)
     assert chosen == [[1, 2], [True, False]]
     assert eval_core.accuracy(tasks[0], chosen[0]) == 0.5 and eval_core.accuracy(tasks[1], chosen[1]) == 0.5
+
+
+def test_pick_is_pythons_min_then_index_nans_included():
+    """The reference picks with mean_losses.index(min(mean_losses)): a NaN first wins, a NaN elsewhere never does."""
+    nan = float("nan")
+    assert eval_core.pick([nan, 1.0, 0.5]) == 0 and eval_core.pick([1.0, nan, 0.5]) == 2
+    assert eval_core.pick([0.5, nan, 0.5]) == 0 and eval_core.pick([nan, nan]) == 0 and eval_core.pick([2.0, nan]) == 0
+    rng = random.Random(0)
+    for _ in range(2000):
+        losses = [rng.choice([nan, 0.5, 1.0, 1.5, 2.0, rng.random()]) for _ in range(rng.randint(1, 5))]
+        assert eval_core.pick(losses) == losses.index(min(losses)), losses
+
+
+def test_identical_prompts_of_a_row_tie_even_when_their_losses_differ_in_the_last_bits():
+    """Scored in different padded batches, two identical prompts may differ by rounding; in the reference (one batch
+    per row) they tie, and the first wins."""
+    task = Task("m", "multiple_choice", 0, " ", 0.25, [mc("q", ["a", "b", "a"], 2)])
+    sequences = [Sequence([0, 7, choice], 2, 3, 0, 0, False) for choice in (1, 2, 1)]
+    results = torch.tensor([[1.0, 0], [1.2, 0], [1.0 - 1e-7, 0]], dtype=torch.float64)
+    assert eval_core.predictions([task], sequences, results) == [[0]]
+    results[1, 0] = 0.9
+    assert eval_core.predictions([task], sequences, results) == [[1]]
 
 
 def test_centered_accuracy_and_core_by_hand():
@@ -357,10 +392,98 @@ def test_fast_path_losses_match_the_reference_prompt_by_prompt(model, tasks, tok
         by_row.setdefault((s.task, s.row), []).append((loss, exact))
     for t, task in enumerate(tasks):
         for row in range(0, len(task.rows), 3):
-            expected = reference_scores(model, task, row, tok, SEQ_LEN)
+            expected = row_scores(model, task, row, tok, SEQ_LEN)
             got = by_row[(t, row)]
-            assert [e for _, e in got] == [float(e) for _, e in expected]
-            assert [loss for loss, _ in got] == pytest.approx([loss for loss, _ in expected], rel=1e-5)
+            if task.kind == "language_modeling":  # the greedy check counts only there
+                assert [e for _, e in got] == [float(e) for _, e in expected]
+            assert [loss for loss, _ in got] == pytest.approx([loss for loss, _ in expected], rel=1e-5, nan_ok=True)
+
+
+def prefix_tasks():
+    """Choices that are token prefixes of each other (New York / New York City), identical choices, identical
+    schema options and options that are suffixes of others in text: the cases where the reference's common
+    prefix (suffix) leaves a prompt with nothing to score."""
+    rows = [mc("The city is", ["New York", "New York City"], 1),              # NaN first: always chosen
+            mc("The city is", ["New York City", "New York"], 0),              # NaN second: never chosen
+            mc("The fruit is a", ["red", "red apple", "red apple pie"], 2),   # NaN first, the others after "red"
+            mc("The fruit is a", ["red apple", "red", "red apple pie"], 0),   # NaN in the middle
+            mc("The sky is", ["blue", "blue", "green"], 1),                   # duplicates, scored: the first wins
+            mc("The answer is", ["same", "same"], 1),                         # all identical: all NaN
+            mc("The city is", ["New York", "New York City", "Boston"], 2),    # a prefix of some, not all: scored
+            mc("The dog likes to", ["chase the ball.", "bake a cake."], 0)]
+    options = [schema(["The cat", "cat"], "sat on the mat.", 0), schema(["the dog", "the dog"], "ran away.", 1),
+               schema(["Anna and Tom", "Tom"], "went home.", 1), schema(["It was Ann", "It was Bo"], "who won.", 0)]
+    return [Task("mc_zero", "multiple_choice", 0, " ", 0.25, rows),
+            Task("mc_shots", "multiple_choice", 2, "\nAnswer: ", 0.25, rows),
+            Task("schema_zero", "schema", 0, " ", 0.5, options),
+            Task("schema_shots", "schema", 1, " ", 0.5, options)]
+
+
+@pytest.mark.parametrize("batch_tokens", [64, 4096])
+def test_prefix_choices_fast_path_equals_the_oracle_row_by_row_nan_picks_included(model, tok, batch_tokens):
+    tasks = prefix_tasks()
+    # the premise: these choices really are token prefixes of each other in this tokenizer
+    city = [[tok.bos_id] + tok.encode(p) for p in eval_core.render(tasks[0], 0)]
+    assert city[1][:len(city[0])] == city[0] and len(city[1]) > len(city[0])
+    sequences = eval_core.build_sequences(tasks, tok, SEQ_LEN)
+    results = eval_core.score_sequences(model, sequences, tok.bos_id, batch_tokens, 0, 1, CPU, NO_AUTOCAST,
+                                        max_len=SEQ_LEN, progress=False)
+    nan_at = {}
+    for seq, loss in zip(sequences, results[:, 0].tolist()):
+        nan_at.setdefault((seq.task, seq.row), []).append(math.isnan(loss))
+    for t, task in enumerate(tasks):
+        for row in range(len(task.rows)):
+            expected = row_scores(model, task, row, tok, SEQ_LEN)
+            assert nan_at[(t, row)] == [math.isnan(loss) for loss, _ in expected], (task.label, row)
+    for t in (0, 1):  # which prompts score nothing, by the reference's rule
+        assert [nan_at[(t, row)] for row in range(8)] == [
+            [True, False], [False, True], [True, False, False], [False, True, False], [False, False, False],
+            [True, True], [False, False, False], [False, False]]
+    for t in (2, 3):
+        assert [nan_at[(t, row)] for row in range(4)] == [[False, False], [True, True], [False, False], [False, False]]
+    chosen = eval_core.predictions(tasks, sequences, results)
+    assert chosen == reference_predictions(model, tasks, tok, SEQ_LEN)
+    for picks in chosen[:2]:
+        assert picks[0] == 0 and picks[1] == 0 and picks[2] == 0 and picks[3] in (0, 2) and picks[4] in (0, 2)
+        assert picks[5] == 0
+    assert chosen[2][1] == chosen[3][1] == 0
+
+
+def test_a_choice_whose_span_fills_the_cut_context_scores_nothing_as_in_the_reference(model, tok):
+    """Cut from the left to max_len, a span of exactly max_len tokens starts at position 0: the reference slices
+    its losses from position -1 (the last): nothing, a NaN mean. One token more is an error there and here."""
+    long_choice = "one two three four five six seven eight nine ten"
+    rows = [mc("Count:", [long_choice, "zero", "ten"], 1), mc("Count:", ["zero", long_choice, "ten"], 1)]
+    task = Task("long", "multiple_choice", 0, " ", 0.25, rows)
+    tokens = [[tok.bos_id] + tok.encode(p) for p in eval_core.render(task, 0)]
+    (start, end), *_ = eval_core.scored_spans(task, tokens)
+    span = end - start
+    assert span > 3 and len(tokens[0]) > span  # a long span, and a prompt that must be cut
+    sequences = eval_core.build_sequences([task], tok, span)
+    assert [(s.start, s.end, s.truncated) for s in sequences[:1]] == [(span, span, True)]  # empty, cut
+    results = eval_core.score_sequences(model, sequences, tok.bos_id, 4096, 0, 1, CPU, NO_AUTOCAST, max_len=span,
+                                        progress=False)
+    assert [math.isnan(x) for x in results[:, 0].tolist()] == [True, False, False, False, True, False]
+    assert [math.isnan(loss) for row in range(2) for loss, _ in row_scores(model, task, row, tok, span)] == \
+        [True, False, False, False, True, False]
+    chosen = eval_core.predictions([task], sequences, results)
+    assert chosen == reference_predictions(model, [task], tok, span)
+    assert chosen[0][0] == 0 and chosen[0][1] != 1
+    with pytest.raises(EvalError, match=rf"long row 0: the scored span \({span} tokens\) does not fit the model's "
+                                        rf"context of {span - 1} \(the reference evaluator fails on it too\)"):
+        eval_core.build_sequences([task], tok, span - 1)
+
+
+def test_a_continuation_that_fills_the_cut_context_or_is_empty_is_an_error(tok):
+    task = Task("cont", "language_modeling", 0, " ", 0.0, [lm("Count:", "one two three four five six")])
+    without, with_ = ([tok.bos_id] + tok.encode(p) for p in eval_core.render(task, 0))
+    span = len(with_) - len(without)
+    assert len(eval_core.build_sequences([task], tok, span + 1)) == 1
+    with pytest.raises(EvalError, match=rf"cont row 0: the scored span \({span} tokens\) does not fit"):
+        eval_core.build_sequences([task], tok, span)
+    empty = Task("empty", "language_modeling", 0, "", 0.0, [lm("The end", "")])
+    with pytest.raises(EvalError, match="empty row 0: the continuation is empty"):
+        eval_core.build_sequences([empty], tok, SEQ_LEN)
 
 
 class Lookup(torch.nn.Module):
@@ -509,6 +632,36 @@ def test_the_documented_torchrun_command_line_reaches_eval_core():
     (line,) = [line for line in eval_core.__doc__.splitlines() if line.strip().startswith("torchrun ")]
     args = get_args_parser().parse_args(shlex.split(line)[1:])  # as torchrun parses it
     assert args.training_script == "eval_core.py" and "runs/<run_id>" in args.training_script_args
+
+
+def test_core_runs_from_any_working_directory_with_the_configs_relative_paths(trained, tokenizer_dir, shards, bundle,
+                                                                             tmp_path):
+    """A checkout whose run config names its tokenizer and val files relative to the checkout (as the presets do),
+    evaluated from another folder: the paths are taken from the checkout, and the results are those of the run."""
+    checkout = tmp_path / "checkout"
+    (checkout / "data").mkdir(parents=True)
+    for source in [*REPO.glob("*.py"), *(REPO / "data").glob("*.py")]:
+        shutil.copy(source, checkout / source.relative_to(REPO))
+    shutil.copytree(tokenizer_dir, checkout / "data" / "tokenizers" / "tok")
+    (checkout / "data" / "tokens").mkdir()
+    for shard in Path(shards).glob("val_*.bin"):
+        shutil.copy(shard, checkout / "data" / "tokens" / shard.name)
+    run = Path(shutil.copytree(trained[0], tmp_path / "run"))
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["config"].update(tokenizer="data/tokenizers/tok", val_files="data/tokens/val_*.bin")
+    torch.save(state, run / "checkpoint.pt")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, str(checkout / "eval_core.py"), "--run-dir", str(run), "--bundle", bundle,
+                           "--tasks", "copa,winograd", "--bpb-tokens", "2048", "--no-samples"],
+                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((run / "results.json").read_text())["core"]
+    assert report["val_bpb"] == pytest.approx(trained[1]["val_bpb"], rel=1e-6)  # the run's own val tokens
+    assert [r["task"] for r in report["tasks"]] == ["copa", "winograd"] and math.isfinite(report["core"])
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_max_per_task_cuts_every_task(run_copy, bundle, cpu_only):
