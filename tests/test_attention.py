@@ -31,8 +31,8 @@ def test_flex_attention_equals_sdpa(window, documents):
     assert torch.allclose(outputs["flex"], outputs["sdpa"], atol=1e-5)
 
 
-def model(attention_backend, doc_mask=True):
-    config = Config(depth=2, model_dim=32, head_dim=16, seq_len=64, short_window=16, doc_mask=doc_mask)
+def model(attention_backend, doc_mask=True, seq_len=64):
+    config = Config(depth=2, model_dim=32, head_dim=16, seq_len=seq_len, short_window=16, doc_mask=doc_mask)
     torch.manual_seed(0)
     gpt = train_gpt.GPT(config, 64, bos_id=BOS)
     for p in gpt.parameters():
@@ -126,3 +126,39 @@ def test_attention_runs_in_the_autocast_dtype_and_in_fp32_without_autocast(backe
             gpt(tokens())
     layers = len(gpt.blocks)
     assert seen == [(torch.float32,) * 3] * layers + [(torch.bfloat16,) * 3] * layers
+
+
+def prompts(count=24, seed=0):
+    """CORE-like sequences: BOS, then 20 to 128 tokens, the last few scored."""
+    from eval_core import Sequence
+    g = torch.Generator().manual_seed(seed)
+    sequences = []
+    for i in range(count):
+        length = int(torch.randint(20, 129, (1,), generator=g))
+        ids = [BOS] + torch.randint(1, 64, (length - 1,), generator=g).tolist()
+        sequences.append(Sequence(ids, length - 1 - i % 5, length, 0, i, False))
+    return sequences
+
+
+def test_core_scoring_with_compiled_flex_attention_equals_sdpa():
+    """eval_core.py --attention=flex: FlexAttention, compiled with dynamic shapes (aot_eager here, Inductor on
+    GPUs), scores CORE's padded batches of every width like the masked SDPA path, in a few graphs."""
+    from torch._dynamo.utils import counters
+    import eval_core
+    gpt = model("sdpa", seq_len=128).eval()  # sliding window 16 and document masks
+    sequences, device, autocast = prompts(), torch.device("cpu"), torch.autocast("cpu", enabled=False)
+
+    def score(forward):
+        return eval_core.score_sequences(forward, sequences, BOS, 512, 0, 1, device, autocast, 128, progress=False)
+    forward, backend = eval_core.scoring_forward(gpt, "sdpa", "auto", device)
+    assert forward is gpt and backend == "sdpa"
+    expected = score(forward)
+    torch._dynamo.reset()
+    counters.clear()
+    forward, backend = eval_core.scoring_forward(gpt, "flex", "true", device, compile_backend="aot_eager")
+    assert backend == "flex" and gpt.attention_backend == "flex"
+    got = score(forward)
+    assert torch.allclose(got[:, 0], expected[:, 0], atol=1e-5) and torch.equal(got[:, 1], expected[:, 1])
+    widths = {width for width in (w for _, w in eval_core.make_batches(sequences, 512, 1, 128)[0])}
+    assert widths == {64, 128} and not counters["graph_break"], dict(counters)
+    assert counters["stats"]["unique_graphs"] <= 2, dict(counters)  # not one per batch shape
