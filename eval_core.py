@@ -396,6 +396,18 @@ def load_run(run_dir, device):
     return model.to(device).eval(), config, tok
 
 
+def scoring_forward(model, attention, compile, device, compile_backend="inductor"):
+    """(the callable that scores prompt batches, its attention backend). sdpa: boolean masks over every key (a
+    short window costs as much as the full context); flex: FlexAttention with the run's windows and document mask
+    as block masks, so that only the blocks inside each window are computed; auto: flex on CUDA, else sdpa.
+    compile auto compiles flex on CUDA (eager FlexAttention materializes the scores), with dynamic shapes: prompt
+    batches of every width and row count share a few graphs instead of one compile each."""
+    backend = ("flex" if device.type == "cuda" else "sdpa") if attention == "auto" else attention
+    model.attention_backend = backend
+    use_compile = compile == "true" or (compile == "auto" and backend == "flex" and device.type == "cuda")
+    return (torch.compile(model, dynamic=True, backend=compile_backend) if use_compile else model), backend
+
+
 @torch.no_grad()
 def greedy_samples(model, tok, max_len, device, autocast, new_tokens=16):
     samples = []
@@ -416,6 +428,9 @@ def greedy_samples(model, tok, max_len, device, autocast, new_tokens=16):
 def evaluate_run(args, rank=0, world=1, device=torch.device("cpu")):
     t0 = time.perf_counter()
     model, config, tok = load_run(args.run_dir, device)
+    forward, backend = scoring_forward(model, args.attention, args.compile, device)
+    if rank == 0:
+        print(f"attention {backend}, compiled {forward is not model}")
     autocast = train_gpt.autocast_for(device)
     bundle, zip_sha256 = (args.bundle, None) if args.bundle else fetch_bundle(args.bundle_dir, args.bundle_url)
     labels = list(dict.fromkeys(label for label in args.tasks.split(",") if label)) or None
@@ -423,7 +438,7 @@ def evaluate_run(args, rank=0, world=1, device=torch.device("cpu")):
     max_len = config.seq_len
     sequences = build_sequences(tasks, tok, max_len)
     batch_tokens = args.batch_tokens or default_batch_tokens(device)
-    results = score_sequences(model, sequences, tok.bos_id, batch_tokens, rank, world, device, autocast, max_len)
+    results = score_sequences(forward, sequences, tok.bos_id, batch_tokens, rank, world, device, autocast, max_len)
     chosen = predictions(tasks, sequences, results)
     core, rows = core_score(tasks, [accuracy(task, c) for task, c in zip(tasks, chosen)])
     core_time = time.perf_counter() - t0
@@ -433,8 +448,9 @@ def evaluate_run(args, rank=0, world=1, device=torch.device("cpu")):
         info = train_gpt.load_tokenizer_info(in_checkout(config.tokenizer))
         bpb_config = dataclasses.replace(config, val_tokens=args.bpb_tokens)
         val = train_gpt.load_val_tokens(in_checkout(config.val_files), args.bpb_tokens, config.seq_len)
-        val_loss, val_bpb = train_gpt.evaluate(model, val, info["token_bytes"], bpb_config, rank, world, device,
+        val_loss, val_bpb = train_gpt.evaluate(forward, val, info["token_bytes"], bpb_config, rank, world, device,
                                                autocast)
+    model.attention_backend = "sdpa"  # one prompt at a time, every length: no compile, no block masks
     samples = greedy_samples(model, tok, max_len, device, autocast) if rank == 0 and args.samples else []
     report = {
         "core": core, "tasks": rows, "bundle_zip_sha256": zip_sha256, "max_per_task": args.max_per_task,
@@ -485,6 +501,11 @@ def main(argv=None):
     parser.add_argument("--bundle", default="", help="an unpacked eval_bundle folder to use as it is (no checks)")
     parser.add_argument("--batch-tokens", type=int, default=0, help="padded tokens per forward pass (default: 16,384 "
                         "on a GPU; 1,024 on a CPU, where big batches run slower than small ones)")
+    parser.add_argument("--attention", choices=["sdpa", "flex", "auto"], default="sdpa", help="sdpa (default): "
+                        "masks over every key; flex: FlexAttention block masks, only the keys inside each layer's "
+                        "window; auto: flex on CUDA, sdpa elsewhere")
+    parser.add_argument("--compile", choices=["auto", "true", "false"], default="auto", help="torch.compile the model "
+                        "(dynamic shapes); auto: with flex on CUDA")
     parser.add_argument("--bpb-tokens", type=int, default=10_485_760, help="val tokens for bits per byte (0: skip)")
     parser.add_argument("--samples", action=argparse.BooleanOptionalAction, default=True, help="greedy samples")
     args = parser.parse_args(argv)

@@ -379,6 +379,16 @@ def apply_rotary(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
+def flex_mask(window, docs):
+    """FlexAttention's mask function for one window: causal, within the last `window` positions and, when docs
+    (document number per position) is given, within the same document. The window and docs are closed over, not
+    default arguments: Dynamo (torch 2.13) cannot trace create_block_mask on a function with defaults."""
+    def allowed(b, h, q, k):
+        near = (q >= k) & (q - k < window)
+        return near & (docs[b, q] == docs[b, k]) if docs is not None else near
+    return allowed
+
+
 def attention_masks(idx, windows, bos_id, backend):
     """For each distinct window, what `attention` needs: causal, within the last `window` positions and, when
     bos_id is given, within the same document (documents start at BOS). For SDPA a boolean mask (None when plain
@@ -389,10 +399,7 @@ def attention_masks(idx, windows, bos_id, backend):
     for window in sorted(set(windows)):
         if backend == "flex":
             from torch.nn.attention.flex_attention import create_block_mask
-
-            def allowed(b, h, q, k, window=window):
-                near = (q >= k) & (q - k < window)
-                return near & (docs[b, q] == docs[b, k]) if docs is not None else near
+            allowed = flex_mask(window, docs)
             masks[window] = create_block_mask(allowed, B if docs is not None else None, None, T, T, device=idx.device)
         elif docs is None and window >= T:
             masks[window] = None
@@ -406,6 +413,9 @@ def attention_masks(idx, windows, bos_id, backend):
 def attention(q, k, v, mask, backend):
     """Attention of q, k, v [B, T, heads, head_dim] under a mask from attention_masks. One function, two paths:
     PyTorch's scaled_dot_product_attention (everywhere) and FlexAttention (fused kernels under torch.compile)."""
+    if torch.is_autocast_enabled(q.device.type):  # rms_norm and rotary hand fp32 over; fp32 attention is slow
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     if backend == "flex":
         from torch.nn.attention.flex_attention import flex_attention

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results.md")
+RAW = os.path.join(os.path.dirname(__file__), "raw")
 HEADER = ("# Benchmark results\n\nOne row per measurement, appended by the benchmarks themselves; the raw output "
           "behind each row is in bench/raw/.\n\n| date | benchmark | figure | device | software | commit | command |\n"
           "|---|---|---|---|---|---|---|\n")
@@ -24,7 +25,7 @@ def git_commit():
         return "unknown"
 
 
-def device():
+def this_device():
     try:
         import torch
         if torch.cuda.is_available():
@@ -36,20 +37,22 @@ def device():
     return f"CPU {os.cpu_count()} cores ({model})"
 
 
-def record(benchmark, figure, software, raw_output):
-    """Appends one row to results.md and writes the raw output beside it; returns the raw file's path."""
+def record(benchmark, figure, software, raw_output, device=None, command=None, commit=None):
+    """Appends one row to results.md and writes the raw output beside it; returns the raw file's path. device,
+    command and commit default to this machine, this process's command line and the checkout's commit (give them
+    for figures measured elsewhere, such as bench.gpu's on the GPU machine)."""
     now = datetime.datetime.now(datetime.timezone.utc)
     raw_name = f"{now:%Y-%m-%d_%H%M%S}_{benchmark}.txt"
-    raw_path = os.path.join(os.path.dirname(__file__), "raw", raw_name)
+    raw_path = os.path.join(RAW, raw_name)
     os.makedirs(os.path.dirname(raw_path), exist_ok=True)
     spec = getattr(sys.modules["__main__"], "__spec__", None)
-    command = " ".join([f"python -m {spec.name}" if spec else f"python {sys.argv[0]}"] + sys.argv[1:])
+    command = command or " ".join([f"python -m {spec.name}" if spec else f"python {sys.argv[0]}"] + sys.argv[1:])
     with open(raw_path, "w") as f:
         f.write(raw_output)
     if not os.path.exists(RESULTS):
         with open(RESULTS, "w") as f:
             f.write(HEADER)
-    row = [f"{now:%Y-%m-%d}", benchmark, figure, device(), software, git_commit(),
+    row = [f"{now:%Y-%m-%d}", benchmark, figure, device or this_device(), software, commit or git_commit(),
            f"`{command}` ([raw](raw/{raw_name}))"]
     with open(RESULTS, "a") as f:
         f.write("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |\n")

@@ -155,6 +155,13 @@ def special_tokens_for(num_ranks):
     return {name: num_ranks + i for i, name in enumerate(names)}
 
 
+def byte_tokenizer(pattern=SPLIT_PATTERN):
+    """The 256 byte values and no merges: a tokenizer that needs no training (nor rustbpe), for tests and
+    benchmarks on machines without it."""
+    ranks = {bytes([i]): i for i in range(256)}
+    return Tokenizer(ranks, pattern, special_tokens_for(len(ranks)), BOS, name="bytes")
+
+
 def train_tokenizer(documents, vocab_size=DEFAULT_VOCAB_SIZE, pattern=SPLIT_PATTERN):
     """Trains BPE with rustbpe on an iterable of strings; returns a Tokenizer of exactly vocab_size ids."""
     check_vocab_size(vocab_size)

@@ -1,10 +1,20 @@
 """The benchmarks run and print their figures (speed is measured by them, not asserted by tests)."""
 
+import argparse
+import json
+import subprocess
 import sys
+from pathlib import Path
 
+import pytest
+import torch
 
 import bench.data
+import bench.gpu
+import bench.record
 import bench.train
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_train_benchmark_prints_throughput_on_synthetic_tokens(monkeypatch, capsys):
@@ -22,3 +32,68 @@ def test_data_benchmark_prints_both_figures(corpus, monkeypatch, capsys):
     bench.data.main()
     out = capsys.readouterr().out
     assert "tokenizer training (300 vocab" in out and "M chars/s" in out and "split pattern" in out
+
+
+@pytest.fixture(scope="module")
+def gpu_check(tmp_path_factory):
+    """python -m bench.gpu --smoke on the CPU: every part in its own process, tiny shapes."""
+    out = tmp_path_factory.mktemp("gpu_check")
+    done = subprocess.run([sys.executable, "-m", "bench.gpu", "--out", str(out), "--smoke", "--device=cpu"],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    return out, done
+
+
+def test_gpu_check_runs_every_part_and_writes_real_figures(gpu_check):
+    out, done = gpu_check
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    names = [name for name, _, _ in bench.gpu.parts(argparse.Namespace(out=str(out), smoke=True, device="cpu"))]
+    assert list(summary["parts"]) == names and len(names) == 9
+    for name, entry in summary["parts"].items():
+        assert entry["status"] == "ok", (name, entry)
+        assert (out / entry["output"]).read_text().startswith("$ ")  # the part's own output, as it ran
+    parts = {name: entry["figures"] for name, entry in summary["parts"].items()}
+    assert parts["versions"]["torch"] == torch.__version__
+    for name in ("train_small_bf16", "train_small_fp8", "train_core_bf16", "train_core_fp8", "profile_small"):
+        assert parts[name]["fits"] and parts[name]["tokens_per_s"] > 0 and parts[name]["step_ms"] > 0, name
+    assert parts["train_small_fp8"]["fp8"] and not parts["train_small_bf16"]["fp8"]
+    assert len(parts["profile_small"]["top_kernels"]) == 20 and (out / "profile_small.table.txt").exists()
+    assert set(parts["sdpa_kernels"]["cases"]) == {"causal", "window_and_docs", "docs"}
+    assert all(case["works"] and case["ms"]["default"] > 0 for case in parts["sdpa_kernels"]["cases"].values())
+    assert parts["gpu_tests"]["skipped"] >= 5  # no CUDA here: every GPU test skips, none fails to import
+    assert parts["core_eval"]["attention"]["sdpa"]["prompts_per_s"] > 0
+    table = done.stdout[done.stdout.index("summary:"):]
+    assert all(f"{name} " in table for name in names)
+
+
+def test_gpu_check_figures_become_rows_of_results_md(gpu_check, tmp_path, monkeypatch, capsys):
+    out, _ = gpu_check
+    monkeypatch.setattr(bench.record, "RESULTS", str(tmp_path / "results.md"))
+    monkeypatch.setattr(bench.record, "RAW", str(tmp_path / "raw"))
+    bench.gpu.to_results(str(out))
+    rows = [line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| 20")]
+    assert len(rows) == 9 and all(f"`python -m bench.gpu --out {out.name} --smoke`" in row for row in rows)
+    assert any("gpu-train-small-bf16 | ok: " in row and "tok/s" in row for row in rows)
+    raw = sorted((tmp_path / "raw").iterdir())
+    assert len(raw) == 9 and all("summary entry:" in path.read_text() for path in raw)
+
+
+def test_a_part_that_hangs_or_fails_is_a_status_not_a_crash(tmp_path):
+    hang = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"]
+    entry = bench.gpu.run_part("hang", 3, hang, str(tmp_path))
+    assert entry["status"] == "timed out" and entry["seconds"] < 30
+    assert "started" in (tmp_path / "hang.txt").read_text()
+    fail = [sys.executable, "-c", "print('working'); raise ValueError('no such shape')"]
+    entry = bench.gpu.run_part("fail", 30, fail, str(tmp_path))
+    assert entry["status"] == "failed" and entry["error"] == "ValueError: no such shape"
+    oom = [sys.executable, "-c", f"import json; json.dump({{'fits': False, 'error': 'CUDA out of memory'}}, "
+           f"open({str(tmp_path / 'oom.json')!r}, 'w'))"]
+    assert bench.gpu.run_part("oom", 30, oom, str(tmp_path))["status"] == "oom"
+
+
+def test_gpu_check_with_no_budget_left_skips_every_part_and_still_prints_its_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench.gpu", "--out", str(tmp_path), "--budget=0"])
+    bench.gpu.main()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {entry["status"] for entry in summary["parts"].values()} == {"skipped"}
+    assert "train_small_bf16  skipped" in capsys.readouterr().out

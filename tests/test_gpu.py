@@ -1,15 +1,27 @@
 """On a CUDA GPU (skipped without one): train_gpt.py end to end with bf16 autocast and torch.compile.
 
     .venv/bin/python -m pytest -q -m gpu
+    python3 -m pytest -q -m gpu tests/test_gpu.py        # on the bare GPU machine (python -m bench.gpu runs it)
+
+The GPU machine has no rustbpe, so these tests train nothing: their tokenizer is the byte-level one.
 """
 
 import pytest
 import torch
 
 import train_gpt
+from data.tokenizer import byte_tokenizer, save_tokenizer
 from tests.test_train import losses, options, run, shards  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    """Overrides conftest's trained tokenizer (rustbpe) for this module's shards and options."""
+    folder = tmp_path_factory.mktemp("tok") / "bytes"
+    save_tokenizer(byte_tokenizer(), str(folder))
+    return folder
 
 
 def test_compiled_bf16_run_on_the_gpu_learns_and_reports_mfu(options, tmp_path):  # noqa: F811
