@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from data.shards import ShardError, read_header, read_shard
 from data.tokenizer import TokenizerError, load_tokenizer, sha256_file
 from speedups import chunked_softcapped_cross_entropy, fp8_linear
-from speedups import fp8_matmul  # noqa: F401  (tests/test_gpu.py calls it as train_gpt.fp8_matmul)
 
 RESULTS_SCHEMA = 1
 
