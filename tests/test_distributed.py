@@ -172,3 +172,46 @@ def test_one_two_and_four_processes_train_alike_and_communicate_by_the_formula(o
     assert n_buckets == 2 + 2 * 4  # head, 8 matrices (bucket_mb=0: one each), embeddings, scalars... see below
     # optimizer state per process falls with the world size (up to padding to whole matrices and aligned shards)
     assert runs[4]["state_bytes"] <= runs[1]["state_bytes"] / 3
+
+
+# -----------------------------------------------------------------------------
+# Multi-node launch, and a checkpoint that does not depend on the world size
+
+
+def test_two_nodes_on_localhost_train_and_a_single_process_resumes_their_checkpoint(options, tmp_path):  # noqa: F811
+    """Two torchrun agents (--nnodes=2, one process each, c10d rendezvous on 127.0.0.1), as two machines would run
+    runs/multinode_torchrun.sh; the run stops after step 4 with a checkpoint at step 3, and one process resumes it."""
+    _, whole = run(options, run_id="whole")
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+               "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=nodes",
+               "--local_addr=127.0.0.1", "--max_restarts=0", str(REPO / "train_gpt.py"),
+               *argv(options, run_id="nodes", save_every=3, stop_after=4)]
+    nodes = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(err[-3000:] for _, err in outputs)
+    log = tmp_path / "runs" / "nodes" / "log.txt"
+    assert "gradient accumulation 1, world size 2" in log.read_text()
+    two = losses(log_lines(log))
+    assert sorted(two) == [1, 2, 3, 4]
+    for step in two:  # other micro-batch rows and reduction order: float rounding, as in test_train's 1 vs 2
+        assert two[step] == pytest.approx(losses(whole)[step], rel=1e-4), step
+    checkpoint = tmp_path / "runs" / "nodes" / "checkpoint.pt"
+    assert torch.load(checkpoint, weights_only=True)["progress"]["step"] == 3
+    results, resumed = run(options, run_id="nodes", resume=str(checkpoint))  # now on one process
+    assert "gradient accumulation 2, world size 1" in log.read_text().rsplit("model:", 1)[1]
+    for step in (4, 5, 6):
+        assert losses(resumed)[step] == pytest.approx(losses(whole)[step], rel=1e-4), step
+    assert results["steps"] == 6
+
+
+def test_an_old_checkpoint_is_refused_with_a_message(options, tmp_path):  # noqa: F811
+    run(options, run_id="old", steps=2)
+    checkpoint = tmp_path / "runs" / "old" / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["optimizers"] = state.pop("optimizer")  # the per-process form before the sharded optimizer
+    torch.save(state, checkpoint)
+    with pytest.raises(SystemExit, match="predates the sharded optimizer"):
+        train_gpt.main(argv(options, run_id="old", steps=2, resume=checkpoint))
