@@ -179,15 +179,14 @@ def test_one_two_and_four_processes_train_alike_and_communicate_by_the_formula(o
 
 
 def test_two_nodes_on_localhost_train_and_a_single_process_resumes_their_checkpoint(options, tmp_path):  # noqa: F811
-    """Two torchrun agents (--nnodes=2, one process each, c10d rendezvous on 127.0.0.1), as two machines would run
-    runs/multinode_torchrun.sh; the run stops after step 4 with a checkpoint at step 3, and one process resumes it."""
+    """runs/multinode_torchrun.sh started twice on 127.0.0.1 (--nnodes=2, one process each, c10d rendezvous), as two
+    machines would run it; the run stops after step 4 with a checkpoint at step 3, and one process resumes it."""
     _, whole = run(options, run_id="whole")
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-               "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=nodes",
-               "--local_addr=127.0.0.1", "--max_restarts=0", str(REPO / "train_gpt.py"),
-               *argv(options, run_id="nodes", save_every=3, stop_after=4)]
+    env = {**env, "HEAD": "127.0.0.1", "NNODES": "2", "GPUS": "1", "PORT": str(port), "PYTHON": sys.executable}
+    command = ["bash", str(REPO / "runs" / "multinode_torchrun.sh"), *argv(options, run_id="nodes", save_every=3,
+                                                                              stop_after=4)]
     nodes = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outputs = [node.communicate(timeout=300) for node in nodes]
