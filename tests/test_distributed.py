@@ -214,3 +214,35 @@ def test_an_old_checkpoint_is_refused_with_a_message(options, tmp_path):  # noqa
     torch.save(state, checkpoint)
     with pytest.raises(SystemExit, match="predates the sharded optimizer"):
         train_gpt.main(argv(options, run_id="old", steps=2, resume=checkpoint))
+
+
+def test_bf16_parameters_keep_fp32_adamw_state_and_math(options):  # noqa: F811
+    """A bf16 table (issue 10's switch makes them) is updated through fp32: fp32 moments, fp32 math, one rounding."""
+    config = tiny_config(options)
+    model = train_gpt.GPT(config, 512)
+    randomize(model)
+    model.embed.to(torch.bfloat16)
+    opt = train_gpt.build_optimizers(model, config, speedups.Comm())
+    start = model.embed.weight.detach().float()
+    model.embed.weight.grad.copy_(torch.randn(model.embed.weight.shape))  # (a CPU forward would need autocast)
+    grad = model.embed.weight.grad.float()
+    opt.step()  # no backward, no hooks: every bucket is reduced right here
+    assert model.embed.weight.dtype == torch.bfloat16
+    states = [st for s in opt.adam for st in s.adam.state.values()]
+    assert states and all(st["exp_avg"].dtype == torch.float32 for st in states)
+    expected = start.clone().requires_grad_()
+    expected.grad = grad
+    adam_lr = config.embed_lr * (model.embed.embedding_dim / 768) ** -0.5
+    torch.optim.AdamW([expected], lr=adam_lr, betas=config.adam_betas, eps=config.adam_eps, weight_decay=0).step()
+    assert torch.equal(model.embed.weight.detach(), expected.detach().bfloat16())
+
+
+def test_comm_benchmark_models_both_designs_and_measures_on_one_cpu_process(capsys):
+    import bench.comm
+    bench.comm.main(["--depth", "12", "24", "--no-record", "--measure", "--tiny", "--warmup=1", "--steps=2"])
+    out = capsys.readouterr().out
+    shares = [float(x) for x in __import__("re").findall(r"= ([\d.]+)% of the step", out)]
+    assert len(shares) == 4 and shares[1] < shares[0] and shares[3] < shares[2]  # d12 today, new; d24 today, new
+    memory = [float(x) for x in __import__("re").findall(r"\(([\d.]+) of today's\)", out)]
+    assert len(memory) == 2 and max(memory) <= 1 / 6  # the goal: optimizer state at world size 8
+    assert out.count("measured today:") == 2 and out.count("measured new:") == 2
