@@ -168,8 +168,12 @@ def test_one_two_and_four_processes_train_alike_and_communicate_by_the_formula(o
                     assert torch.allclose(value[key], runs[1]["full_state"][part][name][key], rtol=1e-4, atol=1e-7)
         # what a step sends: one reduce-scatter and one all-gather per bucket, one all-reduce of the loss
         assert result["traffic"] == {k: v for k, v in result["expected"].items() if v[0]}, world
-    n_buckets = runs[1]["traffic"]["reduce_scatter"][0]
-    assert n_buckets == 2 + 2 * 4  # head, 8 matrices (bucket_mb=0: one each), embeddings, scalars... see below
+    assert runs[1]["traffic"]["reduce_scatter"][0] == 1 + 8 + 1  # head; 8 matrices (bucket_mb=0: one each); the rest
+    # gradients sent (and summed) in bf16: half the reduce-scatter bytes, the losses within bf16 rounding
+    bf16 = train_on(2, dataclasses.replace(config, reduce_dtype="bf16"), tmp_path)
+    assert bf16["traffic"] == {k: v for k, v in bf16["expected"].items() if v[0]}
+    assert bf16["traffic"]["reduce_scatter"][1] * 2 == runs[2]["traffic"]["reduce_scatter"][1]
+    assert bf16["losses"] == pytest.approx(runs[1]["losses"], rel=1e-3)
     # optimizer state per process falls with the world size (up to padding to whole matrices and aligned shards)
     assert runs[4]["state_bytes"] <= runs[1]["state_bytes"] / 3
 
