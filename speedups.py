@@ -188,15 +188,6 @@ class GradientBucket:
         self.grads.zero_()
         self.count, self.handle, self.sent, self.launched = 0, None, None, False
 
-    def check_views(self):
-        """The parameters' .grad must still be the buffer's views (zero_grad(set_to_none=True) would break that)."""
-        for p, view in zip(self.params, self.views):
-            if p.grad is not view:
-                if p.grad is not None and p.grad.abs().sum() > 0:
-                    raise RuntimeError("a gradient was replaced outside the optimizer's buckets (zero_grad with "
-                                       "set_to_none?); zero gradients through the optimizer instead")
-                p.grad = view
-
     def _on_gradient(self, param):
         self.count += 1
         if self.count == self.accum_steps * len(self.params):
@@ -205,6 +196,9 @@ class GradientBucket:
     def launch(self):
         if self.count > self.accum_steps * len(self.params):
             raise RuntimeError(f"more backward passes than the {self.accum_steps} micro-steps of a step")
+        if any(p.grad is not view for p, view in zip(self.params, self.views)):
+            raise RuntimeError("a parameter's .grad is no longer its view of the gradient bucket (zero_grad with "
+                               "set_to_none?); the optimizer zeroes the buckets itself after each step")
         self.sent = self.grads if self.reduce_dtype == self.grads.dtype else self.grads.to(self.reduce_dtype)
         self.handle = self.comm.reduce_scatter(self.received, self.sent)
         self.launched = True

@@ -250,3 +250,13 @@ def test_comm_benchmark_models_both_designs_and_measures_on_one_cpu_process(caps
     memory = [float(x) for x in __import__("re").findall(r"\(([\d.]+) of today's\)", out)]
     assert len(memory) == 2 and max(memory) <= 1 / 6  # the goal: optimizer state at world size 8
     assert out.count("measured today:") == 2 and out.count("measured new:") == 2
+
+
+def test_gradients_replaced_behind_the_buckets_back_fail_loudly(options):  # noqa: F811
+    config = tiny_config(options)
+    model = train_gpt.GPT(config, 512)
+    opt = train_gpt.build_optimizers(model, config, speedups.Comm())
+    model.zero_grad(set_to_none=True)  # the usual PyTorch idiom would leave the buckets empty
+    with pytest.raises(RuntimeError, match="no longer its view of the gradient bucket"):
+        model(torch.randint(0, 512, (2, 64)), torch.randint(0, 512, (2, 64))).backward()  # the hooks check
+        opt.step()
