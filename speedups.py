@@ -4,7 +4,12 @@ Each piece sits beside the plain PyTorch reference that the tests compare it wit
 script a speedrunner reads and edits, and imports from here only what a switch turns on.
 """
 
+import math
+from collections import Counter
+from dataclasses import dataclass
+
 import torch
+import torch.distributed as dist
 
 # -----------------------------------------------------------------------------
 # FP8 matmuls
@@ -24,12 +29,6 @@ import torch
 # Muon needs it: DDP and FSDP2 split buffers by elements, which suits AdamW (element-wise) but not Muon, whose
 # update orthogonalizes whole matrices. So a Muon bucket is laid out process by process, each process's share
 # whole matrices, stacked by shape; an AdamW bucket is split by elements like FSDP's.
-
-import math
-from collections import Counter
-from dataclasses import dataclass
-
-import torch.distributed as dist
 
 ALIGN = 64  # elements: every parameter, stack and shard starts on a 256-byte (fp32) boundary
 
@@ -208,6 +207,7 @@ class GradientBucket:
             self.launch()
         if self.handle is not None:
             self.handle.wait()
+        self.sent = None  # a bf16 copy of the whole bucket: freed as soon as it has gone out
         if self.mean is not self.received:
             self.mean.copy_(self.received)
         if self.comm.world > 1:
