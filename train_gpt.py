@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from speedups import Comm, GradientBucket, element_layout, matrix_layout
 from data.shards import ShardError, read_header, read_shard
 from data.tokenizer import TokenizerError, load_tokenizer, sha256_file
 from speedups import chunked_softcapped_cross_entropy, fp8_linear
@@ -90,6 +91,11 @@ class Config:
     muon_momentum_start: float = 0.85
     muon_momentum_warmup: int = 300
     ns_steps: int = 5             # Newton-Schulz iterations
+    muon_split_qkv: bool = False  # orthogonalize q, k and v as three matrices (the references) instead of one qkv
+    fused_adam: str = "auto"      # torch's fused AdamW kernel; auto: on CUDA (else the foreach implementation)
+    # communication: gradients reduce-scattered in flat buckets, each process updates its shard, results all-gathered
+    bucket_mb: int = 256          # hidden-matrix gradients per bucket (a bucket starts when its last gradient is ready)
+    reduce_dtype: str = "fp32"    # fp32 | bf16: the dtype gradients travel (and are summed) in
     # evaluation
     val_tokens: int = 10_485_760  # the first N tokens of the val shards (modded-nanogpt's 10,485,760)
     val_every: int = 250          # steps between validations (0: only at the end)
@@ -597,63 +603,232 @@ def orthogonalize(G, steps):
     return X
 
 
-class Muon(torch.optim.Optimizer):
-    """Momentum, then orthogonalization: SGD-Nesterov whose update is replaced by the nearest orthogonal matrix.
+class AdamWShard:
+    """AdamW on this process's slice of a bucket split by elements; the new values are all-gathered straight into
+    the parameters, which become views of the bucket's flat buffer of values (so the gather needs no copy after)."""
 
-    Every process keeps the (identical) momentum of every matrix; each orthogonalizes its share, a
-    world_size-strided slice of the parameters, and the updates are gathered, so any world size gives the
-    same result.
-    """
+    def __init__(self, bucket, lrs, config, fused):
+        layout, rank, shard = bucket.layout, bucket.comm.rank, bucket.layout.shard
+        self.bucket, self.handle = bucket, None
+        self.values = torch.zeros(layout.numel, dtype=bucket.params[0].dtype, device=bucket.grads.device)
+        for p, offset in zip(bucket.params, layout.offsets):
+            view = self.values[offset:offset + p.numel()]
+            view.copy_(p.detach().view(-1))
+            p.data = view.view_as(p)
+        self.mine = self.values[rank * shard:(rank + 1) * shard]
+        # fp32 state and fp32 math always: bf16 parameters are updated through an fp32 copy of the slice
+        self.work = self.mine if self.mine.dtype == torch.float32 else torch.zeros(shard, device=self.mine.device)
+        self.segments, groups, start = [], {}, rank * shard  # segment: (parameter index, its slice, the tensor)
+        for i, (p, offset, lr) in enumerate(zip(bucket.params, layout.offsets, lrs)):
+            lo, hi = max(offset, start), min(offset + p.numel(), start + shard)
+            if lo < hi:
+                segment = self.work[lo - start:hi - start]
+                segment.grad = bucket.mean[lo - start:hi - start]
+                self.segments.append((i, lo - offset, hi - offset, segment))
+                groups.setdefault(lr, []).append(segment)
+        self.adam = torch.optim.AdamW([dict(params=s, lr=lr, initial_lr=lr) for lr, s in groups.items()],
+                                      betas=config.adam_betas, eps=config.adam_eps, weight_decay=0.0,
+                                      fused=fused) if groups else None
 
-    def __init__(self, params, lr, momentum, weight_decay, ns_steps, rank=0, world=1):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
-        self.rank, self.world = rank, world
+    def step(self):
+        self.bucket.mean_gradient()  # the segments' .grad are views of it
+        if self.adam is not None:
+            if self.work is not self.mine:
+                self.work.copy_(self.mine)
+            self.adam.step()
+            if self.work is not self.mine:
+                self.mine.copy_(self.work)
+        self.handle = self.bucket.comm.all_gather(self.values, self.mine)
+
+    def finish(self):
+        if self.handle is not None:
+            self.handle.wait()
+
+
+class MuonShard:
+    """Muon on this process's whole matrices of a bucket: momentum, Nesterov, then each stack of same-shape matrices
+    orthogonalized in one call; the bf16 updates of every process are all-gathered and every process applies all
+    of them (bf16 is what Newton-Schulz returns, so gathering updates loses nothing and halves the bytes)."""
+
+    def __init__(self, bucket, parts, orthogonalize_fn, ns_steps):
+        layout, rank, shard, device = bucket.layout, bucket.comm.rank, bucket.layout.shard, bucket.grads.device
+        self.bucket, self.orthogonalize, self.ns_steps, self.handle = bucket, orthogonalize_fn, ns_steps, None
+        self.updates = torch.zeros(layout.numel, dtype=torch.bfloat16, device=device)
+        self.mine = self.updates[rank * shard:(rank + 1) * shard]
+        self.stacks = [(offset - rank * shard, shape) for offset, _, shape in layout.stacks[rank]]
+        self.owned = max((offset + math.prod(shape) for offset, shape in self.stacks), default=0)
+        self.momentum = torch.zeros(self.owned, device=device)  # of this process's matrices only
+        self.by_scale = {}  # every matrix's update in the gathered buffer, grouped by its scale (one foreach each)
+        for p, offset, n in zip(bucket.params, layout.offsets, parts):
+            params, updates = self.by_scale.setdefault(max(1.0, p.size(0) / n / p.size(1)) ** 0.5, ([], []))
+            params.append(p)
+            updates.append(self.updates[offset:offset + p.numel()].view_as(p))
+
+    def step(self, momentum):
+        grad = self.bucket.mean_gradient()[:self.owned]
+        self.momentum.lerp_(grad, 1 - momentum)
+        nesterov = grad.lerp_(self.momentum, momentum)  # in place: the gradient is not needed after
+        for offset, shape in self.stacks:
+            size = math.prod(shape)
+            self.mine[offset:offset + size].view(shape).copy_(
+                self.orthogonalize(nesterov[offset:offset + size].view(shape), self.ns_steps))
+        self.handle = self.bucket.comm.all_gather(self.updates, self.mine)
+
+    def finish(self, lr, weight_decay):
+        if self.handle is not None:
+            self.handle.wait()
+        for scale, (params, updates) in self.by_scale.items():
+            if weight_decay:
+                torch._foreach_mul_(params, 1 - lr * weight_decay)
+            torch._foreach_add_(params, updates, alpha=-lr * scale)
+
+
+class ShardedOptimizer:
+    """Muon for the hidden matrices, AdamW for embeddings, head and scalars; each process updates only its shard.
+
+    The gradients arrive in flat buckets (speedups.GradientBucket), each reduce-scattered as soon as the backward
+    has finished it. Then, bucket by bucket, this process updates its shard (AdamWShard, MuonShard) and starts the
+    all-gather of the results, so that gathers overlap the next bucket's math. The math is one process's on any
+    number of processes (the mean gradient, the same AdamW and Muon), and each process keeps 1/world of the
+    optimizer state. Muon orthogonalizes the fused qkv as one matrix, as before; --muon_split_qkv orthogonalizes
+    q, k and v separately as the references do (a change of the math, hence a switch)."""
+
+    def __init__(self, buckets, config, comm, accum_steps, orthogonalize_fn, fused_adam):
+        reduce_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[config.reduce_dtype]
+        self.config, self.comm, self.steps = config, comm, 0
+        self.matrix_lr, self.momentum = config.matrix_lr, config.muon_momentum
+        self.buckets, self.shards, self.names, muon_load = [], [], [], [0] * comm.world
+        for kind, params, extra, names in buckets:
+            shapes = [tuple(p.shape) for p in params]
+            layout = element_layout(shapes, comm.world) if kind == "adam" else \
+                matrix_layout(shapes, comm.world, extra, muon_load)
+            bucket = GradientBucket(layout, params, comm, reduce_dtype, accum_steps)
+            self.buckets.append(bucket)
+            self.names.append(names)
+            self.shards.append(AdamWShard(bucket, extra, config, fused_adam) if kind == "adam" else
+                               MuonShard(bucket, extra, orthogonalize_fn, config.ns_steps))
+        self.adam = [s for s in self.shards if isinstance(s, AdamWShard)]
+        self.muon = [s for s in self.shards if isinstance(s, MuonShard)]
+
+    def set_schedule(self, lr_multiplier, momentum):
+        for shard in self.adam:
+            for group in shard.adam.param_groups if shard.adam else []:
+                group["lr"] = group["initial_lr"] * lr_multiplier
+        self.matrix_lr, self.momentum = self.config.matrix_lr * lr_multiplier, momentum
 
     @torch.no_grad()
     def step(self):
-        for group in self.param_groups:
-            params = group["params"]
-            updates = [None] * len(params)
-            for i, p in enumerate(params):
-                state = self.state[p]
-                if "momentum" not in state:
-                    state["momentum"] = torch.zeros_like(p)
-                buf = state["momentum"]
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                if i % self.world == self.rank:
-                    nesterov = p.grad.lerp(buf, group["momentum"])
-                    scale = max(1.0, p.size(-2) / p.size(-1)) ** 0.5
-                    updates[i] = orthogonalize(nesterov, group["ns_steps"]).to(p.dtype) * scale
-            if self.world > 1:
-                for base in range(0, len(params), self.world):
-                    chunk = list(range(base, min(base + self.world, len(params))))
-                    for i in chunk:
-                        if updates[i] is None:
-                            updates[i] = torch.empty_like(params[i])
-                        dist.broadcast(updates[i], src=i % self.world)
-            for p, update in zip(params, updates):
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"])
+        for bucket in self.buckets:  # any bucket the hooks did not start (a parameter without a gradient)
+            if not bucket.launched:
+                bucket.launch()
+        for shard in self.shards:  # wait for the bucket's gradients, update this process's shard, start the gather
+            shard.step() if isinstance(shard, AdamWShard) else shard.step(self.momentum)
+        for shard in self.adam:
+            shard.finish()
+        for shard in self.muon:
+            shard.finish(self.matrix_lr, self.config.weight_decay)
+        for bucket in self.buckets:
+            bucket.reset()
+        self.steps += 1
+
+    def state_dict(self):
+        """This process's shard of the state (snapshots within a run; checkpoints use full_state_dict)."""
+        return {"steps": self.steps, "adam": [s.adam.state_dict() if s.adam else None for s in self.adam],
+                "momentum": [s.momentum for s in self.muon]}
+
+    def load_state_dict(self, state):
+        self.steps = state["steps"]
+        for shard, adam_state in zip(self.adam, state["adam"]):
+            if shard.adam:
+                shard.adam.load_state_dict(adam_state)
+        for shard, momentum in zip(self.muon, state["momentum"]):
+            shard.momentum.copy_(momentum)
+
+    def full_state_dict(self):
+        """The whole state by parameter name, the same for any world size: gathered to rank 0 (None elsewhere).
+        Every process must call it: one gather per bucket and state tensor."""
+        out = {"steps": self.steps, "adam": {}, "muon": {}}
+        for shard in self.adam:
+            for key in ("exp_avg", "exp_avg_sq"):
+                mine = torch.zeros(shard.bucket.layout.shard, device=shard.mine.device)
+                start = self.comm.rank * shard.bucket.layout.shard
+                for i, lo, hi, segment in shard.segments:
+                    if segment in shard.adam.state:
+                        at = shard.bucket.layout.offsets[i] + lo - start
+                        mine[at:at + hi - lo] = shard.adam.state[segment][key]
+                self._unflatten(self.comm.gather_to_first(mine), shard.bucket, out["adam"], key)
+        for shard in self.muon:
+            mine = torch.zeros(shard.bucket.layout.shard, device=shard.momentum.device)
+            mine[:shard.owned] = shard.momentum
+            self._unflatten(self.comm.gather_to_first(mine), shard.bucket, out["muon"], "momentum")
+        return out if self.comm.rank == 0 else None
+
+    def _unflatten(self, full, bucket, into, key):
+        if full is not None:
+            for name, p, offset in zip(self.names[self.buckets.index(bucket)], bucket.params, bucket.layout.offsets):
+                into.setdefault(name, {})[key] = full[offset:offset + p.numel()].view_as(p).cpu().clone()
+
+    def _flatten(self, bucket, source, key):
+        """This process's shard of a bucket-wide flat tensor built from per-name full tensors."""
+        full = torch.zeros(bucket.layout.numel)
+        for name, p, offset in zip(self.names[self.buckets.index(bucket)], bucket.params, bucket.layout.offsets):
+            full[offset:offset + p.numel()] = source[name][key].reshape(-1)
+        shard, rank = bucket.layout.shard, self.comm.rank
+        return full[rank * shard:(rank + 1) * shard]
+
+    def load_full_state_dict(self, state):
+        """Takes this process's shard of a full_state_dict (made on any number of processes)."""
+        self.steps = state["steps"]
+        for shard in self.adam:
+            if shard.adam is None or self.steps == 0:
+                continue
+            flat = {key: self._flatten(shard.bucket, state["adam"], key) for key in ("exp_avg", "exp_avg_sq")}
+            index = {segment: i for i, segment in
+                     enumerate(s for group in shard.adam.param_groups for s in group["params"])}
+            start = shard.bucket.comm.rank * shard.bucket.layout.shard
+            adam_state = shard.adam.state_dict()
+            for i, lo, hi, segment in shard.segments:
+                at = shard.bucket.layout.offsets[i] + lo - start
+                adam_state["state"][index[segment]] = {"step": torch.tensor(float(self.steps)),
+                                                       **{k: v[at:at + hi - lo].clone() for k, v in flat.items()}}
+            shard.adam.load_state_dict(adam_state)
+        for shard in self.muon:
+            shard.momentum.copy_(self._flatten(shard.bucket, state["muon"], "momentum")[:shard.owned])
+
+    def state_bytes(self):
+        """Optimizer state held by this process."""
+        tensors = [s.momentum for s in self.muon] + [v for s in self.adam if s.adam for st in s.adam.state.values()
+                                                     for v in st.values() if v.dim() > 0]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def build_optimizers(model, config, rank, world):
-    dim = model.embed.embedding_dim
-    adam_scale = (dim / 768) ** -0.5
-    scalars = [p for p in model.parameters() if p.ndim < 2]
-    embeds = [model.embed.weight, *(ve.weight for ve in model.value_embeds)]
-    adam = torch.optim.AdamW([
-        dict(params=embeds, lr=config.embed_lr * adam_scale),
-        dict(params=[model.head.weight], lr=config.head_lr * adam_scale),
-        dict(params=scalars, lr=config.scalar_lr),
-    ], betas=config.adam_betas, eps=config.adam_eps, weight_decay=0.0)
-    muon = Muon(hidden_matrices(model), config.matrix_lr, config.muon_momentum, config.weight_decay,
-                config.ns_steps, rank, world)
-    covered = sum(p.numel() for opt in (adam, muon) for g in opt.param_groups for p in g["params"])
-    assert covered == sum(p.numel() for p in model.parameters()), "every parameter belongs to exactly one optimizer"
-    for opt in (adam, muon):
-        for group in opt.param_groups:
-            group["initial_lr"] = group["lr"]
-    return [adam, muon]
+def build_optimizers(model, config, comm, accum_steps=1, compile=False):
+    """The sharded optimizer and its gradient buckets, in the order the backward finishes them: the head; the hidden
+    matrices from the last block back, cut at --bucket_mb; then the embeddings and scalars (one bucket per dtype)."""
+    adam_scale = (model.embed.embedding_dim / 768) ** -0.5
+    lrs = {"embed": config.embed_lr * adam_scale, "head": config.head_lr * adam_scale, "scalar": config.scalar_lr}
+    names = {p: name for name, p in model.named_parameters()}
+    qkv = {block.attn.qkv.weight for block in model.blocks}
+    buckets = [("adam", [model.head.weight], [lrs["head"]])]
+    matrices, size = [], 0
+    for p in hidden_matrices(model)[::-1]:
+        if matrices and size + p.numel() * p.element_size() > config.bucket_mb * 2**20:
+            buckets.append(("muon", matrices, [3 if config.muon_split_qkv and m in qkv else 1 for m in matrices]))
+            matrices, size = [], 0
+        matrices.append(p)
+        size += p.numel() * p.element_size()
+    buckets.append(("muon", matrices, [3 if config.muon_split_qkv and m in qkv else 1 for m in matrices]))
+    rest = [(ve.weight, lrs["embed"]) for ve in model.value_embeds][::-1] + [(model.embed.weight, lrs["embed"])]
+    rest += [(p, lrs["scalar"]) for p in model.parameters() if p.ndim < 2]
+    for dtype in dict.fromkeys(p.dtype for p, _ in rest):
+        buckets.append(("adam", [p for p, _ in rest if p.dtype == dtype], [lr for p, lr in rest if p.dtype == dtype]))
+    covered = [p for _, params, _ in buckets for p in params]
+    assert len(set(covered)) == len(covered) == len(names), "every parameter belongs to exactly one bucket"
+    device = next(model.parameters()).device
+    fused_adam = config.fused_adam == "true" or (config.fused_adam == "auto" and device.type == "cuda")
+    return ShardedOptimizer([(kind, params, extra, [names[p] for p in params]) for kind, params, extra in buckets],
+                            config, comm, accum_steps, torch.compile(orthogonalize, dynamic=True) if compile
+                            else orthogonalize, fused_adam)
 
 
 # -----------------------------------------------------------------------------
@@ -780,8 +955,12 @@ class RunLog:
 # Checkpoints: everything needed to continue exactly, as tensors and plain containers (weights_only loads it)
 
 
-def save_checkpoint(path, model, optimizers, loader, progress, config):
-    state = {"model": model.state_dict(), "optimizers": [opt.state_dict() for opt in optimizers],
+def save_checkpoint(path, model, optimizer, loader, progress, config, rank=0):
+    """Every process calls it (the sharded optimizer state is gathered); rank 0 writes."""
+    optimizer_state = optimizer.full_state_dict()
+    if rank != 0:
+        return
+    state = {"model": model.state_dict(), "optimizer": optimizer_state,
              "loader": loader.state_dict(), "progress": dict(progress), "config": dataclasses.asdict(config),
              "rng": {"cpu": torch.get_rng_state(),
                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
@@ -790,13 +969,17 @@ def save_checkpoint(path, model, optimizers, loader, progress, config):
 
 
 RESUMABLE_CHANGES = {"resume", "stop_after", "save_every", "save_final", "log_every", "val_every", "wandb",
-                     "run_id", "out_dir", "compile", "warmup_timing_steps", "val_batch", "device"}
+                     "run_id", "out_dir", "compile", "warmup_timing_steps", "val_batch", "device", "bucket_mb",
+                     "fused_adam"}
 
 
 def load_checkpoint(path, config):
     if not os.path.isfile(path):
         raise ConfigError(f"--resume={path}: no such checkpoint")
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if "optimizer" not in state:
+        raise ConfigError(f"--resume={path}: the checkpoint predates the sharded optimizer (its optimizer state "
+                          "has another form); it cannot be resumed: start a new run")
     saved = state["config"]
     changed = [k for k, v in dataclasses.asdict(config).items()
                if k not in RESUMABLE_CHANGES and (tuple(v) if isinstance(v, tuple) else v) !=
@@ -819,12 +1002,13 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = GPT(config, tokenizer["vocab_size"], tokenizer["bos_id"]).to(device)
         self.fp8 = config.fp8 and enable_fp8(self.model, device)
-        self.optimizers = build_optimizers(self.model, config, rank, world)
         rows_per_step = config.total_batch_tokens // config.seq_len
         self.accum_steps = rows_per_step // (world * config.device_batch)
+        use_compile = config.compile == "true" or (config.compile == "auto" and device.type == "cuda")
+        self.comm = Comm(rank, world)
+        self.optimizer = build_optimizers(self.model, config, self.comm, self.accum_steps, use_compile)
         self.loader = DataLoader(config.train_files, tokenizer["bos_id"], config.seq_len, rows_per_step, rank,
                                  world, config.seed, device)
-        use_compile = config.compile == "true" or (config.compile == "auto" and device.type == "cuda")
         self.forward = torch.compile(self.model) if use_compile else self.model
         self.model.attention_backend = ("flex" if config.attention == "auto" and use_compile and device.type == "cuda"
                                         else "sdpa" if config.attention == "auto" else config.attention)
@@ -833,10 +1017,7 @@ class Trainer:
     def step(self, step, num_steps):
         """One optimizer step over the global batch; returns the mean train loss (a tensor, not yet synced)."""
         multiplier = lr_multiplier(step, num_steps, self.config)
-        for opt in self.optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] * multiplier
-        self.optimizers[1].param_groups[0]["momentum"] = muon_momentum(step, self.config)
+        self.optimizer.set_schedule(multiplier, muon_momentum(step, self.config))
         inputs, targets = self.loader.next_batch()
         B = self.config.device_batch
         total = torch.zeros((), device=self.device)
@@ -845,28 +1026,20 @@ class Trainer:
                 loss = self.forward(inputs[micro * B:(micro + 1) * B], targets[micro * B:(micro + 1) * B])
             (loss / self.accum_steps).backward()
             total += loss.detach()
-        if self.world > 1:  # average gradients over processes (gloo has no AVG, so SUM then divide)
-            handles = [dist.all_reduce(p.grad, async_op=True) for p in self.model.parameters()]
-            handles.append(dist.all_reduce(total, async_op=True))
-            for handle in handles:
-                handle.wait()
-            for p in self.model.parameters():
-                p.grad.div_(self.world)
+        if self.world > 1:  # the mean loss over processes (the gradients travel in the optimizer's buckets)
+            self.comm.all_reduce(total)
             total /= self.world
-        for opt in self.optimizers:
-            opt.step()
-        self.model.zero_grad(set_to_none=True)
+        self.optimizer.step()  # gradient buckets were reduce-scattered during the last backward; see ShardedOptimizer
         return total / self.accum_steps, multiplier
 
     def snapshot(self):
         """A copy of everything a step changes, kept in CPU memory (the GPU's is for training)."""
         return copy_state({"model": self.model.state_dict(), "loader": self.loader.state_dict(),
-                           "optimizers": [opt.state_dict() for opt in self.optimizers]})
+                           "optimizer": self.optimizer.state_dict()})
 
     def restore(self, state):
         self.model.load_state_dict(state["model"])
-        for opt, opt_state in zip(self.optimizers, state["optimizers"]):
-            opt.load_state_dict(opt_state)
+        self.optimizer.load_state_dict(state["optimizer"])
         self.loader.load_state_dict(state["loader"])
 
 
@@ -986,8 +1159,7 @@ def train(config, rank=0, world=1, device=None):
     progress = {"step": 0, "training_time": 0.0, "eval_time": 0.0, "tokens": 0}
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
-        for opt, opt_state in zip(trainer.optimizers, checkpoint["optimizers"]):
-            opt.load_state_dict(opt_state)
+        trainer.optimizer.load_full_state_dict(checkpoint["optimizer"])
         trainer.loader.load_state_dict(checkpoint["loader"])
         torch.set_rng_state(checkpoint["rng"]["cpu"])
         if device.type == "cuda" and checkpoint["rng"]["cuda"]:
@@ -1067,16 +1239,16 @@ def train(config, rank=0, world=1, device=None):
                 status = "target_reached"
                 log.write(f"step:{step}/{num_steps} reached the target val loss {config.target_val_loss}")
                 break
-        if save_due and rank == 0:
-            save_checkpoint(checkpoint_path, model, trainer.optimizers, trainer.loader, progress, config)
+        if save_due:
+            save_checkpoint(checkpoint_path, model, trainer.optimizer, trainer.loader, progress, config, rank)
         if stop_due:
             log.write(f"step:{step}/{num_steps} stopping after {steps_here} steps (--stop_after); resume with "
                       f"--resume={checkpoint_path}")
             return None
     if val_loss is None:
         val_loss, val_bpb = validate(progress["step"])
-    if config.save_final and rank == 0:
-        save_checkpoint(checkpoint_path, model, trainer.optimizers, trainer.loader, progress, config)
+    if config.save_final:
+        save_checkpoint(checkpoint_path, model, trainer.optimizer, trainer.loader, progress, config, rank)
 
     training_time = progress["training_time"]
     results = {

@@ -1,0 +1,262 @@
+"""The sharded optimizer and its communication on the CPU: the same math as the plain reference and on 1, 2 and 4
+gloo processes, what a step communicates against the formula, world-size-independent checkpoints, and a 2-node
+torchrun launch on localhost."""
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import speedups
+import train_gpt
+from tests.comm_reference import ReferenceOptimizer
+from tests.test_train import argv, log_lines, losses, options, run, shards  # noqa: F401  (fixtures)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_config(options, **changes):  # noqa: F811
+    return train_gpt.parse_args(argv(options, **changes))
+
+
+def randomize(model, seed=1):
+    """Weights away from the zero-initialized projections, so that every matrix gets a gradient that matters."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(std=0.1 if p.ndim == 2 else 0.5)
+
+
+# -----------------------------------------------------------------------------
+# The math: the sharded optimizer against the plain reference, one process
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_sharded_optimizer_matches_the_plain_reference(options, fused):  # noqa: F811
+    config = tiny_config(options, fused_adam=str(fused).lower(), bucket_mb=0)  # bucket_mb=0: a bucket per matrix
+    info = train_gpt.load_tokenizer_info(config.tokenizer)
+    models = [train_gpt.GPT(config, info["vocab_size"]) for _ in range(2)]
+    for model in models:
+        randomize(model)
+    sharded = train_gpt.build_optimizers(models[0], config, speedups.Comm())
+    reference = ReferenceOptimizer(models[1], config, fused=fused)
+    torch.manual_seed(2)
+    for step in range(3):
+        idx = torch.randint(0, info["vocab_size"], (2, config.seq_len + 1))
+        for model, opt in ((models[0], sharded), (models[1], reference)):
+            opt.set_schedule(0.5 + step / 4, 0.9)
+            model(idx[:, :-1], idx[:, 1:]).backward()
+            opt.step()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        # bitwise: the same element-wise AdamW on slices, the same Newton-Schulz (a stack of one matrix each here)
+        assert torch.equal(a, b), (name, (a - b).abs().max())
+
+
+def test_stacked_orthogonalization_matches_one_matrix_at_a_time():
+    torch.manual_seed(0)
+    for shape in ((4, 96, 32), (3, 32, 32), (5, 32, 128)):
+        stack = torch.randn(shape)
+        one_by_one = torch.stack([train_gpt.orthogonalize(m, 5) for m in stack]).float()
+        compiled = torch.compile(train_gpt.orthogonalize, dynamic=True, backend="aot_eager")
+        for result in (train_gpt.orthogonalize(stack, 5), compiled(stack, 5)):
+            assert result.dtype == torch.bfloat16 and result.shape == shape
+            # bf16 Newton-Schulz: batched and single matmuls may round differently, by about one bf16 ulp
+            assert torch.allclose(result.float(), one_by_one, rtol=0, atol=1e-2), (result.float() - one_by_one).abs().max()
+
+
+def test_muon_split_qkv_orthogonalizes_q_k_and_v_separately(options):  # noqa: F811
+    config = tiny_config(options, muon_split_qkv="true")
+    model = train_gpt.GPT(config, 512)
+    randomize(model)
+    opt = train_gpt.build_optimizers(model, config, speedups.Comm())
+    qkv = model.blocks[0].attn.qkv.weight
+    before = qkv.detach().clone()
+    model(torch.randint(0, 512, (2, 65))[:, :-1], torch.randint(0, 512, (2, 64))).backward()
+    grad = qkv.grad.clone()
+    opt.set_schedule(1.0, 0.0)  # no momentum: the update is the orthogonalized gradient
+    opt.step()
+    update = (before - qkv.detach()) / config.matrix_lr
+    for part in range(3):  # each 32 x 32 block of the 96 x 32 matrix is an orthogonalized matrix (scale 1)
+        rows = slice(32 * part, 32 * (part + 1))
+        expected = train_gpt.orthogonalize(grad[rows], config.ns_steps).float()
+        assert torch.allclose(update[rows], expected, atol=1e-3)
+
+
+def test_buckets_follow_the_backward_and_every_parameter_is_in_one(options):  # noqa: F811
+    config = tiny_config(options, depth=4, bucket_mb=0)
+    model = train_gpt.GPT(config, 512)
+    opt = train_gpt.build_optimizers(model, config, speedups.Comm())
+    kinds = [type(s).__name__ for s in opt.shards]
+    assert kinds[0] == "AdamWShard" and kinds[-1] == "AdamWShard" and set(kinds[1:-1]) == {"MuonShard"}
+    assert opt.names[0] == ["head.weight"] and opt.names[1] == ["blocks.3.mlp.proj.weight"]
+    assert sorted(n for names in opt.names for n in names) == sorted(n for n, _ in model.named_parameters())
+    config = tiny_config(options, depth=4)
+    one_bucket = train_gpt.build_optimizers(train_gpt.GPT(config, 512), config, speedups.Comm())
+    assert len(one_bucket.muon) == 1  # the default bucket size holds all matrices of a tiny model
+
+
+# -----------------------------------------------------------------------------
+# 1, 2 and 4 processes
+
+
+def train_steps(rank, world, port, config, out, steps):
+    """One gloo process: a Trainer for `steps` steps; rank 0 writes what the test compares."""
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    info = train_gpt.load_tokenizer_info(config.tokenizer)
+    trainer = train_gpt.Trainer(config, info, rank, world, torch.device("cpu"))
+    for p in trainer.model.parameters():
+        assert p.grad is not None  # views of the gradient buckets from the start
+    result = {"losses": []}
+    opt = trainer.optimizer
+    for step in range(steps):
+        before = (dict(trainer.comm.calls), dict(trainer.comm.bytes))
+        result["losses"].append(trainer.step(step, steps)[0].item())
+        if step == 0:  # after more steps, rounding is amplified (AdamW divides tiny gradients by their own size)
+            result["traffic"] = {k: (trainer.comm.calls[k] - before[0].get(k, 0),
+                                     trainer.comm.bytes[k] - before[1].get(k, 0)) for k in trainer.comm.calls}
+            result["params"] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+            result["full_state"] = opt.full_state_dict()
+    reduce_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[config.reduce_dtype]
+    result["expected"] = speedups.step_traffic(
+        [b.layout for b in opt.buckets], [reduce_dtype] * len(opt.buckets),
+        [s.values.dtype if isinstance(s, train_gpt.AdamWShard) else torch.bfloat16 for s in opt.shards], world)
+    result["state_bytes"] = opt.state_bytes()
+    if rank == 0:
+        torch.save(result, out)
+    trainer.loader.close()
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def train_on(world, config, tmp_path, steps=3):
+    out = tmp_path / f"world{world}.pt"
+    if world == 1:
+        train_steps(0, 1, 0, config, out, steps)
+    else:
+        mp.spawn(train_steps, args=(world, free_port(), config, out, steps), nprocs=world)
+    return torch.load(out, weights_only=True)
+
+
+def test_one_two_and_four_processes_train_alike_and_communicate_by_the_formula(options, tmp_path):  # noqa: F811
+    """8 rows a step of 2 per pass: 1 process x 4 micro-steps, 2 x 2, 4 x 1."""
+    config = tiny_config(options, total_batch_tokens=512, bucket_mb=0)
+    runs = {world: train_on(world, config, tmp_path) for world in (1, 2, 4)}
+    for world, result in runs.items():
+        # the reduction order and the micro-batches' rows differ (the loader deals rows round-robin): float rounding
+        assert result["losses"] == pytest.approx(runs[1]["losses"], rel=1e-4), world
+        for name, p in result["params"].items():
+            assert torch.allclose(p, runs[1]["params"][name], rtol=1e-5, atol=1e-6), (world, name)
+        for part in ("adam", "muon"):  # the gathered state of the first step, parameter by parameter
+            for name, value in result["full_state"][part].items():
+                for key in value:
+                    assert torch.allclose(value[key], runs[1]["full_state"][part][name][key], rtol=1e-4, atol=1e-7)
+        # what a step sends: one reduce-scatter and one all-gather per bucket, one all-reduce of the loss
+        assert result["traffic"] == {k: v for k, v in result["expected"].items() if v[0]}, world
+    assert runs[1]["traffic"]["reduce_scatter"][0] == 1 + 8 + 1  # head; 8 matrices (bucket_mb=0: one each); the rest
+    # gradients sent (and summed) in bf16: half the reduce-scatter bytes, the losses within bf16 rounding
+    bf16 = train_on(2, dataclasses.replace(config, reduce_dtype="bf16"), tmp_path)
+    assert bf16["traffic"] == {k: v for k, v in bf16["expected"].items() if v[0]}
+    assert bf16["traffic"]["reduce_scatter"][1] * 2 == runs[2]["traffic"]["reduce_scatter"][1]
+    assert bf16["losses"] == pytest.approx(runs[1]["losses"], rel=1e-3)
+    # optimizer state per process falls with the world size (up to padding to whole matrices and aligned shards)
+    assert runs[4]["state_bytes"] <= runs[1]["state_bytes"] / 3
+
+
+# -----------------------------------------------------------------------------
+# Multi-node launch, and a checkpoint that does not depend on the world size
+
+
+def test_two_nodes_on_localhost_train_and_a_single_process_resumes_their_checkpoint(options, tmp_path):  # noqa: F811
+    """runs/multinode_torchrun.sh started twice on 127.0.0.1 (--nnodes=2, one process each, c10d rendezvous), as two
+    machines would run it; the run stops after step 4 with a checkpoint at step 3, and one process resumes it."""
+    _, whole = run(options, run_id="whole")
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**env, "HEAD": "127.0.0.1", "NNODES": "2", "GPUS": "1", "PORT": str(port), "PYTHON": sys.executable}
+    command = ["bash", str(REPO / "runs" / "multinode_torchrun.sh"), *argv(options, run_id="nodes", save_every=3,
+                                                                              stop_after=4)]
+    nodes = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(err[-3000:] for _, err in outputs)
+    log = tmp_path / "runs" / "nodes" / "log.txt"
+    assert "gradient accumulation 1, world size 2" in log.read_text()
+    two = losses(log_lines(log))
+    assert sorted(two) == [1, 2, 3, 4]
+    for step in two:  # other micro-batch rows and reduction order: float rounding, as in test_train's 1 vs 2
+        assert two[step] == pytest.approx(losses(whole)[step], rel=1e-4), step
+    checkpoint = tmp_path / "runs" / "nodes" / "checkpoint.pt"
+    assert torch.load(checkpoint, weights_only=True)["progress"]["step"] == 3
+    results, resumed = run(options, run_id="nodes", resume=str(checkpoint))  # now on one process
+    assert "gradient accumulation 2, world size 1" in log.read_text().rsplit("model:", 1)[1]
+    for step in (4, 5, 6):
+        assert losses(resumed)[step] == pytest.approx(losses(whole)[step], rel=1e-4), step
+    assert results["steps"] == 6
+
+
+def test_an_old_checkpoint_is_refused_with_a_message(options, tmp_path):  # noqa: F811
+    run(options, run_id="old", steps=2)
+    checkpoint = tmp_path / "runs" / "old" / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["optimizers"] = state.pop("optimizer")  # the per-process form before the sharded optimizer
+    torch.save(state, checkpoint)
+    with pytest.raises(SystemExit, match="predates the sharded optimizer"):
+        train_gpt.main(argv(options, run_id="old", steps=2, resume=checkpoint))
+
+
+def test_bf16_parameters_keep_fp32_adamw_state_and_math(options):  # noqa: F811
+    """A bf16 table (issue 10's switch makes them) is updated through fp32: fp32 moments, fp32 math, one rounding."""
+    config = tiny_config(options)
+    model = train_gpt.GPT(config, 512)
+    randomize(model)
+    model.embed.to(torch.bfloat16)
+    opt = train_gpt.build_optimizers(model, config, speedups.Comm())
+    start = model.embed.weight.detach().float()
+    model.embed.weight.grad.copy_(torch.randn(model.embed.weight.shape))  # (a CPU forward would need autocast)
+    grad = model.embed.weight.grad.float()
+    opt.step()  # no backward, no hooks: every bucket is reduced right here
+    assert model.embed.weight.dtype == torch.bfloat16
+    states = [st for s in opt.adam for st in s.adam.state.values()]
+    assert states and all(st["exp_avg"].dtype == torch.float32 for st in states)
+    expected = start.clone().requires_grad_()
+    expected.grad = grad
+    adam_lr = config.embed_lr * (model.embed.embedding_dim / 768) ** -0.5
+    torch.optim.AdamW([expected], lr=adam_lr, betas=config.adam_betas, eps=config.adam_eps, weight_decay=0).step()
+    assert torch.equal(model.embed.weight.detach(), expected.detach().bfloat16())
+
+
+def test_comm_benchmark_models_both_designs_and_measures_on_one_cpu_process(capsys):
+    import bench.comm
+    bench.comm.main(["--depth", "12", "24", "--no-record", "--measure", "--tiny", "--warmup=1", "--steps=2"])
+    out = capsys.readouterr().out
+    shares = [float(x) for x in __import__("re").findall(r"= ([\d.]+)% of the step", out)]
+    assert len(shares) == 4 and shares[1] < shares[0] and shares[3] < shares[2]  # d12 today, new; d24 today, new
+    memory = [float(x) for x in __import__("re").findall(r"\(([\d.]+) of today's\)", out)]
+    assert len(memory) == 2 and max(memory) <= 1 / 6  # the goal: optimizer state at world size 8
+    assert out.count("measured today:") == 2 and out.count("measured new:") == 2
+
+
+def test_gradients_replaced_behind_the_buckets_back_fail_loudly(options):  # noqa: F811
+    config = tiny_config(options)
+    model = train_gpt.GPT(config, 512)
+    opt = train_gpt.build_optimizers(model, config, speedups.Comm())
+    model.zero_grad(set_to_none=True)  # the usual PyTorch idiom would leave the buckets empty
+    with pytest.raises(RuntimeError, match="no longer its view of the gradient bucket"):
+        model(torch.randint(0, 512, (2, 64)), torch.randint(0, 512, (2, 64))).backward()  # the hooks check
+        opt.step()
