@@ -47,7 +47,6 @@ class Config:
     train_files: str = "data/tokens/climbmix_32768/train_*.bin"
     val_files: str = "data/tokens/climbmix_32768/val_*.bin"
     tokenizer: str = "data/tokenizers/climbmix_32768"  # BOS id, vocab size, token byte lengths (for bpb)
-    loader: str = "slices"        # slices: rows are consecutive slices of the token stream; bos: each row starts at a BOS
     # model
     depth: int = 12               # layers; the width follows from it unless model_dim is set
     model_dim: int = 0            # 0: 64 x depth, rounded up to a multiple of head_dim
@@ -208,9 +207,7 @@ class DataLoader:
     of failing in the embedding.
     """
 
-    def __init__(self, pattern, seq_len, rows_per_step, rank, world, seed, device, vocab_size, layout="slices",
-                 bos_id=None):
-        self.layout, self.bos_id, self._bos = layout, bos_id, (None, None)
+    def __init__(self, pattern, seq_len, rows_per_step, rank, world, seed, device, vocab_size):
         self.files = find_files(pattern, "training")
         self.seq_len, self.seed, self.device, self.vocab_size = seq_len, seed, device, vocab_size
         self.rows_per_step, self.rank, self.world = rows_per_step, rank, world
@@ -238,8 +235,6 @@ class DataLoader:
         return state["epoch"] + (rows_before + state["row"]) / sum(self.shard_rows)
 
     def describe(self, num_steps):
-        if self.layout == "bos":
-            return "data: rows start at BOS (the old layout, for the comparison): fraction used and epochs not computed"
         return (f"data: {sum(self.shard_tokens):,} training tokens in {len(self.files)} shards; rows are shuffled "
                 f"consecutive slices of {self.seq_len + 1} tokens: {100 * self.fraction_used:.2f}% of the tokens are "
                 f"targets once per epoch; {num_steps} steps of {self.rows_per_step} rows are "
@@ -263,31 +258,8 @@ class DataLoader:
             self._tokens = (index, tokens)
         return self._tokens[1]
 
-    def _next_bos_rows(self, state, count):
-        """The old layout, for the comparison: each row starts at the first BOS after the previous row's end."""
-        rows = []
-        while len(rows) < count:
-            index = int(self.shard_order(state["epoch"])[state["shard"]])
-            tokens = self._shard(index)
-            if self._bos[0] != index:
-                self._bos = (index, np.flatnonzero(tokens == self.bos_id))
-            bos = self._bos[1]
-            i = np.searchsorted(bos, state["row"])
-            while len(rows) < count and i < len(bos) and bos[i] + self.seq_len + 1 <= len(tokens):
-                start = int(bos[i])
-                rows.append(tokens[start:start + self.seq_len + 1])
-                state["row"] = start + self.seq_len + 1
-                i = np.searchsorted(bos, state["row"])
-            if len(rows) < count:
-                state["shard"], state["row"] = state["shard"] + 1, 0
-                if state["shard"] == len(self.files):
-                    state["epoch"], state["shard"] = state["epoch"] + 1, 0
-        return rows
-
     def _next_rows(self, state, count):
         """The next count rows from state (which is advanced): a list of uint16 arrays of seq_len + 1 tokens."""
-        if self.layout == "bos":
-            return self._next_bos_rows(state, count)
         rows, L = [], self.seq_len
         while len(rows) < count:
             index = int(self.shard_order(state["epoch"])[state["shard"]])
@@ -952,7 +924,7 @@ class Trainer:
         rows_per_step = config.total_batch_tokens // config.seq_len
         self.accum_steps = rows_per_step // (world * config.device_batch)
         self.loader = DataLoader(config.train_files, config.seq_len, rows_per_step, rank, world, config.seed, device,
-                                 tokenizer["vocab_size"], config.loader, tokenizer["bos_id"])
+                                 tokenizer["vocab_size"])
         use_compile = config.compile == "true" or (config.compile == "auto" and device.type == "cuda")
         self.forward = torch.compile(self.model) if use_compile else self.model
         self.model.attention_backend = ("flex" if config.attention == "auto" and use_compile and device.type == "cuda"
@@ -1200,8 +1172,7 @@ def train(config, rank=0, world=1, device=None):
         "data": {"train_files": [os.path.basename(f) for f in trainer.loader.files], "val_files": config.val_files,
                  "tokenizer": config.tokenizer, "tokenizer_sha256": tokenizer["sha256"]},
     }
-    if config.loader != "bos":
-        log.write(f"data: epoch {trainer.loader.epochs():.3f} reached ({progress['tokens']:,} tokens trained on)")
+    log.write(f"data: epoch {trainer.loader.epochs():.3f} reached ({progress['tokens']:,} tokens trained on)")
     log.write(f"done: {status}, val_loss:{val_loss:.6f} val_bpb:{val_bpb:.6f} training_time:{training_time:.2f}s "
               f"warmup_time:{warmup_time:.2f}s eval_time:{progress['eval_time']:.2f}s")
     if rank == 0:
