@@ -221,7 +221,7 @@ class DataLoader:
         self._rows = (None, None)    # ((epoch, file index), row order) of the shard being read
         self._checked = set()        # file indices whose token ids are known to fit the vocab
         self._queue = self._stop = self._thread = None
-        self._shard(self.shard_order(0)[0])  # a bad first shard fails now, before any run folder is made
+        self._shard(int(self.shard_order(0)[0]))  # a bad first shard fails now, before any run folder is made
 
     @property
     def fraction_used(self):
