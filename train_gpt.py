@@ -32,10 +32,9 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from speedups import Comm, GradientBucket, element_layout, matrix_layout
-from data.shards import ShardError, read_header, read_shard
+from data.shards import ShardError, read_header, read_shard, read_tokenizer_sha256
 from data.tokenizer import TokenizerError, load_tokenizer, sha256_file
-from speedups import chunked_softcapped_cross_entropy, fp8_linear
+from speedups import Comm, GradientBucket, chunked_softcapped_cross_entropy, element_layout, fp8_linear, matrix_layout
 
 RESULTS_SCHEMA = 1
 
@@ -205,50 +204,83 @@ def derived(config):
 
 
 class DataLoader:
-    """Rows of seq_len + 1 tokens from the shards, each starting at a BOS token.
+    """Rows of seq_len + 1 tokens cut from the training shards so that every token is used once per epoch.
 
-    The row starts form one global sequence, the same for every process: each row begins at the first BOS at or
-    after the end of the previous row, shard by shard, the shards in a seeded order that changes every epoch.
-    A step takes the next world x accumulation x device_batch rows; this process takes its own slice, so ranks
-    never overlap and the step's rows do not depend on the world size. The state (epoch, shard, position) is
-    where the next row search begins; a background thread prepares the next step's batch in pinned memory.
+    Row k of a shard is its tokens k x seq_len ... (k + 1) x seq_len: consecutive slices that share one token (a
+    row's last target is the next row's first input), so every token of a shard but its first is a target once
+    per epoch and only the last (tokens - 1) mod seq_len are never used (`fraction_used`, logged). A row begins
+    anywhere in a document; --doc_mask keeps attention inside documents (each starts at BOS).
+    The rows form one global sequence, the same for every process: the shards in a seeded order that changes
+    every epoch, each shard's rows in a seeded order of their own (so that a step mixes many documents). A step
+    takes the next world x accumulation x device_batch rows; this process takes its own slice, so ranks never
+    overlap and the step's rows do not depend on the world size. The state (epoch, shard, row) is where the next
+    step begins; a background thread prepares the next step's batch in pinned memory. A shard's token ids are
+    checked against the vocab when it is first read (one pass), so a bad id stops the run with a message instead
+    of failing in the embedding.
     """
 
-    def __init__(self, pattern, bos_id, seq_len, rows_per_step, rank, world, seed, device):
+    def __init__(self, pattern, seq_len, rows_per_step, rank, world, seed, device, vocab_size):
         self.files = find_files(pattern, "training")
-        self.bos_id, self.seq_len, self.seed, self.device = bos_id, seq_len, seed, device
+        self.seq_len, self.seed, self.device, self.vocab_size = seq_len, seed, device, vocab_size
         self.rows_per_step, self.rank, self.world = rows_per_step, rank, world
-        self.state = {"epoch": 0, "shard": 0, "pos": 0}
-        self._cache = (None, None, None)  # (file, tokens, BOS positions) of the shard being read
+        self.shard_tokens = [read_header(path) for path in self.files]
+        self.shard_rows = [max(n - 1, 0) // seq_len for n in self.shard_tokens]
+        if not sum(self.shard_rows):
+            raise ConfigError(f"{pattern}: no shard holds a row of --seq_len + 1 = {seq_len + 1} tokens; lower "
+                              "--seq_len or tokenize more data")
+        self.state = {"epoch": 0, "shard": 0, "row": 0}
+        self._tokens = (None, None)  # (file index, tokens) of the shard being read
+        self._rows = (None, None)    # ((epoch, file index), row order) of the shard being read
+        self._checked = set()        # file indices whose token ids are known to fit the vocab
         self._queue = self._stop = self._thread = None
+        self._shard(int(self.shard_order(0)[0]))  # a bad first shard fails now, before any run folder is made
+
+    @property
+    def fraction_used(self):
+        """The fraction of the training tokens that are a target once per epoch."""
+        return sum(self.shard_rows) * self.seq_len / sum(self.shard_tokens)
+
+    def epochs(self, state=None):
+        """Passes over the data done from the start to state (default: the current state), as a fraction."""
+        state = state or self.state
+        rows_before = sum(self.shard_rows[i] for i in self.shard_order(state["epoch"])[:state["shard"]])
+        return state["epoch"] + (rows_before + state["row"]) / sum(self.shard_rows)
+
+    def describe(self, num_steps):
+        return (f"loader: {sum(self.shard_tokens):,} training tokens in {len(self.files)} shards; rows are shuffled "
+                f"consecutive slices of {self.seq_len + 1} tokens: {100 * self.fraction_used:.2f}% of the tokens are "
+                f"targets once per epoch; {num_steps} steps of {self.rows_per_step} rows are "
+                f"{num_steps * self.rows_per_step / sum(self.shard_rows):.3f} epochs")
 
     def shard_order(self, epoch):
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
 
-    def _shard(self, state):
-        path = self.files[self.shard_order(state["epoch"])[state["shard"]]]
-        if self._cache[0] != path:
-            tokens = read_shard(path)
-            self._cache = (path, tokens, np.flatnonzero(tokens == self.bos_id))
-        return self._cache[1], self._cache[2]
+    def row_order(self, epoch, index):
+        if self._rows[0] != (epoch, index):
+            self._rows = ((epoch, index), np.random.default_rng([self.seed, epoch, index]).permutation(
+                self.shard_rows[index]))
+        return self._rows[1]
+
+    def _shard(self, index):
+        if self._tokens[0] != index:
+            tokens = read_shard(self.files[index])
+            if index not in self._checked:
+                check_token_ids(tokens, self.vocab_size, self.files[index])
+                self._checked.add(index)
+            self._tokens = (index, tokens)
+        return self._tokens[1]
 
     def _next_rows(self, state, count):
         """The next count rows from state (which is advanced): a list of uint16 arrays of seq_len + 1 tokens."""
-        rows, empty_shards = [], 0
+        rows, L = [], self.seq_len
         while len(rows) < count:
-            tokens, bos = self._shard(state)
-            i = np.searchsorted(bos, state["pos"])
-            while len(rows) < count and i < len(bos) and bos[i] + self.seq_len + 1 <= len(tokens):
-                start = int(bos[i])
-                rows.append(tokens[start:start + self.seq_len + 1])
-                state["pos"] = start + self.seq_len + 1
-                i = np.searchsorted(bos, state["pos"])
-            if len(rows) < count:  # this shard is used up: on to the next one (and the next epoch)
-                empty_shards = 0 if rows else empty_shards + 1
-                if empty_shards > len(self.files):
-                    raise ShardError(f"{self.files}: no row of {self.seq_len + 1} tokens starting at BOS "
-                                     f"(id {self.bos_id}); is the BOS id right, or seq_len too long for the data?")
-                state["shard"], state["pos"] = state["shard"] + 1, 0
+            index = int(self.shard_order(state["epoch"])[state["shard"]])
+            take = self.row_order(state["epoch"], index)[state["row"]:state["row"] + count - len(rows)]
+            tokens = self._shard(index) if len(take) else None
+            rows += [tokens[k * L:k * L + L + 1] for k in take.tolist()]
+            state["row"] += len(take)
+            if state["row"] == self.shard_rows[index]:  # this shard is used up: on to the next (and the next epoch)
+                state["shard"], state["row"] = state["shard"] + 1, 0
                 if state["shard"] == len(self.files):
                     state["epoch"], state["shard"] = state["epoch"] + 1, 0
         return rows
@@ -318,8 +350,9 @@ def find_files(pattern, what):
     return files
 
 
-def load_val_tokens(pattern, count, seq_len):
-    """The first count tokens of the val shards (whole rows of seq_len, plus one token for the last target)."""
+def load_val_tokens(pattern, count, seq_len, vocab_size=None):
+    """The first count tokens of the val shards (whole rows of seq_len, plus one token for the last target); with
+    vocab_size, every one of them is checked to be a token id of the vocab."""
     files = find_files(pattern, "validation")
     rows = count // seq_len
     if rows == 0:
@@ -328,11 +361,22 @@ def load_val_tokens(pattern, count, seq_len):
     for path in files:
         tokens = read_shard(path)
         pieces.append(np.asarray(tokens[:rows * seq_len + 1 - have]))
+        if vocab_size:
+            check_token_ids(pieces[-1], vocab_size, path)
         have += len(pieces[-1])
         if have == rows * seq_len + 1:
             return torch.from_numpy(np.concatenate(pieces).astype(np.int64))
     raise ConfigError(f"the val shards hold {have:,} tokens, fewer than --val_tokens={count:,} (+1); "
                       "lower --val_tokens or tokenize a larger val file")
+
+
+def check_token_ids(tokens, vocab_size, path):
+    """Every id must index the embedding; one pass over the tokens (a max), cheap next to training on them."""
+    top = int(tokens.max()) if len(tokens) else -1
+    if top >= vocab_size:
+        raise ShardError(f"{path}: token id {top} is outside the tokenizer's vocab of {vocab_size}; the shard is "
+                         "corrupt or comes from another tokenizer: tokenize again (python -m data.tokenize re-makes "
+                         "corrupt shards), or point --tokenizer at the one that made it")
 
 
 def load_tokenizer_info(folder):
@@ -345,22 +389,47 @@ def load_tokenizer_info(folder):
             "sha256": sha256_file(os.path.join(folder, "tokenizer.json"))}
 
 
+def recorded_tokenizers(files):
+    """For each shard, the sha256 of the tokenizer that made it: from its header, else from the tokenize.json
+    beside it when that lists the shard, else None (llm.c / modded-nanogpt shards record none)."""
+    manifests, recorded = {}, []
+    for path in files:
+        folder = os.path.dirname(path)
+        if folder not in manifests:
+            manifest_path = os.path.join(folder, "tokenize.json")
+            try:
+                with open(manifest_path) as f:
+                    manifest = json.load(f)
+                manifests[folder] = {shard["name"]: manifest["config"]["tokenizer_sha256"]
+                                     for split in manifest["splits"].values() for shard in split["shards"]}
+            except FileNotFoundError:
+                manifests[folder] = {}
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ConfigError(f"{manifest_path}: not a readable tokenize.json ({e}); run python -m data.tokenize "
+                                  "again on this folder") from None
+        recorded.append(read_tokenizer_sha256(path) or manifests[folder].get(os.path.basename(path)))
+    return recorded
+
+
 def check_data_matches_tokenizer(config, tokenizer):
-    """The shards must come from this tokenizer: by tokenize.json when there is one, else by their token ids."""
-    folder = os.path.dirname(config.train_files)
-    manifest_path = os.path.join(folder, "tokenize.json")
-    if os.path.exists(manifest_path):
-        with open(manifest_path) as f:
-            made_with = json.load(f)["config"]
-        if made_with["tokenizer_sha256"] != tokenizer["sha256"]:
-            raise ConfigError(f"{folder} was tokenized with another tokenizer than {config.tokenizer} (vocab "
-                              f"{made_with['vocab_size']} vs {tokenizer['vocab_size']}); point --tokenizer at the "
-                              "one that made the shards, or tokenize again")
+    """Train and val shards alike must come from this tokenizer, by the identity they record (header or
+    tokenize.json); returns notices for the log about shards that record none (their token ids are still checked
+    against the vocab as they are read)."""
+    notices = []
     for what, pattern in (("training", config.train_files), ("validation", config.val_files)):
-        first = read_shard(find_files(pattern, what)[0])[:1_000_000]
-        if len(first) and int(first.max()) >= tokenizer["vocab_size"]:
-            raise ConfigError(f"{pattern}: token id {int(first.max())} is outside the tokenizer's vocab of "
-                              f"{tokenizer['vocab_size']} ({config.tokenizer}); these shards need another tokenizer")
+        files = find_files(pattern, what)
+        recorded = recorded_tokenizers(files)
+        for path, sha256 in zip(files, recorded):
+            if sha256 is not None and sha256 != tokenizer["sha256"]:
+                raise ConfigError(f"{path} was tokenized with another tokenizer (sha256 {sha256[:12]}...) than "
+                                  f"--tokenizer={config.tokenizer} (sha256 {tokenizer['sha256'][:12]}...); point "
+                                  "--tokenizer at the one that made the shards, or tokenize again with this one")
+        unknown = sum(sha256 is None for sha256 in recorded)
+        if unknown:
+            notices.append(f"notice: {unknown} of {len(files)} {what} shards ({pattern}) record no tokenizer "
+                           "(llm.c-format shards); they are assumed to match "
+                           f"{config.tokenizer}, and only their token ids are checked against its vocab")
+    return notices
 
 
 # -----------------------------------------------------------------------------
@@ -936,6 +1005,27 @@ def environment(device, world):
     return env
 
 
+def data_identity(config, tokenizer, train_files, val_tokens):
+    """What the run trained and evaluated on, for the `data:` log line that records check (records/README.md):
+    the tokenizer, every train and val shard and the corpus files they were made from (by sha256), and the val
+    tokens and UTF-8 bytes scored (bits per byte's denominator)."""
+    def files(paths):
+        return [{"name": os.path.basename(p), "sha256": sha256_file(p)} for p in paths]
+
+    def sources(shard_pattern, split):  # tokenize.json beside the shards; none for shards downloaded as tokens
+        manifest = os.path.join(os.path.dirname(shard_pattern), "tokenize.json")
+        if not os.path.exists(manifest):
+            return None
+        with open(manifest) as f:
+            inputs = json.load(f)["config"]["inputs"][split]
+        return [{"name": i["name"], "sha256": i.get("sha256")} for i in inputs]
+
+    return {"tokenizer_sha256": tokenizer["sha256"], "train_shards": files(train_files),
+            "val_shards": files(sorted(glob.glob(config.val_files))), "train_source": sources(config.train_files, "train"),
+            "val_source": sources(config.val_files, "val"), "val_tokens": len(val_tokens) - 1,
+            "val_bytes": int(tokenizer["token_bytes"][val_tokens[1:]].sum())}
+
+
 class RunLog:
     """log.txt in the run folder, written by rank 0 (other ranks stay quiet); lines are also printed."""
 
@@ -1007,8 +1097,8 @@ class Trainer:
         use_compile = config.compile == "true" or (config.compile == "auto" and device.type == "cuda")
         self.comm = Comm(rank, world)
         self.optimizer = build_optimizers(self.model, config, self.comm, self.accum_steps, use_compile)
-        self.loader = DataLoader(config.train_files, tokenizer["bos_id"], config.seq_len, rows_per_step, rank,
-                                 world, config.seed, device)
+        self.loader = DataLoader(config.train_files, config.seq_len, rows_per_step, rank, world, config.seed, device,
+                                 tokenizer["vocab_size"])
         self.forward = torch.compile(self.model) if use_compile else self.model
         self.model.attention_backend = ("flex" if config.attention == "auto" and use_compile and device.type == "cuda"
                                         else "sdpa" if config.attention == "auto" else config.attention)
@@ -1117,8 +1207,8 @@ def train(config, rank=0, world=1, device=None):
     device = device or resolve_device(config)
     check_config(config, world)
     tokenizer = load_tokenizer_info(config.tokenizer)
-    check_data_matches_tokenizer(config, tokenizer)
-    val_tokens = load_val_tokens(config.val_files, config.val_tokens, config.seq_len)
+    data_notices = check_data_matches_tokenizer(config, tokenizer)
+    val_tokens = load_val_tokens(config.val_files, config.val_tokens, config.seq_len, tokenizer["vocab_size"])
     checkpoint = load_checkpoint(config.resume, config) if config.resume else None
     trainer = Trainer(config, tokenizer, rank, world, device)
     model = trainer.model
@@ -1146,10 +1236,14 @@ def train(config, rank=0, world=1, device=None):
     log.write(f"command: {' '.join([sys.executable, *sys.argv])}")
     log.write(f"config: {json.dumps(dataclasses.asdict(config))}")
     log.write(f"environment: {json.dumps(env)}")
+    if rank == 0:  # hashing every shard takes a while on big corpora; only the log's writer needs it
+        log.write(f"data: {json.dumps(data_identity(config, tokenizer, trainer.loader.files, val_tokens))}")
     log.write(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, {scaling_params(model):,} in hidden "
               f"matrices and head; vocab {tokenizer['vocab_size']}; {tokens_flops:,} FLOPs/token; {num_steps} steps of {config.total_batch_tokens:,} "
               f"tokens; gradient accumulation {trainer.accum_steps}, world size {world}; fp8 {trainer.fp8}; attention "
               f"{model.attention_backend}")
+    for line in (*data_notices, trainer.loader.describe(num_steps)):
+        log.write(line)
     wandb_run = None
     if config.wandb and rank == 0:
         import wandb
@@ -1267,6 +1361,7 @@ def train(config, rank=0, world=1, device=None):
         "data": {"train_files": [os.path.basename(f) for f in trainer.loader.files], "val_files": config.val_files,
                  "tokenizer": config.tokenizer, "tokenizer_sha256": tokenizer["sha256"]},
     }
+    log.write(f"loader: epoch {trainer.loader.epochs():.3f} reached ({progress['tokens']:,} tokens trained on)")
     log.write(f"done: {status}, val_loss:{val_loss:.6f} val_bpb:{val_bpb:.6f} training_time:{training_time:.2f}s "
               f"warmup_time:{warmup_time:.2f}s eval_time:{progress['eval_time']:.2f}s")
     if rank == 0:

@@ -4,11 +4,15 @@
         [0] magic   20240520
         [1] version 1 (tokens are uint16)
         [2] number of tokens in the file
-        [3:] zero
+        [3] zero
+        [4:12] the sha256 of the tokenizer.json that made the tokens (32 bytes), or zero: not recorded
+        [12:] zero
     body:   that many little-endian uint16 tokens
 
-`read_shard` memory-maps a file after checking its header against its size; `write_shard` writes one
-atomically (a temporary file renamed into place), so a crash never leaves a half-written shard behind.
+Readers of the llm.c format look only at [0:3], so the tokenizer's identity in [4:12] costs no compatibility;
+llm.c's and modded-nanogpt's published shards have zeros there. `read_shard` memory-maps a file after checking
+its header against its size; `write_shard` writes one atomically (a temporary file renamed into place), so a
+crash never leaves a half-written shard behind.
 """
 
 import os
@@ -21,6 +25,7 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 TOKEN_DTYPE = np.dtype("<u2")
 MAX_VOCAB = 1 << 16  # uint16 tokens
+TOKENIZER_INTS = slice(4, 12)  # header ints holding the tokenizer's sha256
 
 
 class ShardError(ValueError):
@@ -51,6 +56,13 @@ def read_header(path):
     return num_tokens
 
 
+def read_tokenizer_sha256(path):
+    """The sha256 (hex) of the tokenizer recorded in a shard's header, or None when the header records none."""
+    read_header(path)
+    raw = np.fromfile(os.fspath(path), dtype="<i4", count=HEADER_INTS)[TOKENIZER_INTS].tobytes()
+    return raw.hex() if any(raw) else None
+
+
 def read_shard(path):
     """Returns the shard's tokens as a read-only memory-mapped uint16 array (no copy, no full read)."""
     num_tokens = read_header(path)
@@ -59,8 +71,9 @@ def read_shard(path):
     return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(num_tokens,))
 
 
-def write_shard(path, tokens):
-    """Writes tokens (any integer array with values < 65536) as a shard, atomically."""
+def write_shard(path, tokens, tokenizer_sha256=None):
+    """Writes tokens (any integer array with values < 65536) as a shard, atomically; tokenizer_sha256 (hex), when
+    given, goes into the header so that the shard names the tokenizer that made it wherever it is copied."""
     path = os.fspath(path)
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
@@ -71,6 +84,11 @@ def write_shard(path, tokens):
         tokens = tokens.astype(TOKEN_DTYPE)
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:3] = (MAGIC, VERSION, len(tokens))
+    if tokenizer_sha256:
+        digest = bytes.fromhex(tokenizer_sha256)
+        if len(digest) != 32:
+            raise ValueError(f"{path}: tokenizer_sha256 must be 64 hex digits, got {tokenizer_sha256!r}")
+        header[TOKENIZER_INTS] = np.frombuffer(digest, dtype="<i4")
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, "wb") as f:

@@ -5,8 +5,10 @@
 Every document is prefixed with the tokenizer's BOS token and the documents are concatenated in file order
 into shards of --shard-tokens tokens (a document may span two shards); the last shard of a split is shorter.
 The corpus's last file becomes val_*.bin, the others train_*.bin. The same inputs give byte-identical shards
-whatever the number of workers. Progress is saved in tokenize.json after every shard: a re-run skips the
-shards that are complete and intact and carries on from the first one that is not.
+whatever the number of workers. Each shard's header and tokenize.json name the tokenizer (its sha256), so
+training refuses shards from another tokenizer. Progress is saved in tokenize.json after every shard, with the
+shard's sha256: a re-run verifies every recorded shard against it, keeps the leading ones that are intact and
+carries on from the first one that is not.
 """
 
 import argparse
@@ -59,8 +61,9 @@ def blocks_from(files, position):
 class ShardWriter:
     """Cuts a stream of tokens into fixed-size shards, remembering where in the corpus each shard starts."""
 
-    def __init__(self, out, prefix, state, shard_tokens, on_shard):
+    def __init__(self, out, prefix, state, shard_tokens, tokenizer_sha256, on_shard):
         self.out, self.prefix, self.state, self.on_shard = out, prefix, state, on_shard
+        self.tokenizer_sha256 = tokenizer_sha256
         self.buffer = np.empty(shard_tokens, dtype=np.uint16)
         self.fill = 0
 
@@ -82,7 +85,7 @@ class ShardWriter:
             return
         name = f"{self.prefix}_{len(self.state['shards']):06d}.bin"
         path = os.path.join(self.out, name)
-        write_shard(path, self.buffer[:self.fill])
+        write_shard(path, self.buffer[:self.fill], tokenizer_sha256=self.tokenizer_sha256)
         self.state["shards"].append({"name": name, "tokens": self.fill, "sha256": sha256_file(path),
                                      "start": self.state["next"]})
         self.state["next"] = next_position
@@ -90,10 +93,10 @@ class ShardWriter:
         self.on_shard()
 
 
-def tokenize_split(encode, files, out, prefix, state, shard_tokens, save, progress):
+def tokenize_split(encode, files, out, prefix, state, shard_tokens, tokenizer_sha256, save, progress):
     """Tokenizes files into prefix_*.bin shards, from state['next'] on; encode maps blocks to tokens in order."""
     file_index, row, skip = state["next"]
-    writer = ShardWriter(out, prefix, state, shard_tokens, save)
+    writer = ShardWriter(out, prefix, state, shard_tokens, tokenizer_sha256, save)
     blocks = list(blocks_from(files, (file_index, row)))
     for (i, block), (tokens, lengths) in zip(blocks, encode(blocks)):
         if skip:  # resuming inside a document that the previous shard began: drop what it already holds
@@ -107,22 +110,32 @@ def tokenize_split(encode, files, out, prefix, state, shard_tokens, save, progre
 
 
 def intact_shards(out, state):
-    """Keeps the leading shards whose files are intact; resumes from the first one that is not."""
+    """Keeps the leading shards whose files are intact (header, size and the sha256 recorded when each was
+    written); resumes from the first one that is not."""
     for k, shard in enumerate(state["shards"]):
         path = os.path.join(out, shard["name"])
         try:
-            intact = read_header(path) == shard["tokens"]
+            problem = None if read_header(path) == shard["tokens"] else "incomplete"
         except ShardError:
-            intact = False
-        if not intact:
-            print(f"{path}: missing or incomplete, tokenizing again from there")
+            problem = "missing or incomplete"
+        if problem is None and sha256_file(path) != shard["sha256"]:
+            problem = "corrupt (its sha256 differs from the one tokenize.json recorded)"
+        if problem:
+            print(f"{path}: {problem}; tokenizing again from there")
             state["next"], state["done"] = shard["start"], False
             del state["shards"][k:]
             return
 
 
 def describe_inputs(files):
-    return [{"name": os.path.basename(path), "bytes": os.path.getsize(path)} for path in files]
+    """Each input file by name, size and sha256 (training logs name the text a run's shards came from)."""
+    return [{"name": os.path.basename(path), "bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+            for path in files]
+
+
+def without_input_sha256(config):
+    return {**config, "inputs": {split: [{k: v for k, v in i.items() if k != "sha256"} for i in inputs]
+                                 for split, inputs in config["inputs"].items()}}
 
 
 def count_rows(files):
@@ -139,14 +152,17 @@ def tokenize_corpus(corpus, tokenizer, out, shard_tokens=100_000_000, workers=No
     train_files, val_file = corpus_files(corpus)
     splits = {"train": train_files, "val": [val_file]}
     rows = {split: count_rows(files) for split, files in splits.items()}  # also checks every file opens
-    config = {"format_version": FORMAT_VERSION, "tokenizer_sha256": sha256_file(os.path.join(tokenizer, "tokenizer.json")),
+    tokenizer_sha256 = sha256_file(os.path.join(tokenizer, "tokenizer.json"))
+    config = {"format_version": FORMAT_VERSION, "tokenizer_sha256": tokenizer_sha256,
               "bos_id": tok.bos_id, "vocab_size": tok.vocab_size, "shard_tokens": shard_tokens,
               "inputs": {split: describe_inputs(files) for split, files in splits.items()}}
     manifest_path = os.path.join(out, MANIFEST)
-    manifest = None
+    manifest, upgraded = None, False
     if os.path.exists(manifest_path):
         with open(manifest_path) as f:
             manifest = json.load(f)
+        if manifest["config"] == without_input_sha256(config):  # made before inputs carried their sha256
+            manifest["config"], upgraded = config, True
         if manifest["config"] != config and not force:
             raise ValueError(f"{out} holds shards from other inputs or settings (see {manifest_path}); choose "
                              "another --out, or pass --force to replace them")
@@ -165,6 +181,8 @@ def tokenize_corpus(corpus, tokenizer, out, shard_tokens=100_000_000, workers=No
             json.dump(manifest, f, indent=1)
         os.replace(tmp, manifest_path)
 
+    if upgraded:
+        save()
     workers = workers or os.cpu_count()
     if workers > 1:  # processes, not threads: tiktoken holds the GIL while it encodes (threads gained nothing)
         pool = multiprocessing.get_context("spawn").Pool(workers, _start_worker, (tokenizer,))
@@ -182,7 +200,7 @@ def tokenize_corpus(corpus, tokenizer, out, shard_tokens=100_000_000, workers=No
             with tqdm(total=rows[split], unit="doc", desc=f"tokenizing {split}", dynamic_ncols=True) as progress:
                 file_index, row, _ = state["next"]
                 progress.update(count_rows(files[:file_index]) + row)
-                tokenize_split(encode, files, out, split, state, shard_tokens, save, progress)
+                tokenize_split(encode, files, out, split, state, shard_tokens, tokenizer_sha256, save, progress)
             num_tokens = sum(shard["tokens"] for shard in state["shards"])
             print(f"{split}: {num_tokens:,} tokens in {len(state['shards'])} shards, {time.perf_counter() - t0:.1f}s")
     finally:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data.shards import HEADER_BYTES, MAGIC, ShardError, read_header, read_shard, write_shard
+from data.shards import HEADER_BYTES, MAGIC, ShardError, read_header, read_shard, read_tokenizer_sha256, write_shard
 
 
 def test_header_round_trip(tmp_path):
@@ -79,3 +79,25 @@ def test_reader_memory_maps_without_reading_everything(tmp_path):
     tokens = read_shard(path)
     assert isinstance(tokens, np.memmap) and not tokens.flags.writeable
     assert tokens[999] == 999
+
+
+# -----------------------------------------------------------------------------
+# The tokenizer's identity in the header
+
+
+def test_the_tokenizer_sha256_round_trips_in_ints_4_to_11_and_the_rest_stays_llm_c(tmp_path):
+    sha = "0123456789abcdef" * 4
+    tokens = np.array([5, 6, 7], dtype=np.uint16)
+    write_shard(tmp_path / "a.bin", tokens, tokenizer_sha256=sha)
+    header = np.fromfile(tmp_path / "a.bin", dtype="<i4", count=256)
+    assert header[:3].tolist() == [MAGIC, 1, 3] and header[3] == 0 and not header[12:].any()
+    assert header[4:12].tobytes().hex() == sha and read_tokenizer_sha256(tmp_path / "a.bin") == sha
+    np.testing.assert_array_equal(read_shard(tmp_path / "a.bin"), tokens)
+    write_shard(tmp_path / "b.bin", tokens)  # llm.c's shards: zeros, no identity
+    assert read_tokenizer_sha256(tmp_path / "b.bin") is None
+
+
+def test_a_tokenizer_sha256_that_is_not_64_hex_digits_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="64 hex digits"):
+        write_shard(tmp_path / "a.bin", np.zeros(3, dtype=np.uint16), tokenizer_sha256="abcd")
+    assert not (tmp_path / "a.bin").exists()

@@ -8,9 +8,9 @@ import pytest
 
 import data.tokenize as tokenize_module
 from data.corpus import corpus_files, iter_documents
-from data.shards import read_shard
+from data.shards import read_shard, read_tokenizer_sha256
 from data.tokenize import main, tokenize_corpus
-from data.tokenizer import load_tokenizer
+from data.tokenizer import load_tokenizer, sha256_file
 from tests.conftest import write_corpus
 
 SHARD = 3000  # small shards, so that boundaries fall inside documents
@@ -61,11 +61,11 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(corpus, tokenizer_dir
     real_write = tokenize_module.write_shard
     written = []
 
-    def crash_on_the_fifth_shard(path, tokens):
+    def crash_on_the_fifth_shard(path, tokens, **kwargs):
         if len(written) == 4:
             raise KeyboardInterrupt("simulated crash")
         written.append(path)
-        real_write(path, tokens)
+        real_write(path, tokens, **kwargs)
 
     monkeypatch.setattr(tokenize_module, "write_shard", crash_on_the_fifth_shard)
     with pytest.raises(KeyboardInterrupt):
@@ -86,6 +86,27 @@ def test_a_missing_or_damaged_shard_is_rebuilt_on_rerun(corpus, tokenizer_dir, s
         f.truncate(2000)
     tokenize_corpus(str(corpus), str(tokenizer_dir), str(tmp_path), shard_tokens=SHARD, workers=1)
     assert shard_bytes(tmp_path) == shard_bytes(shards)
+
+
+def test_a_corrupted_shard_body_is_found_by_its_sha256_and_remade_on_rerun(corpus, tokenizer_dir, shards, tmp_path,
+                                                                         capsys):
+    tokenize_corpus(str(corpus), str(tokenizer_dir), str(tmp_path), shard_tokens=SHARD, workers=1)
+    name = sorted(shard_bytes(tmp_path))[3]
+    with open(tmp_path / name, "r+b") as f:  # one flipped bit in the body: header and size still right
+        f.seek(2000)
+        byte = f.read(1)[0]
+        f.seek(2000)
+        f.write(bytes([byte ^ 1]))
+    tokenize_corpus(str(corpus), str(tokenizer_dir), str(tmp_path), shard_tokens=SHARD, workers=1)
+    assert f"{name}: corrupt (its sha256 differs from the one tokenize.json recorded); tokenizing again" in \
+        capsys.readouterr().out
+    assert shard_bytes(tmp_path) == shard_bytes(shards)
+
+
+def test_every_shard_names_its_tokenizer_in_its_header_and_the_manifest(tokenizer_dir, shards):
+    sha = sha256_file(tokenizer_dir / "tokenizer.json")
+    assert json.loads((shards / "tokenize.json").read_text())["config"]["tokenizer_sha256"] == sha
+    assert {read_tokenizer_sha256(shards / name) for name in shard_bytes(shards)} == {sha}
 
 
 def test_rerun_of_a_finished_run_writes_nothing(corpus, tokenizer_dir, shards, capsys):
