@@ -169,8 +169,9 @@ def convert(value, kind, key):
         if kind == "int":
             return int(float(value)) if "e" in value.lower() else int(value)
         return {"float": float, "str": str}[kind](value)
-    except ValueError:
-        raise ConfigError(f"--{key}={value}: not a valid {kind}") from None
+    except (ValueError, OverflowError):
+        what = "list of comma-separated numbers" if kind == "tuple" else kind
+        raise ConfigError(f"--{key}={value}: not a valid {what}") from None
 
 
 class ConfigError(ValueError):
@@ -824,10 +825,21 @@ RESUMABLE_CHANGES = {"resume", "stop_after", "save_every", "save_final", "log_ev
                      "run_id", "out_dir", "compile", "warmup_timing_steps", "val_batch", "device"}
 
 
+CHECKPOINT_KEYS = {"model", "optimizers", "loader", "progress", "config", "rng"}
+
+
 def load_checkpoint(path, config):
     if not os.path.isfile(path):
         raise ConfigError(f"--resume={path}: no such checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises several types for a truncated, empty or foreign file
+        why = "an empty file" if os.path.getsize(path) == 0 else f"torch.load: {type(e).__name__}"
+        raise ConfigError(f"--resume={path}: not a readable checkpoint ({why}); resume from another checkpoint.pt, "
+                          "or start the run again without --resume") from None
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
+        raise ConfigError(f"--resume={path}: not a train_gpt.py checkpoint (it lacks {', '.join(sorted(CHECKPOINT_KEYS))}); "
+                          "resume from the checkpoint.pt of a run folder")
     saved = state["config"]
     changed = [k for k, v in dataclasses.asdict(config).items()
                if k not in RESUMABLE_CHANGES and (tuple(v) if isinstance(v, tuple) else v) !=
@@ -901,6 +913,15 @@ class Trainer:
         self.loader.load_state_dict(state["loader"])
 
 
+def read_results(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read ({e}); it marks the run as finished: restore it, or move the run "
+                          "folder away to train it again") from None
+
+
 def copy_state(obj):
     """A deep copy of a state dict, its tensors copied to the CPU."""
     if isinstance(obj, torch.Tensor):
@@ -924,8 +945,23 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
+POSITIVE_FIELDS = ("depth", "head_dim", "seq_len", "device_batch", "total_batch_tokens", "val_tokens", "log_every",
+                   "ns_steps")
+NON_NEGATIVE_FIELDS = ("model_dim", "short_window", "steps", "tokens_per_param", "flops_budget", "warmup_steps",
+                       "val_every", "val_batch", "save_every", "stop_after", "warmup_timing_steps", "muon_momentum_warmup")
+
+
 def check_config(config, world):
-    """Bad combinations, caught before any model or data is built."""
+    """Bad values and combinations, caught before any model or data is built (and before any run folder)."""
+    for key in POSITIVE_FIELDS:
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"--{key}={getattr(config, key)}: must be at least 1")
+    for key in NON_NEGATIVE_FIELDS:
+        if getattr(config, key) < 0:
+            raise ConfigError(f"--{key}={getattr(config, key)}: must be 0 or more")
+    if len(config.adam_betas) != 2 or not all(0 <= beta < 1 for beta in config.adam_betas):
+        raise ConfigError(f"--adam_betas={','.join(map(str, config.adam_betas))}: give two values in [0, 1), "
+                          "e.g. --adam_betas=0.8,0.95")
     dim, heads, _ = derived(config)
     if dim % config.head_dim:
         raise ConfigError(f"--model_dim={dim} is not a multiple of --head_dim={config.head_dim}")
@@ -947,7 +983,17 @@ def check_config(config, world):
 def resolve_device(config, local_rank=0):
     if config.device == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    try:
+        device = torch.device(config.device)
+    except RuntimeError:
+        raise ConfigError(f"--device={config.device}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device={config.device}: no CUDA GPU is visible to torch here; use --device=cpu (or "
+                          "auto), or check the driver and CUDA_VISIBLE_DEVICES")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device={config.device}: this machine has {torch.cuda.device_count()} GPU(s); use "
+                          "cuda:0 to cuda:N-1, or auto")
+    return device
 
 
 def init_distributed(config):
@@ -967,6 +1013,16 @@ def train(config, rank=0, world=1, device=None):
     wall_start = time.perf_counter()
     device = device or resolve_device(config)
     check_config(config, world)
+    run_dir = os.path.dirname(config.resume) if config.resume else os.path.join(
+        config.out_dir, config.run_id or time.strftime("%Y%m%d_%H%M%S") + (f"_{config.preset}" if config.preset else ""))
+    results_path = os.path.join(run_dir, "results.json")
+    if config.resume and os.path.exists(results_path):  # finished: a resume would only rewrite what is there
+        if rank == 0:
+            print(f"{run_dir} is finished ({results_path} is there): nothing to resume, nothing changed", flush=True)
+        return read_results(results_path)
+    if not config.resume and os.path.exists(os.path.join(run_dir, "log.txt")):
+        raise ConfigError(f"{run_dir} holds a run already; choose another --run_id, or continue it with "
+                          f"--resume={os.path.join(run_dir, 'checkpoint.pt')}")
     tokenizer = load_tokenizer_info(config.tokenizer)
     check_data_matches_tokenizer(config, tokenizer)
     val_tokens = load_val_tokens(config.val_files, config.val_tokens, config.seq_len)
@@ -978,11 +1034,6 @@ def train(config, rank=0, world=1, device=None):
     num_steps = num_training_steps(config, scaling_params(model), step_flops)
     peak = peak_flops(config, device)
 
-    run_dir = os.path.dirname(config.resume) if config.resume else os.path.join(
-        config.out_dir, config.run_id or time.strftime("%Y%m%d_%H%M%S") + (f"_{config.preset}" if config.preset else ""))
-    if not config.resume and os.path.exists(os.path.join(run_dir, "log.txt")):
-        raise ConfigError(f"{run_dir} holds a run already; choose another --run_id, or continue it with "
-                          f"--resume={os.path.join(run_dir, 'checkpoint.pt')}")
     if world > 1:
         dist.barrier()  # every process has looked before the first one writes
     if rank == 0:
@@ -1041,8 +1092,9 @@ def train(config, rank=0, world=1, device=None):
         return val_loss, val_bpb
 
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    status, steps_here, val_loss, val_bpb = "finished", 0, None, None
-    while progress["step"] < num_steps:
+    # a final checkpoint knows how its run ended: resumed before results.json was written, it only validates
+    status, steps_here, val_loss, val_bpb = progress.pop("status", "finished"), 0, None, None
+    while progress["step"] < num_steps and status == "finished":
         step = progress["step"]
         synchronize(device)
         t0 = time.perf_counter()
@@ -1081,7 +1133,8 @@ def train(config, rank=0, world=1, device=None):
     if val_loss is None:
         val_loss, val_bpb = validate(progress["step"])
     if config.save_final and rank == 0:
-        save_checkpoint(checkpoint_path, model, trainer.optimizers, trainer.loader, progress, config)
+        save_checkpoint(checkpoint_path, model, trainer.optimizers, trainer.loader, dict(progress, status=status),
+                        config)
 
     training_time = progress["training_time"]
     results = {
@@ -1102,9 +1155,10 @@ def train(config, rank=0, world=1, device=None):
     }
     log.write(f"done: {status}, val_loss:{val_loss:.6f} val_bpb:{val_bpb:.6f} training_time:{training_time:.2f}s "
               f"warmup_time:{warmup_time:.2f}s eval_time:{progress['eval_time']:.2f}s")
-    if rank == 0:
-        with open(os.path.join(run_dir, "results.json"), "w") as f:
+    if rank == 0:  # written whole or not at all: a results.json marks a finished run
+        with open(results_path + ".tmp", "w") as f:
             json.dump(results, f, indent=2)
+        os.replace(results_path + ".tmp", results_path)
     if wandb_run:
         wandb_run.finish()
     trainer.loader.close()
@@ -1120,8 +1174,8 @@ def main(argv=None):
         config = parse_args(sys.argv[1:] if argv is None else argv)
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    rank, world, device = init_distributed(config)
     try:
+        rank, world, device = init_distributed(config)
         train(config, rank, world, device)
     except (ConfigError, ShardError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
