@@ -33,17 +33,21 @@ def cmd_new(args):
     if os.path.exists(out):
         raise RecordError(f"{out} exists; choose another slug or --out")
     parent = os.path.dirname(os.path.abspath(out))
-    made_parent = not os.path.isdir(parent)
+    made = [parent]  # the folders this command makes, deepest first: removed again if it fails
+    while not os.path.isdir(os.path.dirname(made[-1])):
+        made.append(os.path.dirname(made[-1]))
+    made = [folder for folder in made if not os.path.isdir(folder)]
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
     try:
         built = new_record(args.track, args.slug, args.runs, os.path.join(staging, "record"), args.description,
                            args.tracks)
         os.rename(built, out)
+        made = []
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if made_parent and not os.listdir(parent):
-            os.rmdir(parent)
+        for folder in made:
+            os.rmdir(folder)
     print(f"wrote {out}")
     return report_validation(out, args.tracks)
 
