@@ -840,14 +840,17 @@ def load_checkpoint(path, config):
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
         raise ConfigError(f"--resume={path}: not a train_gpt.py checkpoint (it lacks {', '.join(sorted(CHECKPOINT_KEYS))}); "
                           "resume from the checkpoint.pt of a run folder")
-    saved = state["config"]
+    check_same_settings(config, state["config"], f"--resume={path}: the checkpoint")
+    return state
+
+
+def check_same_settings(config, saved, what):
+    """A run continues only with the settings it was made with (but for those in RESUMABLE_CHANGES)."""
     changed = [k for k, v in dataclasses.asdict(config).items()
                if k not in RESUMABLE_CHANGES and (tuple(v) if isinstance(v, tuple) else v) !=
                (tuple(saved[k]) if isinstance(saved.get(k), list) else saved.get(k))]
     if changed:
-        raise ConfigError(f"--resume={path}: the checkpoint was made with other settings ({', '.join(changed)}); "
-                          "resume with the same options")
-    return state
+        raise ConfigError(f"{what} was made with other settings ({', '.join(changed)}); resume with the same options")
 
 
 # -----------------------------------------------------------------------------
@@ -914,12 +917,16 @@ class Trainer:
 
 
 def read_results(path):
+    """A finished run's results.json (train_gpt.py writes it last, whole)."""
     try:
         with open(path) as f:
-            return json.load(f)
+            results = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: cannot be read ({e}); it marks the run as finished: restore it, or move the run "
-                          "folder away to train it again") from None
+        results = str(e)
+    if not isinstance(results, dict) or not isinstance(results.get("config"), dict):
+        raise ConfigError(f"{path} is not a train_gpt.py results.json ({results if isinstance(results, str) else 'no config'}); "
+                          "it marks the run as finished: restore it, or move the run folder away to train again")
+    return results
 
 
 def copy_state(obj):
@@ -945,10 +952,11 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-POSITIVE_FIELDS = ("depth", "head_dim", "seq_len", "device_batch", "total_batch_tokens", "val_tokens", "log_every",
-                   "ns_steps")
+# options that have no meaning at zero (or below zero): one line each, before anything is built or written
+POSITIVE_FIELDS = ("depth", "head_dim", "seq_len", "device_batch", "total_batch_tokens", "val_tokens", "log_every")
 NON_NEGATIVE_FIELDS = ("model_dim", "short_window", "steps", "tokens_per_param", "flops_budget", "warmup_steps",
-                       "val_every", "val_batch", "save_every", "stop_after", "warmup_timing_steps", "muon_momentum_warmup")
+                       "val_every", "val_batch", "save_every", "stop_after", "warmup_timing_steps", "muon_momentum_warmup",
+                       "ns_steps")
 
 
 def check_config(config, world):
@@ -1017,9 +1025,11 @@ def train(config, rank=0, world=1, device=None):
         config.out_dir, config.run_id or time.strftime("%Y%m%d_%H%M%S") + (f"_{config.preset}" if config.preset else ""))
     results_path = os.path.join(run_dir, "results.json")
     if config.resume and os.path.exists(results_path):  # finished: a resume would only rewrite what is there
+        results = read_results(results_path)
+        check_same_settings(config, results["config"], f"--resume={config.resume}: the finished run")
         if rank == 0:
             print(f"{run_dir} is finished ({results_path} is there): nothing to resume, nothing changed", flush=True)
-        return read_results(results_path)
+        return results
     if not config.resume and os.path.exists(os.path.join(run_dir, "log.txt")):
         raise ConfigError(f"{run_dir} holds a run already; choose another --run_id, or continue it with "
                           f"--resume={os.path.join(run_dir, 'checkpoint.pt')}")
