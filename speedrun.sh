@@ -71,7 +71,7 @@ if [ "$NUM_GPUS" -gt 0 ]; then
 else
   TRACK=${TRACK:-cpu-smoke}; PRESET=${PRESET:-tiny}; SAVE_EVERY=${SAVE_EVERY:-25}
 fi
-grep -q "\"id\": \"$TRACK\"" records/tracks.json || fail "--track $TRACK: not a track of records/tracks.json"
+grep -qF "\"id\": \"$TRACK\"" records/tracks.json || fail "--track $TRACK: not a track of records/tracks.json"
 TRAIN_ARGS=${TRAIN_ARGS:-}
 EVAL_ARGS=${EVAL_ARGS:-}
 # the same command gives the same RUN_ID (the seed is the run's folder inside it): a re-run continues its runs
