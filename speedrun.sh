@@ -57,7 +57,7 @@ if [ "$NUM_GPUS" -gt 0 ]; then DATASET=${DATASET:-climbmix}; else DATASET=${DATA
 case "$DATASET" in
   climbmix|fineweb-edu|shakespeare) DATA_NAME=$DATASET ;;
   local)
-    [ -n "${SOURCE:-}" ] || fail "--dataset local needs --source DIR: a folder of .parquet or .txt files (the last is val)"
+    [ -n "${SOURCE:-}" ] || fail "--dataset local needs --source DIR: a folder of .parquet or .txt files (last: val)"
     [ -d "$SOURCE" ] || fail "--source $SOURCE: no such folder"
     DATA_NAME=local-$(basename "$(cd "$SOURCE" && pwd)" | tr -c 'A-Za-z0-9._\n-' '_') ;;
   *) fail "--dataset $DATASET: use climbmix, fineweb-edu, shakespeare, or local with --source DIR" ;;
@@ -75,7 +75,8 @@ grep -qF "\"id\": \"$TRACK\"" records/tracks.json || fail "--track $TRACK: not a
 TRAIN_ARGS=${TRAIN_ARGS:-}
 EVAL_ARGS=${EVAL_ARGS:-}
 # the same command gives the same RUN_ID (the seed is the run's folder inside it): a re-run continues its runs
-RUN_ID=${RUN_ID:-speedrun_${DATA_NAME}_${VOCAB_SIZE}_${PRESET}${TRAIN_ARGS:+_args-$(printf %s "$TRAIN_ARGS" | sha256sum | cut -c1-8)}}
+ARGS_HASH=$(printf %s "$TRAIN_ARGS" | sha256sum | cut -c1-8)
+RUN_ID=${RUN_ID:-speedrun_${DATA_NAME}_${VOCAB_SIZE}_${PRESET}${TRAIN_ARGS:+_args-$ARGS_HASH}}
 RAW=data/raw/$DATA_NAME
 TOKENIZER=data/tokenizers/${DATA_NAME}_$VOCAB_SIZE
 TOKENS=data/tokens/${DATA_NAME}_$VOCAB_SIZE
@@ -192,15 +193,18 @@ done
 RECORD_DIR=$RUN_DIR/record_${TRACK}_${SEEDS}runs
 stage "record: $TRACK ($RECORD_DIR)"
 if [ "$SEEDS" -lt "$RUNS_NEEDED" ]; then
-  RECORD_NOTE="a $TRACK record needs $RUNS_NEEDED runs, this is $SEEDS: run the same command with --seeds $RUNS_NEEDED (the runs made so far are kept) to make one"
+  RECORD_NOTE="a $TRACK record needs $RUNS_NEEDED runs, this is $SEEDS: run the same command with"
+  RECORD_NOTE+=" --seeds $RUNS_NEEDED to make one (the runs made so far are kept)"
   echo "note: $RECORD_NOTE"
-elif [ -d "$RECORD_DIR" ]; then
-  RECORD_NOTE="$RECORD_DIR"
-  $PY -m records validate "$RECORD_DIR" || RECORD_NOTE="$RECORD_DIR (does not validate: python -m records validate $RECORD_DIR)"
 else
-  RECORD_NOTE="$RECORD_DIR"
-  $PY -m records new --track "$TRACK" --slug "$DATASET" --out "$RECORD_DIR" "${RUNS[@]}" \
-    || RECORD_NOTE="$RECORD_DIR (does not validate, reasons above; the runs are kept in $RUN_DIR)"
+  if [ -d "$RECORD_DIR" ]; then  # made by an earlier call: checked again, never rebuilt
+    $PY -m records validate "$RECORD_DIR" && made=1 || made=0
+  else
+    $PY -m records new --track "$TRACK" --slug "$DATASET" --out "$RECORD_DIR" "${RUNS[@]}" && made=1 || made=0
+  fi
+  if [ "$made" = 1 ]; then RECORD_NOTE="$RECORD_DIR"
+  elif [ -d "$RECORD_DIR" ]; then RECORD_NOTE="$RECORD_DIR (does not validate, reasons above)"
+  else RECORD_NOTE="none: python -m records new failed (reasons above); the runs are kept in $RUN_DIR"; fi
 fi
 
 stage ""

@@ -838,8 +838,8 @@ def load_checkpoint(path, config):
         raise ConfigError(f"--resume={path}: not a readable checkpoint ({why}); resume from another checkpoint.pt, "
                           "or start the run again without --resume") from None
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
-        raise ConfigError(f"--resume={path}: not a train_gpt.py checkpoint (it lacks {', '.join(sorted(CHECKPOINT_KEYS))}); "
-                          "resume from the checkpoint.pt of a run folder")
+        raise ConfigError(f"--resume={path}: not a train_gpt.py checkpoint (it lacks "
+                          f"{', '.join(sorted(CHECKPOINT_KEYS))}); resume from the checkpoint.pt of a run folder")
     check_same_settings(config, state["config"], f"--resume={path}: the checkpoint")
     return state
 
@@ -922,10 +922,11 @@ def read_results(path):
         with open(path) as f:
             results = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        results = str(e)
+        results = f"not readable: {e}"
     if not isinstance(results, dict) or not isinstance(results.get("config"), dict):
-        raise ConfigError(f"{path} is not a train_gpt.py results.json ({results if isinstance(results, str) else 'no config'}); "
-                          "it marks the run as finished: restore it, or move the run folder away to train again")
+        why = results if isinstance(results, str) else "no config"
+        raise ConfigError(f"{path} is not a train_gpt.py results.json ({why}); it marks the run as finished: "
+                          "restore it, or move the run folder away to train again")
     return results
 
 
@@ -955,8 +956,8 @@ def synchronize(device):
 # options that have no meaning at zero (or below zero): one line each, before anything is built or written
 POSITIVE_FIELDS = ("depth", "head_dim", "seq_len", "device_batch", "total_batch_tokens", "val_tokens", "log_every")
 NON_NEGATIVE_FIELDS = ("model_dim", "short_window", "steps", "tokens_per_param", "flops_budget", "warmup_steps",
-                       "val_every", "val_batch", "save_every", "stop_after", "warmup_timing_steps", "muon_momentum_warmup",
-                       "ns_steps")
+                       "val_every", "val_batch", "save_every", "stop_after", "warmup_timing_steps",
+                       "muon_momentum_warmup", "ns_steps")
 
 
 def check_config(config, world):

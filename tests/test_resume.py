@@ -109,7 +109,7 @@ def copy_repo(dest):
 
 
 TINY = ("--depth=2 --model_dim=32 --head_dim=16 --seq_len=64 --short_window=16 --device_batch=4 "
-        "--total_batch_tokens=256 --steps=16 --warmup_steps=2 --warmup_timing_steps=1 --val_tokens=2048 --val_every=8")
+        "--total_batch_tokens=256 --steps=32 --warmup_steps=2 --warmup_timing_steps=1 --val_tokens=2048 --val_every=16")
 
 
 def speedrun_env(corpus, **changes):
@@ -140,15 +140,15 @@ def test_speedrun_killed_mid_training_and_run_again_matches_the_uninterrupted_ru
     env = speedrun_env(corpus)
     started = subprocess.Popen(["bash", "speedrun.sh"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while not any("step:6/16 train_loss" in log.read_text() for log in repo.glob("runs/speedrun_*/seed0/log.txt")):
+    deadline = time.time() + 300
+    while not any("step:6/32 train_loss" in log.read_text() for log in repo.glob("runs/speedrun_*/seed0/log.txt")):
         assert started.poll() is None and time.time() < deadline, "the run ended or stalled before step 6"
         time.sleep(0.01)
     os.killpg(started.pid, signal.SIGKILL)  # the whole pipeline at once, as a lost node would
     started.wait()
     run_dir, = (log.parent for log in repo.glob("runs/speedrun_*/seed0/log.txt"))  # named by the command
     assert not (run_dir / "results.json").exists()
-    assert "step:16/16" not in (run_dir / "log.txt").read_text()
+    assert "step:32/32" not in (run_dir / "log.txt").read_text()
 
     out = speedrun(repo, env)  # the same command again
     assert f"{run_dir.relative_to(repo)} was interrupted; resuming from" in out
@@ -156,9 +156,9 @@ def test_speedrun_killed_mid_training_and_run_again_matches_the_uninterrupted_ru
     assert "a gpt2-core record needs 5 runs" in out and (run_dir.parent / "report.md").exists()
     assert not list(run_dir.parent.glob("*record*"))
     log = (run_dir / "log.txt").read_text()  # resumed from step 4, not trained again from step 0
-    assert "resumed from" in log and log.count("step:1/16 train_loss") == 1 and log.count("step:5/16 train_loss") == 2
+    assert "resumed from" in log and log.count("step:1/32 train_loss") == 1 and log.count("step:5/32 train_loss") == 2
     resumed = json.loads((run_dir / "results.json").read_text())
-    assert resumed["steps"] == 16 and "core" in resumed
+    assert resumed["steps"] == 32 and "core" in resumed
 
     # the uninterrupted run: the command speedrun.sh ran (the log's first command line), into another folder
     command = next(line for line in log.splitlines() if line.startswith("command: ")).split()[3:]
