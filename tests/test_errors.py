@@ -4,13 +4,11 @@ what to do, a non-zero exit, before any run folder (or anything else) is made, a
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-import train_gpt
 from data.tokenize import main as tokenize_main
 from data.tokenizer import main as tokenizer_main
 from records.__main__ import main as records_main
