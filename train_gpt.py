@@ -181,8 +181,9 @@ def convert(value, kind, key):
         if kind == "int":
             return int(float(value)) if "e" in value.lower() else int(value)
         return {"float": float, "str": str}[kind](value)
-    except ValueError:
-        raise ConfigError(f"--{key}={value}: not a valid {kind}") from None
+    except (ValueError, OverflowError):
+        what = "list of comma-separated numbers" if kind == "tuple" else kind
+        raise ConfigError(f"--{key}={value}: not a valid {what}") from None
 
 
 class ConfigError(ValueError):
@@ -985,13 +986,16 @@ def peak_flops(config, device):
 
 
 def git_info():
+    """The commit, whether the tree differs from it, and that difference (`git diff HEAD`, kept beside the log as
+    git.diff so that a record can show exactly what ran) and its sha256."""
     def git(*args):
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=os.path.dirname(__file__) or ".")
     head = git("rev-parse", "HEAD")
     if head.returncode != 0:
-        return {"commit": None, "dirty": None, "diff_sha256": None}
+        return {"commit": None, "dirty": None, "diff_sha256": None}, ""
     diff = git("diff", "HEAD").stdout
-    return {"commit": head.stdout.strip(), "dirty": bool(diff), "diff_sha256": hashlib.sha256(diff.encode()).hexdigest()}
+    return ({"commit": head.stdout.strip(), "dirty": bool(diff), "diff_sha256": hashlib.sha256(diff.encode()).hexdigest()},
+            diff)
 
 
 def environment(device, world):
@@ -1063,21 +1067,35 @@ RESUMABLE_CHANGES = {"resume", "stop_after", "save_every", "save_final", "log_ev
                      "fused_adam"}
 
 
+CHECKPOINT_KEYS = {"model", "optimizer", "loader", "progress", "config", "rng"}
+
+
 def load_checkpoint(path, config):
     if not os.path.isfile(path):
         raise ConfigError(f"--resume={path}: no such checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "optimizer" not in state:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises several types for a truncated, empty or foreign file
+        why = "an empty file" if os.path.getsize(path) == 0 else f"torch.load: {type(e).__name__}"
+        raise ConfigError(f"--resume={path}: not a readable checkpoint ({why}); resume from another checkpoint.pt, "
+                          "or start the run again without --resume") from None
+    if isinstance(state, dict) and "optimizers" in state and "optimizer" not in state:
         raise ConfigError(f"--resume={path}: the checkpoint predates the sharded optimizer (its optimizer state "
                           "has another form); it cannot be resumed: start a new run")
-    saved = state["config"]
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
+        raise ConfigError(f"--resume={path}: not a train_gpt.py checkpoint (it lacks "
+                          f"{', '.join(sorted(CHECKPOINT_KEYS))}); resume from the checkpoint.pt of a run folder")
+    check_same_settings(config, state["config"], f"--resume={path}: the checkpoint")
+    return state
+
+
+def check_same_settings(config, saved, what):
+    """A run continues only with the settings it was made with (but for those in RESUMABLE_CHANGES)."""
     changed = [k for k, v in dataclasses.asdict(config).items()
                if k not in RESUMABLE_CHANGES and (tuple(v) if isinstance(v, tuple) else v) !=
                (tuple(saved[k]) if isinstance(saved.get(k), list) else saved.get(k))]
     if changed:
-        raise ConfigError(f"--resume={path}: the checkpoint was made with other settings ({', '.join(changed)}); "
-                          "resume with the same options")
-    return state
+        raise ConfigError(f"{what} was made with other settings ({', '.join(changed)}); resume with the same options")
 
 
 # -----------------------------------------------------------------------------
@@ -1133,6 +1151,20 @@ class Trainer:
         self.loader.load_state_dict(state["loader"])
 
 
+def read_results(path):
+    """A finished run's results.json (train_gpt.py writes it last, whole)."""
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        results = f"not readable: {e}"
+    if not isinstance(results, dict) or not isinstance(results.get("config"), dict):
+        why = results if isinstance(results, str) else "no config"
+        raise ConfigError(f"{path} is not a train_gpt.py results.json ({why}); it marks the run as finished: "
+                          "restore it, or move the run folder away to train again")
+    return results
+
+
 def copy_state(obj):
     """A deep copy of a state dict, its tensors copied to the CPU."""
     if isinstance(obj, torch.Tensor):
@@ -1156,8 +1188,24 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
+# options that have no meaning at zero (or below zero): one line each, before anything is built or written
+POSITIVE_FIELDS = ("depth", "head_dim", "seq_len", "device_batch", "total_batch_tokens", "val_tokens", "log_every")
+NON_NEGATIVE_FIELDS = ("model_dim", "short_window", "steps", "tokens_per_param", "flops_budget", "warmup_steps",
+                       "val_every", "val_batch", "save_every", "stop_after", "warmup_timing_steps",
+                       "muon_momentum_warmup", "ns_steps")
+
+
 def check_config(config, world):
-    """Bad combinations, caught before any model or data is built."""
+    """Bad values and combinations, caught before any model or data is built (and before any run folder)."""
+    for key in POSITIVE_FIELDS:
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"--{key}={getattr(config, key)}: must be at least 1")
+    for key in NON_NEGATIVE_FIELDS:
+        if getattr(config, key) < 0:
+            raise ConfigError(f"--{key}={getattr(config, key)}: must be 0 or more")
+    if len(config.adam_betas) != 2 or not all(0 <= beta < 1 for beta in config.adam_betas):
+        raise ConfigError(f"--adam_betas={','.join(map(str, config.adam_betas))}: give two values in [0, 1), "
+                          "e.g. --adam_betas=0.8,0.95")
     dim, heads, _ = derived(config)
     if dim % config.head_dim:
         raise ConfigError(f"--model_dim={dim} is not a multiple of --head_dim={config.head_dim}")
@@ -1186,7 +1234,17 @@ def check_config(config, world):
 def resolve_device(config, local_rank=0):
     if config.device == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    try:
+        device = torch.device(config.device)
+    except RuntimeError:
+        raise ConfigError(f"--device={config.device}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device={config.device}: no CUDA GPU is visible to torch here; use --device=cpu (or "
+                          "auto), or check the driver and CUDA_VISIBLE_DEVICES")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device={config.device}: this machine has {torch.cuda.device_count()} GPU(s); use "
+                          "cuda:0 to cuda:N-1, or auto")
+    return device
 
 
 def init_distributed(config):
@@ -1206,6 +1264,18 @@ def train(config, rank=0, world=1, device=None):
     wall_start = time.perf_counter()
     device = device or resolve_device(config)
     check_config(config, world)
+    run_dir = os.path.dirname(config.resume) if config.resume else os.path.join(
+        config.out_dir, config.run_id or time.strftime("%Y%m%d_%H%M%S") + (f"_{config.preset}" if config.preset else ""))
+    results_path = os.path.join(run_dir, "results.json")
+    if config.resume and os.path.exists(results_path):  # finished: a resume would only rewrite what is there
+        results = read_results(results_path)
+        check_same_settings(config, results["config"], f"--resume={config.resume}: the finished run")
+        if rank == 0:
+            print(f"{run_dir} is finished ({results_path} is there): nothing to resume, nothing changed", flush=True)
+        return results
+    if not config.resume and os.path.exists(os.path.join(run_dir, "log.txt")):
+        raise ConfigError(f"{run_dir} holds a run already; choose another --run_id, or continue it with "
+                          f"--resume={os.path.join(run_dir, 'checkpoint.pt')}")
     tokenizer = load_tokenizer_info(config.tokenizer)
     data_notices = check_data_matches_tokenizer(config, tokenizer)
     val_tokens = load_val_tokens(config.val_files, config.val_tokens, config.seq_len, tokenizer["vocab_size"])
@@ -1217,17 +1287,16 @@ def train(config, rank=0, world=1, device=None):
     num_steps = num_training_steps(config, scaling_params(model), step_flops)
     peak = peak_flops(config, device)
 
-    run_dir = os.path.dirname(config.resume) if config.resume else os.path.join(
-        config.out_dir, config.run_id or time.strftime("%Y%m%d_%H%M%S") + (f"_{config.preset}" if config.preset else ""))
-    if not config.resume and os.path.exists(os.path.join(run_dir, "log.txt")):
-        raise ConfigError(f"{run_dir} holds a run already; choose another --run_id, or continue it with "
-                          f"--resume={os.path.join(run_dir, 'checkpoint.pt')}")
     if world > 1:
         dist.barrier()  # every process has looked before the first one writes
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
     log = RunLog(os.path.join(run_dir, "log.txt"), enabled=rank == 0)
-    git, env = git_info(), environment(device, world)
+    (git, diff), env = git_info(), environment(device, world)
+    diff_path = os.path.join(run_dir, "git.diff")
+    if diff and rank == 0 and not os.path.exists(diff_path):  # the first start's; a resume never overwrites it
+        with open(diff_path, "w") as f:
+            f.write(diff)
     if checkpoint is None:
         with open(__file__) as f:
             log.write(f.read(), echo=False)
@@ -1283,7 +1352,8 @@ def train(config, rank=0, world=1, device=None):
         return val_loss, val_bpb
 
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    status, steps_here, val_loss, val_bpb = "finished", 0, None, None
+    # a final checkpoint knows how its run ended: resumed before results.json was written, it only validates
+    status, steps_here, val_loss, val_bpb = progress.pop("status", "finished"), 0, None, None
     # The loss stays on the device until a read: a log line, a validation, a checkpoint, a stop. Between reads no
     # step waits for the device (a sync every step idles the GPU while the CPU queues the next step's work). The
     # clock starts after a sync and stops after the sync at the read, so the timed windows cover exactly the
@@ -1291,7 +1361,7 @@ def train(config, rank=0, world=1, device=None):
     # every step. A non-finite loss is caught at the first read after it (at most log_every - 1 steps later),
     # always before a checkpoint is written, and the step where it first appeared is named.
     window_start, window_losses = None, []
-    while progress["step"] < num_steps:
+    while progress["step"] < num_steps and status == "finished":
         step = progress["step"]
         if window_start is None:
             synchronize(device)
@@ -1342,7 +1412,8 @@ def train(config, rank=0, world=1, device=None):
     if val_loss is None:
         val_loss, val_bpb = validate(progress["step"])
     if config.save_final:
-        save_checkpoint(checkpoint_path, model, trainer.optimizer, trainer.loader, progress, config, rank)
+        save_checkpoint(checkpoint_path, model, trainer.optimizer, trainer.loader, dict(progress, status=status),
+                        config, rank)
 
     training_time = progress["training_time"]
     results = {
@@ -1364,9 +1435,10 @@ def train(config, rank=0, world=1, device=None):
     log.write(f"loader: epoch {trainer.loader.epochs():.3f} reached ({progress['tokens']:,} tokens trained on)")
     log.write(f"done: {status}, val_loss:{val_loss:.6f} val_bpb:{val_bpb:.6f} training_time:{training_time:.2f}s "
               f"warmup_time:{warmup_time:.2f}s eval_time:{progress['eval_time']:.2f}s")
-    if rank == 0:
-        with open(os.path.join(run_dir, "results.json"), "w") as f:
+    if rank == 0:  # written whole or not at all: a results.json marks a finished run
+        with open(results_path + ".tmp", "w") as f:
             json.dump(results, f, indent=2)
+        os.replace(results_path + ".tmp", results_path)
     if wandb_run:
         wandb_run.finish()
     trainer.loader.close()
@@ -1382,8 +1454,8 @@ def main(argv=None):
         config = parse_args(sys.argv[1:] if argv is None else argv)
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    rank, world, device = init_distributed(config)
     try:
+        rank, world, device = init_distributed(config)
         train(config, rank, world, device)
     except (ConfigError, ShardError, FloatingPointError) as e:
         sys.exit(f"error: {e}")

@@ -62,8 +62,13 @@ def file_blocks(path, start_row=0):
 def read_block(block):
     """The documents (strings) of a Block."""
     if block.path.endswith(".txt"):
-        with open(block.path, encoding="utf-8") as f:
-            return [f.read()]
+        try:
+            with open(block.path, encoding="utf-8") as f:
+                return [f.read()]
+        except UnicodeDecodeError as e:
+            raise CorpusError(f"{block.path}: not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}); "
+                              "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8) or remove it from the corpus "
+                              "folder") from None
     column = pq.ParquetFile(block.path).read_row_group(block.group, columns=["text"]).column("text")
     return column.slice(block.start, block.stop - block.start).to_pylist()
 

@@ -7,10 +7,13 @@
 """
 
 import argparse
+import datetime
 import glob
 import json
 import os
+import shutil
 import sys
+import tempfile
 
 from records.record import TRACKS_FILE, RecordError, load_tracks, new_record, run_values, validate
 from records.stats import mean_std, welch_t_test
@@ -23,7 +26,28 @@ def record_dirs(root=RECORDS_DIR):
 
 
 def cmd_new(args):
-    out = new_record(args.track, args.slug, args.runs, args.out, args.description, args.tracks)
+    """Builds the record in a temporary folder beside its destination and renames it at the end: a failure
+    leaves no half-built record that would block the next attempt."""
+    out = args.out or os.path.join(os.path.dirname(args.tracks), args.track,
+                                   f"{datetime.date.today().isoformat()}_{args.slug}")
+    if os.path.exists(out):
+        raise RecordError(f"{out} exists; choose another slug or --out")
+    parent = os.path.dirname(os.path.abspath(out))
+    made = [parent]  # the folders this command makes, deepest first: removed again if it fails
+    while not os.path.isdir(os.path.dirname(made[-1])):
+        made.append(os.path.dirname(made[-1]))
+    made = [folder for folder in made if not os.path.isdir(folder)]
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
+    try:
+        built = new_record(args.track, args.slug, args.runs, os.path.join(staging, "record"), args.description,
+                           args.tracks)
+        os.rename(built, out)
+        made = []
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:
+            os.rmdir(folder)
     print(f"wrote {out}")
     return report_validation(out, args.tracks)
 

@@ -1,0 +1,122 @@
+"""Bad input, from train_gpt.py, the corpus reader, `python -m records new` and speedrun.sh: one line that says
+what to do, a non-zero exit, before any run folder (or anything else) is made, and nothing a user has is lost."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.tokenize import main as tokenize_main
+from data.tokenizer import main as tokenizer_main
+from records.__main__ import main as records_main
+from train_gpt import main
+
+REPO = Path(__file__).resolve().parents[1]
+OPTIONS = dict(depth=2, model_dim=32, head_dim=16, seq_len=64, short_window=16, device_batch=2,
+               total_batch_tokens=256, steps=3, warmup_steps=1, warmup_timing_steps=0, val_tokens=2048, val_every=0,
+               run_id="run")
+
+
+def argv(tmp_path, **changes):
+    # the data paths need not exist: every error here comes before any data is read or any model is built
+    options = dict(OPTIONS, train_files=f"{tmp_path}/none/train_*.bin", val_files=f"{tmp_path}/none/val_*.bin",
+                   tokenizer=f"{tmp_path}/none", out_dir=str(tmp_path / "runs"), **changes)
+    return [f"--{k}={v}" for k, v in options.items()]
+
+
+def fails_with(command, message):
+    with pytest.raises(SystemExit) as exc:
+        command()
+    text = str(exc.value.code)
+    assert text.startswith("error: ") and "\n" not in text and message in text, text
+    return text
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(adam_betas="0.9"), "--adam_betas=0.9: give two values in [0, 1), e.g. --adam_betas=0.8,0.95"),
+    (dict(adam_betas="0.9,0.95,0.99"), "give two values"),
+    (dict(adam_betas="0.9,x"), "--adam_betas=0.9,x: not a valid list of comma-separated numbers"),
+    (dict(device_batch=0), "--device_batch=0: must be at least 1"),
+    (dict(device_batch=-2), "--device_batch=-2: must be at least 1"),
+    (dict(seq_len=0), "--seq_len=0: must be at least 1"),
+    (dict(head_dim=0), "--head_dim=0: must be at least 1"),
+    (dict(depth=0), "--depth=0: must be at least 1"),
+    (dict(depth=-1), "--depth=-1: must be at least 1"),
+    (dict(log_every=0), "--log_every=0: must be at least 1"),
+    (dict(val_every=-1), "--val_every=-1: must be 0 or more"),
+    (dict(save_every=-5), "--save_every=-5: must be 0 or more"),
+    (dict(steps="1e400"), "--steps=1e400: not a valid int"),
+    (dict(device="tpu9"), "--device=tpu9: not a device"),
+])
+def test_bad_option_fails_with_one_line_before_any_run_folder(tmp_path, changes, message):
+    fails_with(lambda: main(argv(tmp_path, **changes)), message)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_a_gpu_says_to_use_the_cpu(tmp_path):
+    fails_with(lambda: main(argv(tmp_path, device="cuda")), "--device=cuda: no CUDA GPU is visible")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_non_utf8_text_file_in_a_corpus_is_named_with_what_to_do(tmp_path, tokenizer_dir):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("plain text " * 50)
+    (corpus / "b.txt").write_bytes("caf\u00e9 in latin-1 ".encode("latin-1") * 20)
+    (corpus / "c.txt").write_text("validation text " * 50)
+    expected = f"{corpus / 'b.txt'}: not UTF-8 text"
+    text = fails_with(lambda: tokenizer_main(["train", "--corpus", str(corpus), "--out", str(tmp_path / "tok"),
+                                              "--vocab-size", "300"]), expected)
+    assert "convert it to UTF-8" in text and "or remove it" in text
+    assert not (tmp_path / "tok").exists()
+    fails_with(lambda: tokenize_main(["--corpus", str(corpus), "--tokenizer", str(tokenizer_dir), "--out",
+                                      str(tmp_path / "tokens"), "--workers", "1"]), expected)
+
+
+def test_records_new_that_fails_leaves_no_half_built_folder(tmp_path):
+    """A target track's t-test needs 2 runs or more: with one, `records new` fails, and a later attempt is not
+    blocked by a folder it left."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.txt").write_text("log\n")
+    (run / "results.json").write_text(json.dumps({
+        "run_id": "run", "seed": 0, "steps": 1, "tokens": 1, "vocab_size": 512, "training_time_s": 1.0,
+        "val_loss": 3.0, "val_bpb": 1.0, "core": {"core": 0.3}, "model_flops": 1, "model_flops_per_token": 1,
+        "mfu": None, "environment": {"world_size": 1, "gpu": None}, "git": {"commit": "a" * 40}}))
+    out = tmp_path / "records" / "gpt2-core" / "record"
+    assert records_main(["new", "--track", "gpt2-core", "--slug", "one", "--out", str(out), str(run)]) == 1
+    assert not out.exists() and not (tmp_path / "records").exists()
+    # on a budget track one run is enough: the record is built (this log is no real one, so it does not validate)
+    out = tmp_path / "records" / "flops-1e18" / "record"
+    records_main(["new", "--track", "flops-1e18", "--slug", "one", "--out", str(out), str(run)])
+    assert (out / "results.json").exists() and (out / "logs" / "run.txt").read_text() == "log\n"
+    assert os.listdir(out.parent) == ["record"]  # the folder it was built in is gone
+
+
+# -----------------------------------------------------------------------------
+# speedrun.sh: its flags are checked before anything is installed or downloaded
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seeds"], "--seeds needs a value"),
+    (["--seeds", "--track", "cpu-smoke"], "--seeds needs a value"),
+    (["--seeds", "abc"], "--seeds abc: give the number of runs, a whole number of 1 or more"),
+    (["--seeds", "0"], "--seeds 0: give the number of runs"),
+    (["--seeds=-1"], "--seeds -1: give the number of runs"),
+    (["--gpus", "abc"], "--gpus abc: give a number of GPUs (0: train on the CPU)"),
+    (["--track", "nope"], "--track nope: not a track of records/tracks.json"),
+    (["--dataset", "local"], "--dataset local needs --source DIR"),
+    (["--dataset", "local", "--source", "/nowhere"], "--source /nowhere: no such folder"),
+    (["--dataset", "wiki"], "--dataset wiki: use climbmix, fineweb-edu, shakespeare, or local"),
+    (["--bogus", "1"], "unknown flag --bogus"),
+])
+def test_speedrun_flags_fail_with_one_line_before_any_stage(flags, message):
+    env = {k: v for k, v in os.environ.items() if k not in ("SEEDS", "NUM_GPUS", "TRACK", "DATASET", "SOURCE")}
+    done = subprocess.run(["bash", str(REPO / "speedrun.sh"), *flags], capture_output=True, text=True, env=env,
+                          timeout=30)
+    assert done.returncode != 0 and done.stdout == ""  # no stage started
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
