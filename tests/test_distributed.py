@@ -216,7 +216,7 @@ def test_two_nodes_on_localhost_train_and_a_single_process_resumes_their_checkpo
 
 
 def test_an_old_checkpoint_is_refused_with_a_message(options, tmp_path):  # noqa: F811
-    run(options, run_id="old", steps=2)
+    run(options, run_id="old", steps=2, save_every=1, stop_after=1)  # interrupted: a checkpoint, no results
     checkpoint = tmp_path / "runs" / "old" / "checkpoint.pt"
     state = torch.load(checkpoint, weights_only=True)
     state["optimizers"] = state.pop("optimizer")  # the per-process form before the sharded optimizer
