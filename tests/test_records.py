@@ -270,9 +270,7 @@ def test_compare_prints_welch_numbers_and_a_verdict(runs, capsys):
     assert "training_time_s: A" in out and "Welch t = 0.000" in out and "no significant difference" in out
 
 
-KNOWN_INVALID = {  # records made before the logs carried what validate now checks; re-run them to replace them
-    "cpu-smoke/2026-11-21_shakespeare-baseline": "its log has no data line (tokenizer, train/val and val text "
-                                                  "identity); bash speedrun.sh makes its successor"}
+KNOWN_INVALID = {}  # record folder -> why it cannot validate yet (made before the logs carried what is checked)
 
 
 @pytest.mark.parametrize("record", sorted(str(Path(p).relative_to(REPO / "records")) for p in record_dirs()))
