@@ -15,29 +15,10 @@ import pytest
 import torch
 
 import train_gpt
-from data.tokenize import tokenize_corpus
+from tests.test_train import argv, options, shards  # noqa: F401  (fixtures)
 from train_gpt import main
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def shards(corpus, tokenizer_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("resume_shards")
-    tokenize_corpus(str(corpus), str(tokenizer_dir), str(out), shard_tokens=20_000, workers=1)
-    return out
-
-
-@pytest.fixture
-def options(shards, tokenizer_dir, tmp_path):
-    return dict(train_files=f"{shards}/train_*.bin", val_files=f"{shards}/val_*.bin", tokenizer=str(tokenizer_dir),
-                depth=2, model_dim=32, head_dim=16, seq_len=64, short_window=16, device_batch=2,
-                total_batch_tokens=256, steps=6, warmup_steps=2, warmup_timing_steps=1, val_tokens=2048,
-                val_every=0, out_dir=str(tmp_path / "runs"), run_id="run")
-
-
-def argv(options, **changes):
-    return [f"--{k}={v}" for k, v in {**options, **changes}.items()]
 
 
 def folder_bytes(folder):
