@@ -103,7 +103,7 @@ class Config:
     seed: int = 0
     run_id: str = ""              # default: a timestamp and the preset
     out_dir: str = "runs"
-    log_every: int = 1            # steps between loss reads (host syncs) and log lines; records need 1
+    log_every: int = 1            # steps between loss reads (host syncs) and log lines
     save_every: int = 0           # steps between checkpoints (0: none during the run)
     save_final: bool = True       # a checkpoint at the end (to evaluate, or to continue)
     resume: str = ""              # a checkpoint.pt to continue from, exactly
