@@ -425,9 +425,32 @@ def greedy_samples(model, tok, max_len, device, autocast, new_tokens=16):
 # Main
 
 
+def bpb_val_tokens(config, bpb_tokens):
+    """The val tokens for bits per byte (None for 0): the first bpb_tokens (default: the run's own val_tokens), in
+    whole rows of the run's seq_len, checked before any scoring so that a short val split fails in a second."""
+    count = config.val_tokens if bpb_tokens is None else bpb_tokens
+    if count == 0:
+        return None
+    rows = count // config.seq_len
+    if rows == 0:
+        raise EvalError(f"--bpb-tokens={count:,} is less than one row of the run's seq_len {config.seq_len}: pass "
+                        f"--bpb-tokens={config.seq_len} or more, or 0 to skip bits per byte")
+    pattern = in_checkout(config.val_files)
+    held = sum(train_gpt.read_header(path) for path in train_gpt.find_files(pattern, "validation"))
+    need = rows * config.seq_len + 1
+    if need > held:
+        most = (held - 1) // config.seq_len * config.seq_len
+        raise EvalError(f"--bpb-tokens={count:,} needs {need:,} val tokens (whole rows of the run's seq_len "
+                        f"{config.seq_len}, +1), and the val shards {pattern} hold {held:,}: "
+                        + (f"pass --bpb-tokens={most} or less (0 skips bits per byte)" if most > 0 else
+                           "pass --bpb-tokens=0 to skip bits per byte"))
+    return train_gpt.load_val_tokens(pattern, count, config.seq_len)
+
+
 def evaluate_run(args, rank=0, world=1, device=torch.device("cpu")):
     t0 = time.perf_counter()
     model, config, tok = load_run(args.run_dir, device)
+    val = bpb_val_tokens(config, args.bpb_tokens)
     forward, backend = scoring_forward(model, args.attention, args.compile, device)
     if rank == 0:
         print(f"attention {backend}, compiled {forward is not model}")
@@ -444,10 +467,9 @@ def evaluate_run(args, rank=0, world=1, device=torch.device("cpu")):
     core_time = time.perf_counter() - t0
 
     val_loss = val_bpb = None
-    if args.bpb_tokens:
+    if val is not None:
         info = train_gpt.load_tokenizer_info(in_checkout(config.tokenizer))
-        bpb_config = dataclasses.replace(config, val_tokens=args.bpb_tokens)
-        val = train_gpt.load_val_tokens(in_checkout(config.val_files), args.bpb_tokens, config.seq_len)
+        bpb_config = dataclasses.replace(config, val_tokens=len(val) - 1)
         val_loss, val_bpb = train_gpt.evaluate(forward, val, info["token_bytes"], bpb_config, rank, world, device,
                                                autocast)
     model.attention_backend = "sdpa"  # one prompt at a time, every length: no compile, no block masks
@@ -456,7 +478,7 @@ def evaluate_run(args, rank=0, world=1, device=torch.device("cpu")):
         "core": core, "tasks": rows, "bundle_zip_sha256": zip_sha256, "max_per_task": args.max_per_task,
         "truncation": f"prompts longer than the model's context ({max_len} tokens) are cut from the left, keeping "
                       f"the scored span: {sum(s.truncated for s in sequences)} of {len(sequences)} prompts",
-        "val_loss": val_loss, "val_bpb": val_bpb, "bpb_tokens": args.bpb_tokens, "samples": samples,
+        "val_loss": val_loss, "val_bpb": val_bpb, "bpb_tokens": 0 if val is None else len(val) - 1, "samples": samples,
         "core_time_s": core_time, "eval_time_s": time.perf_counter() - t0, "world_size": world,
     }
     if rank == 0:
@@ -506,11 +528,14 @@ def main(argv=None):
                         "window; auto: flex on CUDA, sdpa elsewhere")
     parser.add_argument("--compile", choices=["auto", "true", "false"], default="auto", help="torch.compile the model "
                         "(dynamic shapes); auto: with flex on CUDA")
-    parser.add_argument("--bpb-tokens", type=int, default=10_485_760, help="val tokens for bits per byte (0: skip)")
+    parser.add_argument("--bpb-tokens", type=int, default=None, help="val tokens for bits per byte (default: the "
+                        "run's own val_tokens, those its val loss was measured on; 0: skip)")
     parser.add_argument("--samples", action=argparse.BooleanOptionalAction, default=True, help="greedy samples")
     args = parser.parse_args(argv)
     if args.max_per_task is not None and args.max_per_task < 1:
         parser.error("--max-per-task must be at least 1")
+    if args.bpb_tokens is not None and args.bpb_tokens < 0:
+        parser.error("--bpb-tokens must be 0 (skip bits per byte) or more")
     rank, world, device = train_gpt.init_distributed(train_gpt.Config())
     try:
         evaluate_run(args, rank, world, device)

@@ -103,7 +103,7 @@ class Config:
     seed: int = 0
     run_id: str = ""              # default: a timestamp and the preset
     out_dir: str = "runs"
-    log_every: int = 1            # steps between loss reads (host syncs) and log lines; records need 1
+    log_every: int = 1            # steps between loss reads (host syncs) and log lines
     save_every: int = 0           # steps between checkpoints (0: none during the run)
     save_final: bool = True       # a checkpoint at the end (to evaluate, or to continue)
     resume: str = ""              # a checkpoint.pt to continue from, exactly
@@ -1195,8 +1195,9 @@ NON_NEGATIVE_FIELDS = ("model_dim", "short_window", "steps", "tokens_per_param",
                        "muon_momentum_warmup", "ns_steps")
 
 
-def check_config(config, world):
-    """Bad values and combinations, caught before any model or data is built (and before any run folder)."""
+def check_config(config, world, device=None):
+    """Bad values and combinations, caught before any model or data is built (and before any run folder); a notice
+    for a combination that works but wastes the GPU."""
     for key in POSITIVE_FIELDS:
         if getattr(config, key) <= 0:
             raise ConfigError(f"--{key}={getattr(config, key)}: must be at least 1")
@@ -1229,6 +1230,9 @@ def check_config(config, world):
         raise ConfigError(f"--log_every={config.log_every}: use 1 or more steps")
     if config.wandb not in ("", "online", "offline"):
         raise ConfigError(f"--wandb={config.wandb}: use online or offline (or leave it out)")
+    if config.attention == "flex" and config.compile == "false" and device is not None and device.type == "cuda":
+        print("notice: --attention=flex without --compile materializes every attention score (slow, memory-hungry); "
+              "use --compile=true, or --attention=sdpa")
 
 
 def resolve_device(config, local_rank=0):
@@ -1263,7 +1267,7 @@ def train(config, rank=0, world=1, device=None):
     """The whole run for one process; returns the results (rank 0) after writing them."""
     wall_start = time.perf_counter()
     device = device or resolve_device(config)
-    check_config(config, world)
+    check_config(config, world, device)
     run_dir = os.path.dirname(config.resume) if config.resume else os.path.join(
         config.out_dir, config.run_id or time.strftime("%Y%m%d_%H%M%S") + (f"_{config.preset}" if config.preset else ""))
     results_path = os.path.join(run_dir, "results.json")

@@ -14,6 +14,7 @@ result ("does not fit"), printed and written to --json, not a crash.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -26,6 +27,27 @@ import torch
 import train_gpt
 from bench.record import record
 from data.shards import write_shard
+
+
+# Config fields the summary's shape shows already; those that say what data, how long and where to; and values fed
+# to the same kernels (learning rates, schedule, momenta). The others are how a step computes: where they differ
+# from Config's defaults, the summary and the results row name them.
+SHOWN = {"depth", "model_dim", "head_dim", "seq_len", "total_batch_tokens", "device_batch", "fp8", "attention",
+         "compile"}
+NOT_SETTINGS = {"train_files", "val_files", "tokenizer", "steps", "tokens_per_param", "flops_budget",
+                "target_val_loss", "val_tokens", "val_every", "val_batch", "seed", "run_id", "out_dir", "log_every",
+                "save_every", "save_final", "resume", "stop_after", "warmup_timing_steps", "device", "peak_flops",
+                "wandb", "preset", "warmup_steps", "warmdown_frac", "final_lr_frac", "matrix_lr", "embed_lr",
+                "head_lr", "scalar_lr", "adam_betas", "adam_eps", "muon_momentum", "muon_momentum_start",
+                "muon_momentum_warmup"}
+
+
+def settings(config):
+    """The train_gpt settings beyond the shape that differ from the defaults (loss, embed_dtype, reduce_dtype, ...),
+    so that rows of one shape measured with different switches can be told apart."""
+    default = train_gpt.Config()
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.name not in SHOWN | NOT_SETTINGS and getattr(config, f.name) != getattr(default, f.name)}
 
 
 def synthetic_data(folder, vocab, tokens=4_000_000, seed=0):
@@ -59,7 +81,7 @@ def measure(config, args, device):
             config.train_files, config.val_files = f"{tmp}/train_*.bin", f"{tmp}/val_*.bin"
         else:
             tokenizer = train_gpt.load_tokenizer_info(config.tokenizer)
-        train_gpt.check_config(config, 1)
+        train_gpt.check_config(config, 1, device)
         trainer = train_gpt.Trainer(config, tokenizer, 0, 1, device)
         num_steps = args.warmup + args.steps
         times = []
@@ -86,7 +108,7 @@ def measure(config, args, device):
         "attention": trainer.model.attention_backend, "depth": config.depth, "width": dim, "heads": heads,
         "head_dim": config.head_dim, "seq_len": config.seq_len, "vocab": tokenizer["vocab_size"],
         "total_batch_tokens": config.total_batch_tokens, "device_batch": config.device_batch,
-        "accum_steps": trainer.accum_steps}
+        "accum_steps": trainer.accum_steps, "settings": settings(config)}
     figures.update(memory_figures(device))
     return figures, profile
 
@@ -102,7 +124,8 @@ def memory_figures(device):
 def summary_line(f, device):
     shape = (f"depth {f['depth']}, width {f['width']}, {f['heads']} heads, seq {f['seq_len']}, vocab {f['vocab']}, "
              f"batch {f['total_batch_tokens']:,} tokens ({f['device_batch']} rows/pass), fp8 {f['fp8']}, "
-             f"compile {f['compiled']}, attention {f['attention']}")
+             f"compile {f['compiled']}, attention {f['attention']}" +
+             "".join(f", {name} {value}" for name, value in f["settings"].items()))
     memory = f"{f['peak_memory_gib']:.1f} GiB" if f["peak_memory_gib"] else "n/a"
     mfu = f"{100 * f['mfu']:.1f}%" if f["mfu"] else "n/a"
     line = (f"{shape}: {f['tokens_per_s']:,.0f} tok/s, step {f['step_ms']:.1f} ms (median of {f['timed_steps']}; min "

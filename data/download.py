@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from data.corpus import CorpusError, file_blocks, iter_documents
+from data.corpus import CorpusError, file_blocks, iter_documents, read_block
 from data.shards import ShardError, read_header
 from data.tokenizer import sha256_file
 
@@ -166,7 +166,14 @@ def fetch_from_hub(dataset, name, folder, revision, endpoint, force):
 
 
 def copy_local(source, name, folder):
-    """Copies one file of a local corpus folder (to a temporary name first, so no partial file is ever used)."""
+    """Copies one file of a local corpus folder (to a temporary name first, so no partial file is ever used). The
+    file is read as tokenization will read it first, so that a bad one is named where the user has it."""
+    try:
+        blocks = file_blocks(os.path.join(source, name))  # a parquet file's footer and text column
+        if name.endswith(".txt"):
+            read_block(blocks[0])  # UTF-8
+    except CorpusError as e:
+        raise DownloadError(one_line(e)) from None
     tmp = os.path.join(folder, f".{name}.incomplete")
     try:
         shutil.copyfile(os.path.join(source, name), tmp)
@@ -175,6 +182,19 @@ def copy_local(source, name, folder):
     os.replace(tmp, os.path.join(folder, name))
     path = os.path.join(folder, name)
     return {"bytes": os.path.getsize(path), "sha256": sha256_file(path), "source": os.path.abspath(source)}
+
+
+def drop_removed_copies(folder, manifest, names, source):
+    """Removes the copies of files that are no longer in the source folder: the corpus is every file of the folder,
+    so a file the user took out of the source (a bad one, say) must not live on in its copy."""
+    gone = sorted(set(manifest["files"]) - set(names))
+    for name in gone:
+        if os.path.exists(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
+        del manifest["files"][name]
+        print(f"{name}: no longer in {source}; its copy in {folder} is removed")
+    if gone:
+        save_manifest(folder, manifest)
 
 
 def ensure_files(folder, names, fetch, workers, manifest):
@@ -331,8 +351,9 @@ def main(argv=None):
             names = sorted(f for f in os.listdir(args.source) if f.endswith((".parquet", ".txt")) and not f.startswith("."))
             if len(names) < 2:
                 raise DownloadError(f"{args.source}: needs at least 2 .parquet or .txt files (the last one is val)")
-            names = names[:-1][:num_shards] + names[-1:]
             manifest = load_manifest(folder, {"source": os.path.abspath(args.source)})
+            drop_removed_copies(folder, manifest, names, args.source)
+            names = names[:-1][:num_shards] + names[-1:]
             ensure_files(folder, names, lambda n, _: copy_local(args.source, n, folder), args.workers, manifest)
         elif args.dataset == SAMPLE:
             build_sample(folder)

@@ -349,14 +349,36 @@ def track_pins(track):
     return pins, sorted(key for key, value in pins.items() if value is None)
 
 
+STEP_COUNTS = {"log_every": 1, "val_every": 0, "save_every": 0, "stop_after": 0}  # and the least value of each
+
+
+def next_logged_step(last, start, config, num_steps):
+    """The step after `last` at which train_gpt.py's loop (train()) reads the loss and writes a step line: a
+    multiple of log_every, a validation (a multiple of val_every, the last step), a checkpoint (a multiple of
+    save_every), or the stop of a time-sliced job (stop_after steps after the step its process started from)."""
+    due = [num_steps]
+    for every in (config.get("log_every", 1), config.get("val_every", 0), config.get("save_every", 0)):
+        if every:
+            due.append((last // every + 1) * every)
+    stop = start + config.get("stop_after", 0)
+    if config.get("stop_after") and last < stop < num_steps:
+        due.append(stop)
+    return min(due)
+
+
 def replay(log, fail):
     """The step, validation and done lines replayed in order (a resume goes back to its step); returns what they
-    establish, or None after the first inconsistency (reported)."""
-    total_ms = {0: 0.0}  # step -> sum of the logged step times up to it, on the path that survived
+    establish, or None after the first inconsistency (reported). A step line's step_ms is the mean over the steps
+    since the previous step line (every step with log_every 1), so the running time grows by step_ms x those steps."""
+    total_ms = {0: 0.0}  # logged step -> sum of the step times up to it, on the path that survived
     losses, times, last, num_steps = {}, {}, 0, None
     val = done = target = None
+    segment, start = 0, 0  # the start of the script that wrote the line (its config), the step it started from
     for line, kind, e in log.events:
         where = f"line {line}"
+        while segment + 1 < len(log.segments) and log.segments[segment + 1]["line"] < line:
+            segment += 1
+        config = log.segments[segment]["config"]
         if done is not None and kind in ("resume", "train", "val", "target", "done"):
             fail(log.path, f"{where}: a {kind} line after the done line")
             return None
@@ -364,7 +386,7 @@ def replay(log, fail):
             if e["step"] not in total_ms:
                 fail(log.path, f"{where}: resumes at step {e['step']}, which the log never reached")
                 return None
-            last = e["step"]
+            last = start = e["step"]
             for step in [s for s in total_ms if s > last]:
                 del total_ms[step], losses[step], times[step]
             val = target = None
@@ -374,11 +396,14 @@ def replay(log, fail):
             return None
         if kind == "train":
             num_steps = e["total"]
-            if e["step"] != last + 1:
-                fail(log.path, f"{where}: step {e['step']} follows step {last}; the step lines must be consecutive")
+            expected = next_logged_step(last, start, config, num_steps)
+            if e["step"] != expected:
+                fail(log.path, f"{where}: step {e['step']} follows step {last}; " + (
+                    "the step lines must be consecutive" if expected == last + 1 else
+                    f"train_gpt.py writes step {expected} next (log_every {config.get('log_every')})"))
                 return None
+            total_ms[e["step"]] = total_ms[last] + e["step_ms"] * (e["step"] - last)
             last = e["step"]
-            total_ms[last] = total_ms[last - 1] + e["step_ms"]
             losses[last], times[last] = e["train_loss"], e["step_ms"]
             # train_time_ms is the exact running total rounded to 1 ms; each step_ms is rounded to 0.01 ms
             if abs(e["train_time_ms"] - total_ms[last]) > 0.5 + 0.005 * last + 1e-6:
@@ -538,9 +563,14 @@ def check_run(run, log, ctx, fail):
                            f"{hashlib.sha256(log.source.encode()).hexdigest()[:12]} vs "
                            f"{hashlib.sha256(committed.encode()).hexdigest()[:12]})")
             return None
-    if any(segment["config"].get("log_every") != 1 for segment in log.segments):
-        fail(log.path, "log_every is not 1: the step times cannot be summed")
-        return None
+    for segment in log.segments:  # the steps that write step lines follow from these (next_logged_step)
+        counts = {key: segment["config"].get(key, least) for key, least in STEP_COUNTS.items()}
+        bad = [f"{key}={value!r}" for key, value in counts.items()
+               if type(value) is not int or value < STEP_COUNTS[key]]
+        if bad:
+            fail(log.path, f"line {segment['line']}: {', '.join(bad)} in the config is no step count train_gpt.py "
+                           "runs with")
+            return None
     if config.get("seed") != run["seed"]:
         fail(log.path, f"seed {config.get('seed')} in the config, {run['seed']} in results.json")
     replayed = replay(log, fail)

@@ -20,10 +20,19 @@ REPO = Path(__file__).resolve().parents[1]
 def test_train_benchmark_prints_throughput_on_synthetic_tokens(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["bench.train", "--synthetic", "--vocab=512", "--depth=2", "--model_dim=32",
                                       "--head_dim=16", "--seq_len=64", "--device_batch=2", "--total_batch_tokens=256",
-                                      "--warmup=1", "--steps=2", "--no-record"])
+                                      "--warmup=1", "--steps=2", "--no-record", "--loss=chunked", "--embed_dtype=bf16"])
     bench.train.main()
     out = capsys.readouterr().out
     assert "tok/s" in out and "median of 2" in out and "depth 2, width 32" in out
+    assert "fp8 False, compile False, attention sdpa, loss chunked, embed_dtype bf16:" in out  # rows tell switches apart
+
+
+def test_the_settings_named_are_the_non_default_switches_not_data_paths_or_learning_rates():
+    import train_gpt
+    assert bench.train.settings(train_gpt.parse_args([])) == {}
+    config = train_gpt.parse_args(["--reduce_dtype=bf16", "--doc_mask=true", "--muon_split_qkv=true", "--seed=3",
+                                   "--matrix_lr=0.1", "--train_files=x/*.bin", "--depth=4", "--fp8"])
+    assert bench.train.settings(config) == {"doc_mask": True, "muon_split_qkv": True, "reduce_dtype": "bf16"}
 
 
 def test_data_benchmark_prints_both_figures(corpus, monkeypatch, capsys):

@@ -373,6 +373,36 @@ def test_source_num_shards_limits_the_train_files(tmp_path):
     assert sorted(manifest(out)["files"]) == ["shard_00000.parquet", "shard_00003.parquet"]
 
 
+def test_a_non_utf8_txt_in_the_source_fails_naming_it_then_once_removed_leaves_no_trace(tmp_path):
+    source, out = tmp_path / "src", tmp_path / "out"
+    source.mkdir()
+    for name in ("a.txt", "c.txt"):
+        (source / name).write_text(f"the text of {name}\n")
+    (source / "b.txt").write_bytes("caf\u00e9 in latin-1\n".encode("latin-1"))
+    with pytest.raises(SystemExit) as exc:
+        main(["--source", str(source), "--out", str(out)])
+    assert exc.value.code.startswith(f"error: 1 of 3 files failed (first: {source / 'b.txt'}: not UTF-8 text (byte 3 "
+                                     "is b'\\xe9'); convert it to UTF-8")
+    assert "\n" not in exc.value.code
+    assert sorted(os.listdir(out)) == ["a.txt", "c.txt", "manifest.json"]  # no copy of it, not even a partial one
+    (source / "b.txt").unlink()
+    main(["--source", str(source), "--out", str(out)])
+    assert sorted(os.listdir(out)) == ["a.txt", "c.txt", "manifest.json"] and sorted(manifest(out)["files"]) == \
+        ["a.txt", "c.txt"]
+
+
+def test_a_file_taken_out_of_the_source_is_taken_out_of_its_copy(tmp_path, capsys):
+    """The corpus is every file of the copy's folder: a file removed from the source (a bad one copied before
+    copies were checked, say) must not live on there."""
+    source, out = write_corpus(tmp_path / "src", files=4), tmp_path / "out"
+    main(["--source", str(source), "--out", str(out)])
+    (source / "shard_00001.parquet").unlink()
+    main(["--source", str(source), "--out", str(out)])
+    names = ["shard_00000.parquet", "shard_00002.parquet", "shard_00003.parquet"]
+    assert sorted(os.listdir(out)) == ["manifest.json"] + names and sorted(manifest(out)["files"]) == names
+    assert f"shard_00001.parquet: no longer in {source}; its copy in {out} is removed" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("files, complaint", [(None, "no such folder"), (0, "at least 2"), (1, "at least 2")])
 def test_a_source_folder_without_two_files_errors_clearly(tmp_path, files, complaint):
     source, out = tmp_path / "src", tmp_path / "out"

@@ -56,6 +56,17 @@ def test_bad_option_fails_with_one_line_before_any_run_folder(tmp_path, changes,
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("device, attention, compile, notice", [
+    ("cuda", "flex", "false", True), ("cuda", "flex", "true", False), ("cuda", "flex", "auto", False),
+    ("cuda", "sdpa", "false", False), ("cpu", "flex", "false", False)])
+def test_eager_flex_attention_on_cuda_gets_a_one_line_notice_not_an_error(capsys, device, attention, compile, notice):
+    import train_gpt
+    train_gpt.check_config(train_gpt.Config(attention=attention, compile=compile), 1, torch.device(device))
+    expected = ("notice: --attention=flex without --compile materializes every attention score (slow, memory-hungry); "
+                "use --compile=true, or --attention=sdpa\n") if notice else ""
+    assert capsys.readouterr().out == expected
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_device_cuda_without_a_gpu_says_to_use_the_cpu(tmp_path):
     fails_with(lambda: main(argv(tmp_path, device="cuda")), "--device=cuda: no CUDA GPU is visible")

@@ -582,7 +582,7 @@ def test_batches_hold_every_sequence_once_within_batch_tokens_and_balance_the_ra
 def test_main_writes_core_csv_and_results_core_keeping_the_training_results(run_copy, bundle, tasks, tok, reference,
                                                                          trained, cpu_only, capsys):
     training = json.loads((run_copy / "results.json").read_text())
-    main(["--run-dir", str(run_copy), "--bundle", bundle, "--bpb-tokens", str(trained[1]["val_tokens"])])
+    main(["--run-dir", str(run_copy), "--bundle", bundle])  # --bpb-tokens by default: the run's own val_tokens
     results = json.loads((run_copy / "results.json").read_text())
     assert {k: v for k, v in results.items() if k != "core"} == training
     report = results["core"]
@@ -841,6 +841,24 @@ def test_max_per_task_zero_is_a_usage_error(bundle, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--run-dir", str(tmp_path), "--bundle", bundle, "--max-per-task", "0"])
     assert exc.value.code == 2 and "--max-per-task must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bpb_tokens, says", [
+    ("1000000", "--bpb-tokens=1,000,000 needs 1,000,001 val tokens (whole rows of the run's seq_len 64, +1), and the "
+                "val shards {val} hold {held:,}: pass --bpb-tokens={most} or less (0 skips bits per byte)"),
+    ("10", "--bpb-tokens=10 is less than one row of the run's seq_len 64: pass --bpb-tokens=64 or more, or 0 to skip "
+           "bits per byte")])
+def test_bpb_tokens_beyond_the_val_shards_fail_before_any_scoring_naming_the_option(run_copy, bundle, cpu_only,
+                                                                                    monkeypatch, bpb_tokens, says):
+    import train_gpt
+    monkeypatch.setattr(eval_core, "load_tasks", lambda *a: pytest.fail("the bundle was read before the check"))
+    before = (run_copy / "results.json").read_text()
+    with pytest.raises(SystemExit) as exc:
+        main(["--run-dir", str(run_copy), "--bundle", bundle, "--bpb-tokens", bpb_tokens])
+    val = train_gpt.Config(**{**torch.load(run_copy / "checkpoint.pt", weights_only=True)["config"]}).val_files
+    held = sum(train_gpt.read_header(path) for path in train_gpt.find_files(val, "validation"))
+    assert exc.value.code == "error: " + says.format(val=val, held=held, most=(held - 1) // 64 * 64)
+    assert (run_copy / "results.json").read_text() == before and not (run_copy / "core.csv").exists()
 
 
 def test_an_unknown_task_label_is_an_error(run_copy, bundle, cpu_only):

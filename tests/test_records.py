@@ -553,6 +553,49 @@ def test_a_resumed_run_validates(runs, tmp_path):
     assert failures(runs, record) == []
 
 
+@pytest.fixture(scope="module")
+def sparse_log(runs, tmp_path_factory):
+    """A run that reads its loss every 3 steps, validates every 4, saves every 5, and is stopped after 7 steps and
+    resumed from step 5: step lines at 3, 4, 5, 6, 7, then 6, 8, 9, 10."""
+    out = tmp_path_factory.mktemp("sparse")
+    opts = dict(runs["opts"], out_dir=str(out), steps=10, log_every=3, val_every=4, save_every=5, save_final="true")
+    run(opts, run_id="seed7", seed=7, stop_after=7)
+    run(opts, run_id="seed7", seed=7, resume=str(out / "seed7" / "checkpoint.pt"))
+    d = out / "seed7"
+    relabel(d, runs["a"])
+    steps = [int(re.match(r"step:(\d+)/", l).group(1)) for l in (d / "log.txt").read_text().splitlines()
+             if l.startswith("step:") and " train_loss:" in l]
+    assert steps == [3, 4, 5, 6, 7, 6, 8, 9, 10]
+    return d
+
+
+def test_a_run_logged_every_few_steps_validates_its_times_summed_over_the_windows(runs, sparse_log, tmp_path):
+    record = make(runs, tmp_path, dirs=[runs["dirs"][0], runs["dirs"][1], sparse_log])
+    assert failures(runs, record) == []
+
+
+def test_an_edited_step_time_in_a_run_logged_every_few_steps_fails(runs, sparse_log, tmp_path):
+    record = make(runs, tmp_path, dirs=[runs["dirs"][0], runs["dirs"][1], sparse_log])
+
+    def faster(line):  # step 3's window (3 steps) said to be twice as fast, its tok/s to match
+        if not line.startswith("step:3/") or " train_loss:" not in line:
+            return line
+        step_ms = float(re.search(r"step_ms:(\S+)", line).group(1)) / 2
+        line = re.sub(r"step_ms:\S+", f"step_ms:{step_ms:.2f}", line)
+        return re.sub(r"tok/s:\S+", f"tok/s:{256 * 1000 / step_ms:.0f}", line)
+
+    edit_log(record / "logs" / "seed7.txt", faster)
+    (problem,) = failures(runs, record)
+    assert "the step times sum to" in problem and "at step 3, but the line says train_time_ms:" in problem
+
+
+def test_a_step_line_missing_from_a_run_logged_every_few_steps_fails(runs, sparse_log, tmp_path):
+    record = make(runs, tmp_path, dirs=[runs["dirs"][0], runs["dirs"][1], sparse_log])
+    edit_log(record / "logs" / "seed7.txt", lambda l: None if l.startswith("step:8/") else l)  # and its validation
+    (problem,) = failures(runs, record)
+    assert "step 9 follows step 6; train_gpt.py writes step 8 next (log_every 3)" in problem
+
+
 def test_one_malformed_record_does_not_stop_the_others(runs, tmp_path, monkeypatch, capsys):
     records = tmp_path / "records"
     for slug in ("good", "broken"):
