@@ -105,6 +105,7 @@ def relabel(run_dir, commit, dirty=False, diff_sha256=EMPTY_DIFF):
     results = json.loads((run_dir / "results.json").read_text())
     results["git"] = git_info
     (run_dir / "results.json").write_text(json.dumps(results))
+    (run_dir / "git.diff").unlink(missing_ok=True)  # the diff of the checkout running the tests is not that tree's
 
 
 def edit_log(path, change):
