@@ -148,10 +148,10 @@ else
   # Offline, the test fixture bundle stands in for the real one: its CORE shows the pipeline runs, it is not a
   # score to compare. EVAL_BUNDLE_DIR=DIR uses the real bundle (downloaded there once) instead.
   if [ -n "${EVAL_BUNDLE_DIR:-}" ]; then
-    EVAL=(--bundle-dir "$EVAL_BUNDLE_DIR" --bpb-tokens 65536)
+    EVAL=(--bundle-dir "$EVAL_BUNDLE_DIR")
   else
     [ -d data/eval_fixture/eval_bundle ] || $PY -m tests.core_fixture data/eval_fixture
-    EVAL=(--bundle data/eval_fixture/eval_bundle --bpb-tokens 65536)
+    EVAL=(--bundle data/eval_fixture/eval_bundle)
   fi
 fi
 # A record on a target track rests on a t-test over its runs: it needs the track's min_runs of them.
