@@ -1131,6 +1131,8 @@ class Trainer:
         self.optimizer = build_optimizers(self.model, config, self.comm, self.accum_steps, use_compile)
         self.loader = DataLoader(config.train_files, config.seq_len, rows_per_step, rank, world, config.seed, device,
                                  tokenizer["vocab_size"])
+        # one graph: its backward hands out every gradient at its end, so no gradient bucket's reduce-scatter
+        # overlaps the backward (eager, they do; speedups.py, Communication)
         self.forward = torch.compile(self.model) if use_compile else self.model
         self.model.attention_backend = ("flex" if config.attention == "auto" and use_compile and device.type == "cuda"
                                         else "sdpa" if config.attention == "auto" else config.attention)
