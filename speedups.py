@@ -194,6 +194,17 @@ def chunked_softcapped_cross_entropy(h, w, targets, cap, vocab, chunk_rows):
 # Muon needs it: DDP and FSDP2 split buffers by elements, which suits AdamW (element-wise) but not Muon, whose
 # update orthogonalizes whole matrices. So a Muon bucket is laid out process by process, each process's share
 # whole matrices, stacked by shape; an AdamW bucket is split by elements like FSDP's.
+#
+# When the gradients are ready decides what overlaps. Eager autograd runs, among the nodes whose inputs are all
+# there, the one made last in the forward first; so a parameter's gradient is ready right after the backward of the
+# code that used it (GPT.forward looks each value embedding up inside its block for this reason: looked up before
+# the loop, the tables' backward ran at the very end), and the buckets, in that order, go out while the backward
+# goes on. A torch.compile of the whole model is one autograd node, and its backward hands out every gradient at
+# once when it ends (checked on the CPU with the aot_eager backend, tests/test_distributed.py): then every
+# reduce-scatter starts after the backward and only the optimizer's math overlaps the communication. A compile per
+# block is a backward node per block and keeps the overlap (seen on the CPU too). Whatever order the hooks fire
+# in (a compiled backward's is its own), the buckets launch in their list order: every process must issue the
+# same collectives in the same order, and the optimizer takes the buckets in that order.
 
 ALIGN = 64  # elements: every parameter, stack and shard starts on a 256-byte (fp32) boundary
 
@@ -328,12 +339,16 @@ class GradientBucket:
     """The flat gradient buffer of some parameters (their .grad are views into it), and its reduce-scatter.
 
     Autograd accumulates the micro-steps straight into the buffer; a post-accumulate-grad hook counts the gradients
-    and, at the last one of the step (accum_steps x parameters), starts the reduce-scatter while the backward goes on.
+    and, at the last one of the step (accum_steps x parameters), starts the reduce-scatter while the backward goes on,
+    once the bucket `after` has started its own (a bucket complete before it waits for it).
     The gradients travel in reduce_dtype (bf16 halves the bytes; NCCL then also sums in bf16) and arrive summed;
     `mean_gradient` waits and returns this process's shard of the mean in fp32."""
 
-    def __init__(self, layout, params, comm, reduce_dtype, accum_steps):
+    def __init__(self, layout, params, comm, reduce_dtype, accum_steps, after=None):
         self.layout, self.params, self.comm, self.accum_steps = layout, params, comm, accum_steps
+        self.after, self.next = after, None  # the bucket that launches before this one, and the one after
+        if after is not None:
+            after.next = self
         rank, shard, device = comm.rank, layout.shard, params[0].device
         self.grads = torch.zeros(layout.numel, dtype=params[0].dtype, device=device)
         for p, offset in zip(params, layout.offsets):
@@ -354,8 +369,11 @@ class GradientBucket:
 
     def _on_gradient(self, param):
         self.count += 1
-        if self.count == self.accum_steps * len(self.params):
-            self.launch()
+        bucket = self  # this bucket if it is complete and the one before has gone out; then the next ones, likewise
+        while bucket is not None and not bucket.launched and bucket.count == bucket.accum_steps * len(bucket.params) \
+                and (bucket.after is None or bucket.after.launched):
+            bucket.launch()
+            bucket = bucket.next
 
     def launch(self):
         if self.count > self.accum_steps * len(self.params):

@@ -613,10 +613,13 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, reduction="mean"):
         """Logits [B, T, vocab] without targets; else the cross-entropy (mean, or per token with reduction='none')."""
         x = rms_norm(self.embed(idx).float())  # the residual stream stays fp32 whatever the table's dtype
-        value_embeds = dict(zip(self.value_layers, (ve(idx) for ve in self.value_embeds)))
+        value_embeds = dict(zip(self.value_layers, self.value_embeds))
         masks = attention_masks(idx, self.windows, self.doc_bos, self.attention_backend)
         for i, block in enumerate(self.blocks):
-            x = block(x, self.cos, self.sin, value_embeds.get(i), masks, self.attention_backend)
+            # looked up here, not before the loop: autograd runs, among the ready nodes, the one made last in the
+            # forward first, so a table's backward (and its gradient's bucket) follows its block's, not the end
+            value_embed = value_embeds[i](idx) if i in value_embeds else None
+            x = block(x, self.cos, self.sin, value_embed, masks, self.attention_backend)
         x = rms_norm(x)
         if targets is not None and self.loss == "chunked":
             losses = chunked_softcapped_cross_entropy(x.flatten(0, -2), self.head.weight, targets.reshape(-1),
@@ -772,7 +775,7 @@ class ShardedOptimizer:
             shapes = [tuple(p.shape) for p in params]
             layout = element_layout(shapes, comm.world) if kind == "adam" else \
                 matrix_layout(shapes, comm.world, extra, muon_load)
-            bucket = GradientBucket(layout, params, comm, reduce_dtype, accum_steps)
+            bucket = GradientBucket(layout, params, comm, reduce_dtype, accum_steps, (self.buckets or [None])[-1])
             self.buckets.append(bucket)
             self.names.append(names)
             self.shards.append(AdamWShard(bucket, extra, config, fused_adam) if kind == "adam" else
@@ -874,22 +877,33 @@ class ShardedOptimizer:
 
 def build_optimizers(model, config, comm, accum_steps=1, compile=False):
     """The sharded optimizer and its gradient buckets, in the order the backward finishes them: the head; the hidden
-    matrices from the last block back, cut at --bucket_mb; then the embeddings and scalars (one bucket per dtype)."""
+    matrices from the last block back, cut at --bucket_mb, and each value-embedding table in a bucket of its own
+    right after its block's matrices (GPT.forward looks it up in the block loop, so that its backward runs there);
+    then the token embedding and the scalars (one bucket per dtype)."""
     adam_scale = (model.embed.embedding_dim / 768) ** -0.5
     lrs = {"embed": config.embed_lr * adam_scale, "head": config.head_lr * adam_scale, "scalar": config.scalar_lr}
     names = {p: name for name, p in model.named_parameters()}
     qkv = {block.attn.qkv.weight for block in model.blocks}
-    buckets = [("adam", [model.head.weight], [lrs["head"]])]
-    matrices, size = [], 0
-    for p in hidden_matrices(model)[::-1]:
+    backward_order = hidden_matrices(model)[::-1]
+    position = {p: i for i, p in enumerate(backward_order)}
+
+    def muon_bucket(matrices):  # with the position where the backward has finished it: its last matrix's
+        return position[matrices[-1]], ("muon", matrices, [3 if config.muon_split_qkv and m in qkv else 1
+                                                           for m in matrices])
+    ready, matrices, size = [], [], 0
+    for p in backward_order:
         if matrices and size + p.numel() * p.element_size() > config.bucket_mb * 2**20:
-            buckets.append(("muon", matrices, [3 if config.muon_split_qkv and m in qkv else 1 for m in matrices]))
+            ready.append(muon_bucket(matrices))
             matrices, size = [], 0
         matrices.append(p)
         size += p.numel() * p.element_size()
-    buckets.append(("muon", matrices, [3 if config.muon_split_qkv and m in qkv else 1 for m in matrices]))
-    rest = [(ve.weight, lrs["embed"]) for ve in model.value_embeds][::-1] + [(model.embed.weight, lrs["embed"])]
-    rest += [(p, lrs["scalar"]) for p in model.parameters() if p.ndim < 2]
+    ready.append(muon_bucket(matrices))
+    # a table's gradient is ready just after its block's qkv, the last of the block's matrices the backward reaches
+    ready += [(position[model.blocks[i].attn.qkv.weight] + 0.5, ("adam", [table.weight], [lrs["embed"]]))
+              for i, table in zip(model.value_layers, model.value_embeds)]
+    ready.sort(key=lambda r: r[0])
+    buckets = [("adam", [model.head.weight], [lrs["head"]])] + [bucket for _, bucket in ready]
+    rest = [(model.embed.weight, lrs["embed"])] + [(p, lrs["scalar"]) for p in model.parameters() if p.ndim < 2]
     for dtype in dict.fromkeys(p.dtype for p, _ in rest):
         buckets.append(("adam", [p for p, _ in rest if p.dtype == dtype], [lr for p, lr in rest if p.dtype == dtype]))
     covered = [p for _, params, _ in buckets for p in params]
@@ -1117,6 +1131,8 @@ class Trainer:
         self.optimizer = build_optimizers(self.model, config, self.comm, self.accum_steps, use_compile)
         self.loader = DataLoader(config.train_files, config.seq_len, rows_per_step, rank, world, config.seed, device,
                                  tokenizer["vocab_size"])
+        # one graph: its backward hands out every gradient at its end, so no gradient bucket's reduce-scatter
+        # overlaps the backward (eager, they do; speedups.py, Communication)
         self.forward = torch.compile(self.model) if use_compile else self.model
         self.model.attention_backend = ("flex" if config.attention == "auto" and use_compile and device.type == "cuda"
                                         else "sdpa" if config.attention == "auto" else config.attention)

@@ -15,11 +15,19 @@ computes and one communicates; NCCL's own use of the SMs is not charged.
 - today (the design before the sharded optimizer): after the backward, one fp32 all-reduce per parameter, a
   divide pass, the whole unfused AdamW and Muon's momentum on every process, Muon's orthogonalization on every
   world-th matrix one at a time, then one fp32 broadcast per matrix; nothing overlaps.
-- new (train_gpt.ShardedOptimizer): a bucket's reduce-scatter starts when the last backward reaches the
-  bucket's last parameter (the backward runs head, blocks from the last, embeddings); after the backward, each
-  bucket's shard update (fused AdamW, or Muon with each stack of same-shape matrices in one compiled call) waits
-  for its reduce-scatter, then its all-gather goes out; the step ends with the Muon updates applied and the
-  gradient buffers zeroed.
+- new (train_gpt.ShardedOptimizer): the reduce-scatters go out in the buckets' order, each when the last backward
+  has finished the bucket; after the backward, each bucket's shard update (fused AdamW, or Muon with each stack of
+  same-shape matrices in one compiled call) waits for its reduce-scatter, then its all-gather goes out; the step
+  ends with the Muon updates applied and the gradient buffers zeroed. When the backward finishes a bucket depends
+  on how the model runs, so there are two lines:
+  "overlapped": eager autograd (or a compile per block: a backward node per block). The backward runs the head,
+    the blocks from the last, each value-embedding table right after its block (GPT.forward looks it up there),
+    the token embedding last; a bucket is finished when the backward has done its last parameter's block, each
+    block taking an equal share of the last micro-step's backward (that share of the matmul FLOPs). The token
+    embedding and scalars' bucket goes out at the end.
+  "whole-model compile": train_gpt's torch.compile of the whole model on the GPU is one autograd node, whose
+    backward hands out every gradient at once at its end (speedups.py, Communication): every reduce-scatter
+    starts after the backward, and only the optimizer math overlaps the communication.
 Defaults: bus bandwidth 350 GB/s, latency 20 us per collective. An H100 SXM's NVLink 4 moves 450 GB/s each way
 (NVIDIA's 900 GB/s bidirectional); nccl-tests' all-reduce on 8xH100 SXM reports a bus bandwidth of about 450-480
 GB/s at 1 GB and above, less at the 10-500 MB of these buckets; NCCL's small-message latency on NVLink is about
@@ -94,23 +102,27 @@ def model_today(model, config, world, backward_end, args):
     return t, 8 * n_adam + 4 * n_muon
 
 
-def model_new(model, opt, config, world, backward_start, backward_end, args):
-    """Seconds after the backward, and the optimizer state per process (bytes, the busiest process)."""
+def model_new(model, opt, config, world, backward_start, backward_end, args, overlap=True):
+    """Seconds after the backward, and the optimizer state per process (bytes, the busiest process). overlap: the
+    buckets go out as the backward finishes them (eager); False: all at the backward's end (a whole-model compile)."""
     reduce_bytes = 2 if config.reduce_dtype == "bf16" else 4
     blocks = len(model.blocks)
     head = model.head.weight.numel()
     per_block = sum(p.numel() for p in model.blocks[0].parameters() if p.ndim == 2)
     names = {p: n for n, p in model.named_parameters()}
 
+    def block_of(name):  # the block whose backward gives the parameter its gradient (None: the head; -1: the end)
+        if name.startswith("blocks."):
+            return int(name.split(".")[1])
+        if name.startswith("value_embeds."):  # right after its block's (GPT.forward looks it up in the block loop)
+            return model.value_layers[int(name.split(".")[1])]
+        return None if name == "head.weight" else -1
+
     def ready(bucket):  # when the last backward has finished the bucket's gradients (share of matmul FLOPs)
-        first_block = min((int(names[p].split(".")[1]) for p in bucket.params if names[p].startswith("blocks.")),
-                          default=None)
-        if bucket.params[0] is model.head.weight:
-            done = head
-        elif first_block is None:
-            done = head + blocks * per_block  # embeddings and scalars: at the end
-        else:
-            done = head + (blocks - first_block) * per_block
+        if not overlap:
+            return backward_end
+        layers = [block_of(names[p]) for p in bucket.params]
+        done = head if layers == [None] else head + (blocks - max(0, min(layers))) * per_block
         return backward_start + (backward_end - backward_start) * done / (head + blocks * per_block)
 
     comm_free, compute_free, state, elementwise = 0.0, backward_end, [0] * world, 0
@@ -157,6 +169,7 @@ def modelled(depth, args, out):
     model, opt = plan(config, vocab, args.world, args.bf16_embeddings)
     today, today_state = model_today(model, config, args.world, compute, args)
     new, new_state = model_new(model, opt, config, args.world, backward_start, compute, args)
+    whole, _ = model_new(model, opt, config, args.world, backward_start, compute, args, overlap=False)
     params = sum(p.numel() for p in model.parameters())
     traffic = speedups.step_traffic([b.layout for b in opt.buckets], [b.reduce_dtype for b in opt.buckets],
                                     [s.values.dtype if isinstance(s, train_gpt.AdamWShard) else torch.bfloat16
@@ -168,9 +181,13 @@ def modelled(depth, args, out):
         f"optimizer state {today_state / 2**30:.2f} GiB a process")
     out(f"  new:   {len(opt.buckets)} buckets ({traffic['reduce_scatter'][1] / 2**20:,.0f} MiB reduce-scattered in "
         f"{config.reduce_dtype}, {traffic['all_gather'][1] / 2**20:,.0f} MiB all-gathered), {1000 * new:.1f} ms after "
-        f"the backward = {new / (compute + new):.1%} of the step; optimizer state {new_state / 2**30:.2f} GiB a "
-        f"process ({new_state / today_state:.3f} of today's)")
-    return config, vocab, compute, today / (compute + today), new / (compute + new), new_state / today_state
+        f"the backward = {new / (compute + new):.1%} of the step, overlapped (buckets out as the backward finishes "
+        f"them: eager, or a compile per block); optimizer state {new_state / 2**30:.2f} GiB a process "
+        f"({new_state / today_state:.3f} of today's)")
+    out(f"         whole-model compile (every gradient at the backward's end): {1000 * whole:.1f} ms after the "
+        f"backward = {whole / (compute + whole):.1%} of the step")
+    return (config, vocab, compute, today / (compute + today), new / (compute + new), whole / (compute + whole),
+            new_state / today_state)
 
 
 def measure(depth, args, out):
@@ -256,15 +273,17 @@ def main(argv=None):
         f"embeddings {args.bf16_embeddings}")
     summary = []
     for depth in args.depth:
-        _, _, _, today, new, memory = modelled(depth, args, out)
-        summary.append(f"d{depth} {today:.1%} -> {new:.1%}, state x{memory:.3f}")
+        _, _, _, today, new, whole, memory = modelled(depth, args, out)
+        summary.append(f"d{depth} {today:.1%} -> {new:.1%} overlapped ({whole:.1%} whole-model compile), state "
+                       f"x{memory:.3f}")
         if args.measure:
             measure(depth, args, out)
     if rank == 0 and not args.no_record:
         from bench.record import record
         path = record("comm-model" + ("+measured" if args.measure else ""),
                       "modelled comm+optimizer share of a step at 8xH100: " + "; ".join(summary),
-                      f"torch {torch.__version__}", "\n".join(lines) + "\n")
+                      f"torch {torch.__version__}", "\n".join(lines) + "\n",
+                      device=None if args.measure else "model, computed on CPU")
         print(f"appended to bench/results.md; raw output in {path}")
     if args.measure and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -99,13 +99,105 @@ def test_buckets_follow_the_backward_and_every_parameter_is_in_one(options):  # 
     config = tiny_config(options, depth=4, bucket_mb=0)
     model = train_gpt.GPT(config, 512)
     opt = train_gpt.build_optimizers(model, config, speedups.Comm())
+    assert model.value_layers == [1, 3]
+    block = lambda i: [f"blocks.{i}.mlp.proj.weight", f"blocks.{i}.mlp.fc.weight", f"blocks.{i}.attn.proj.weight",
+                       f"blocks.{i}.attn.qkv.weight"]
+    # each value-embedding table right after its block's matrices (it is ready there: see the test below)
+    expected = ["head.weight", *block(3), "value_embeds.1.weight", *block(2), *block(1), "value_embeds.0.weight",
+                *block(0)]
+    assert opt.names[:-1] == [[name] for name in expected]
+    assert opt.names[-1] == ["embed.weight", "blocks.1.attn.value_mix", "blocks.3.attn.value_mix"]  # last: the rest
     kinds = [type(s).__name__ for s in opt.shards]
-    assert kinds[0] == "AdamWShard" and kinds[-1] == "AdamWShard" and set(kinds[1:-1]) == {"MuonShard"}
-    assert opt.names[0] == ["head.weight"] and opt.names[1] == ["blocks.3.mlp.proj.weight"]
+    assert kinds == ["MuonShard" if name.startswith("blocks.") else "AdamWShard" for name in expected] + ["AdamWShard"]
     assert sorted(n for names in opt.names for n in names) == sorted(n for n, _ in model.named_parameters())
     config = tiny_config(options, depth=4)
     one_bucket = train_gpt.build_optimizers(train_gpt.GPT(config, 512), config, speedups.Comm())
     assert len(one_bucket.muon) == 1  # the default bucket size holds all matrices of a tiny model
+    # that bucket is complete at block 0's qkv: both tables are ready before it
+    assert [names[0] for names in one_bucket.names] == ["head.weight", "value_embeds.1.weight", "value_embeds.0.weight",
+                                                        "blocks.3.mlp.proj.weight", "embed.weight"]
+
+
+def test_value_embeddings_looked_up_in_their_block_change_only_when_their_gradients_are_ready(options):  # noqa: F811
+    """GPT.forward looks each value embedding up inside the block loop: the loss and gradients are bitwise those of
+    looking every table up before the loop (the code before), but autograd, which runs the ready node made last in
+    the forward first, now runs each table's backward right after its block's instead of at the end."""
+    config = tiny_config(options, depth=4)
+    model = train_gpt.GPT(config, 512)
+    randomize(model)
+    names = {p: n for n, p in model.named_parameters()}
+    order = []
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(lambda p: order.append(names[p]))
+    torch.manual_seed(3)
+    idx = torch.randint(0, 512, (2, config.seq_len + 1))
+
+    def loss_gradients_and_order(up_front):
+        order.clear()
+        model.zero_grad(set_to_none=True)
+        for table in model.value_embeds:
+            if up_front:  # looked up now; the block loop gets the result
+                table.forward = lambda _, looked_up=table(idx[:, :-1]): looked_up
+            else:
+                vars(table).pop("forward", None)
+        loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, list(order)
+
+    before_loss, before, before_order = loss_gradients_and_order(up_front=True)
+    loss, gradients, in_loop_order = loss_gradients_and_order(up_front=False)
+    assert torch.equal(loss, before_loss)
+    for name, grad in gradients.items():
+        assert torch.equal(grad, before[name]), name
+    for j, layer in enumerate(model.value_layers):
+        table, qkv = f"value_embeds.{j}.weight", f"blocks.{layer}.attn.qkv.weight"
+        assert in_loop_order[in_loop_order.index(qkv) + 1] == table, in_loop_order
+        assert before_order.index(table) > before_order.index("blocks.0.attn.qkv.weight"), before_order  # the end
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_buckets_launch_once_each_in_their_order_eager_and_compiled(options, compiled):  # noqa: F811
+    """Eager: each bucket's reduce-scatter starts at the gradient that completes it, while the backward goes on.
+    Compiled whole (as train_gpt compiles the model), the forward is one autograd node whose backward hands out
+    every gradient at once at its end, so nothing can overlap the backward; the buckets still launch once each,
+    in their order (which every process must share), though the hooks fire in an order of the graph's own."""
+    config = tiny_config(options, depth=4, bucket_mb=0)
+    model = train_gpt.GPT(config, 512)
+    randomize(model)
+    names = {p: n for n, p in model.named_parameters()}
+    events = []  # parameter names as their gradients are ready, bucket indices as they launch
+    for p in model.parameters():  # before the buckets' hooks: a gradient's event comes before the launch it makes
+        p.register_post_accumulate_grad_hook(lambda p: events.append(names[p]))
+    comm = speedups.Comm()
+    opt = train_gpt.build_optimizers(model, config, comm)
+    index = {bucket.grads.data_ptr(): i for i, bucket in enumerate(opt.buckets)}
+    reduce_scatter = comm.reduce_scatter
+    comm.reduce_scatter = lambda output, input: events.append(index[input.data_ptr()]) or reduce_scatter(output, input)
+    forward = torch.compile(model, backend="aot_eager") if compiled else model
+    idx = torch.randint(0, 512, (2, config.seq_len + 1))
+    loss = forward(idx[:, :-1], idx[:, 1:])
+    producers, nodes, seen = {}, [loss.grad_fn], set()  # the autograd node that hands each parameter its gradient
+    while nodes:
+        node = nodes.pop()
+        for child, _ in node.next_functions if node not in seen else []:
+            if child is not None and hasattr(child, "variable"):
+                producers[names[child.variable]] = node
+            elif child is not None:
+                nodes.append(child)
+        seen.add(node)
+    loss.backward()
+    launches = [e for e in events if isinstance(e, int)]
+    assert launches == list(range(len(opt.buckets))), events
+    if compiled:
+        assert len(set(producers.values())) == 1 and len(producers) == len(names)
+        assert type(next(iter(producers.values()))).__name__ == "CompiledFunctionBackward"
+    else:
+        assert len(set(producers.values())) > len(model.blocks)
+        for at, bucket in ((k, e) for k, e in enumerate(events) if isinstance(e, int)):
+            assert events[at - 1] in opt.names[bucket] and set(opt.names[bucket]) <= set(events[:at]), events
+        table_launch = events.index(opt.names.index(["value_embeds.1.weight"]))
+        assert table_launch < events.index("blocks.2.mlp.proj.weight")  # during the backward, before block 2's
+    opt.step()
 
 
 # -----------------------------------------------------------------------------
@@ -173,7 +265,8 @@ def test_one_two_and_four_processes_train_alike_and_communicate_by_the_formula(o
                     assert torch.allclose(value[key], runs[1]["full_state"][part][name][key], rtol=1e-4, atol=1e-7)
         # what a step sends: one reduce-scatter and one all-gather per bucket, one all-reduce of the loss
         assert result["traffic"] == {k: v for k, v in result["expected"].items() if v[0]}, world
-    assert runs[1]["traffic"]["reduce_scatter"][0] == 1 + 8 + 1  # head; 8 matrices (bucket_mb=0: one each); the rest
+    assert runs[1]["traffic"]["reduce_scatter"][0] == 1 + 8 + 1 + 1  # head; 8 matrices (bucket_mb=0: one each); the
+    # value-embedding table; the rest
     # gradients sent (and summed) in bf16: half the reduce-scatter bytes, the losses within bf16 rounding
     bf16 = train_on(2, dataclasses.replace(config, reduce_dtype="bf16"), tmp_path)
     assert bf16["traffic"] == {k: v for k, v in bf16["expected"].items() if v[0]}
@@ -251,7 +344,9 @@ def test_comm_benchmark_models_both_designs_and_measures_on_one_cpu_process(caps
     bench.comm.main(["--depth", "12", "24", "--no-record", "--measure", "--tiny", "--warmup=1", "--steps=2"])
     out = capsys.readouterr().out
     shares = [float(x) for x in __import__("re").findall(r"= ([\d.]+)% of the step", out)]
-    assert len(shares) == 4 and shares[1] < shares[0] and shares[3] < shares[2]  # d12 today, new; d24 today, new
+    assert len(shares) == 6  # d12 today, new (overlapped), new (whole-model compile); d24 likewise
+    for today, overlapped, whole in (shares[:3], shares[3:]):
+        assert overlapped < today and overlapped < whole  # the reduce-scatters that overlap the backward cost less
     memory = [float(x) for x in __import__("re").findall(r"\(([\d.]+) of today's\)", out)]
     assert len(memory) == 2 and max(memory) <= 1 / 6  # the goal: optimizer state at world size 8
     assert out.count("measured today:") == 2 and out.count("measured new:") == 2
