@@ -109,7 +109,7 @@ class Config:
     resume: str = ""              # a checkpoint.pt to continue from, exactly
     stop_after: int = 0           # leave after this many steps of this process (time-sliced jobs; tests)
     warmup_timing_steps: int = 10  # untimed real steps (compile, warm-up), then everything is reset
-    compile: str = "auto"         # auto: on CUDA only
+    compile: str = "auto"         # auto: on CUDA only; blocks: each block on its own (its backward overlaps comms)
     fp8: bool = False             # FP8 matmuls in the large Linears while training (Hopper/Ada; else a notice)
     device: str = "auto"
     peak_flops: float = 0.0       # dense bf16 FLOP/s per device for MFU; 0: looked up from the GPU's name
@@ -614,12 +614,19 @@ class GPT(nn.Module):
         """Logits [B, T, vocab] without targets; else the cross-entropy (mean, or per token with reduction='none')."""
         x = rms_norm(self.embed(idx).float())  # the residual stream stays fp32 whatever the table's dtype
         value_embeds = dict(zip(self.value_layers, self.value_embeds))
-        masks = attention_masks(idx, self.windows, self.doc_bos, self.attention_backend)
+        masks = self.masks(idx)
         for i, block in enumerate(self.blocks):
             # looked up here, not before the loop: autograd runs, among the ready nodes, the one made last in the
             # forward first, so a table's backward (and its gradient's bucket) follows its block's, not the end
             value_embed = value_embeds[i](idx) if i in value_embeds else None
             x = block(x, self.cos, self.sin, value_embed, masks, self.attention_backend)
+        return self.head_and_loss(x, targets, reduction)
+
+    # GPT.forward's parts that Trainer compiles on their own with --compile=blocks (beside each block)
+    def masks(self, idx):
+        return attention_masks(idx, self.windows, self.doc_bos, self.attention_backend)
+
+    def head_and_loss(self, x, targets, reduction):
         x = rms_norm(x)
         if targets is not None and self.loss == "chunked":
             losses = chunked_softcapped_cross_entropy(x.flatten(0, -2), self.head.weight, targets.reshape(-1),
@@ -1116,6 +1123,24 @@ def check_same_settings(config, saved, what):
 # Training
 
 
+def compile_by_block(model, backend="inductor"):
+    """--compile=blocks: each block compiled on its own (blocks of one kind share a graph), and the attention masks
+    and the head and loss, while the embedding lookups and the loop stay eager. The backward is then one autograd
+    node per block, which hands out the block's gradients when it is done, so a gradient bucket's reduce-scatter
+    starts while the blocks below are still in their backward (a whole-model compile hands out every gradient at
+    its end). The masks get a compiled function of their own, not eager code: eager create_block_mask evaluates
+    the mask function into a [B, 1, T, T] boolean tensor per window and micro-batch before reducing it to blocks,
+    and torch advises compiling it (a whole-model compile does so implicitly). Not yet timed on a GPU."""
+    # the blocks share Block.forward's code, whose cache keeps a graph per kind of block (window, value embedding)
+    # for training, for evaluation (no grad) and for evaluation's last, shorter batch: more than Dynamo's default 8
+    kinds = {(block.attn.window, block.attn.value_mix is not None) for block in model.blocks}
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(kinds))
+    for block in model.blocks:
+        block.compile(backend=backend)  # in place: the parameters' names, and so the checkpoints, do not change
+    model.masks = torch.compile(model.masks, backend=backend)
+    model.head_and_loss = torch.compile(model.head_and_loss, backend=backend)
+
+
 class Trainer:
     """The model, its optimizers and its data for one process, and one training step."""
 
@@ -1126,14 +1151,16 @@ class Trainer:
         self.fp8 = config.fp8 and enable_fp8(self.model, device)
         rows_per_step = config.total_batch_tokens // config.seq_len
         self.accum_steps = rows_per_step // (world * config.device_batch)
-        use_compile = config.compile == "true" or (config.compile == "auto" and device.type == "cuda")
+        use_compile = config.compile in ("true", "blocks") or (config.compile == "auto" and device.type == "cuda")
         self.comm = Comm(rank, world)
         self.optimizer = build_optimizers(self.model, config, self.comm, self.accum_steps, use_compile)
         self.loader = DataLoader(config.train_files, config.seq_len, rows_per_step, rank, world, config.seed, device,
                                  tokenizer["vocab_size"])
         # one graph: its backward hands out every gradient at its end, so no gradient bucket's reduce-scatter
-        # overlaps the backward (eager, they do; speedups.py, Communication)
-        self.forward = torch.compile(self.model) if use_compile else self.model
+        # overlaps the backward (eager, they do; speedups.py, Communication). --compile=blocks: compile_by_block
+        self.forward = torch.compile(self.model) if use_compile and config.compile != "blocks" else self.model
+        if config.compile == "blocks":
+            compile_by_block(self.model)
         self.model.attention_backend = ("flex" if config.attention == "auto" and use_compile and device.type == "cuda"
                                         else "sdpa" if config.attention == "auto" else config.attention)
         self.autocast = autocast_for(device)
@@ -1235,8 +1262,8 @@ def check_config(config, world, device=None):
                           f"{per_pass:,}; change one of them (the global batch is kept by gradient accumulation)")
     if config.attention not in ("auto", "sdpa", "flex"):
         raise ConfigError(f"--attention={config.attention}: use auto, sdpa or flex")
-    if config.compile not in ("auto", "true", "false"):
-        raise ConfigError(f"--compile={config.compile}: use auto, true or false")
+    if config.compile not in ("auto", "true", "false", "blocks"):
+        raise ConfigError(f"--compile={config.compile}: use auto, true, false or blocks")
     if config.loss not in ("plain", "chunked") or config.loss_chunk < 1:
         raise ConfigError(f"--loss={config.loss} --loss_chunk={config.loss_chunk}: use plain or chunked, and a "
                           "positive number of rows per chunk")

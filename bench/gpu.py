@@ -70,6 +70,9 @@ def parts(args):
         ("core_eval", 150, [sys.executable, "-m", "bench.core", *core_shape, "--no-reference", "--no-record",
                             f"--tokenizer={gpt2_ranks if os.path.exists(gpt2_ranks) else 'bytes'}",
                             f"--json={os.path.join(out, 'core_eval.json')}"]),
+        # train_small_bf16 with each block compiled on its own (gradients ready block by block, for overlapping
+        # communication) against its whole-model compile; last, so that it takes only what the budget leaves
+        train("train_small_blocks", TINY if smoke else SMALL, ["--compile=blocks"], 2, 5, 150),
     ]
 
 

@@ -104,7 +104,7 @@ def measure(config, args, device):
         "fits": True, "tokens_per_s": config.total_batch_tokens / step_s, "step_ms": 1000 * step_s,
         "step_ms_min": 1000 * min(timed), "timed_steps": len(timed), "first_step_s": times[0],
         "mfu": flops * config.total_batch_tokens / step_s / peak if peak else None, "peak_flops": peak or None,
-        "flops_per_token": flops, "fp8": trainer.fp8, "compiled": trainer.forward is not trainer.model,
+        "flops_per_token": flops, "fp8": trainer.fp8, "compiled": "blocks" if config.compile == "blocks" else trainer.forward is not trainer.model,
         "attention": trainer.model.attention_backend, "depth": config.depth, "width": dim, "heads": heads,
         "head_dim": config.head_dim, "seq_len": config.seq_len, "vocab": tokenizer["vocab_size"],
         "total_batch_tokens": config.total_batch_tokens, "device_batch": config.device_batch,

@@ -102,6 +102,66 @@ def test_compiled_flex_model_trains_without_graph_breaks_or_recompiles_as_docume
     assert counters["frames"]["total"] == 1  # compiled once: no recompile
 
 
+# -----------------------------------------------------------------------------
+# --compile=blocks: each block compiled on its own, the masks built outside them
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_model_compiled_block_by_block_trains_like_eager_without_graph_breaks_or_recompiles(backend, monkeypatch):
+    """train_gpt.compile_by_block (--compile=blocks; aot_eager here, Inductor on GPUs): the attention masks (for
+    FlexAttention, create_block_mask) are made in their own compiled function and handed to the compiled blocks.
+    Loss and gradients equal eager SDPA's as the documents move, in a graph per kind of block (window, value
+    embedding) plus the masks' and the head's, with no graph break and no recompile after the first step."""
+    from torch._dynamo.utils import counters
+    import torch.nn.attention.flex_attention as flex
+    monkeypatch.setattr(flex, "_validate_device", lambda query, key, value: None)  # as in the test above
+    torch._dynamo.reset()
+    counters.clear()
+    gpt = model(backend)
+    kinds = {(block.attn.window, block.attn.value_mix is not None) for block in gpt.blocks}
+    train_gpt.compile_by_block(gpt, backend="aot_eager")
+    g = torch.Generator().manual_seed(1)
+    for step in range(3):
+        idx = torch.randint(1, 50, (2, 64), generator=g)
+        idx[:, 0] = BOS
+        idx[0, 10 + 9 * step], idx[1, 50 - 11 * step] = BOS, BOS  # the documents change length every step
+        with torch._dynamo.config.patch(error_on_recompile=step > 0):
+            loss = gpt(idx, idx)
+            loss.backward()
+        grads = [p.grad.clone() for p in gpt.parameters()]
+        gpt.zero_grad(set_to_none=True)
+        with torch.compiler.set_stance("force_eager"):  # the same module, every compiled part run eagerly
+            gpt.attention_backend = "sdpa"
+            expected = gpt(idx, idx)
+            expected.backward()
+            gpt.attention_backend = backend
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        for p, grad in zip(gpt.parameters(), grads):
+            assert torch.allclose(grad, p.grad, atol=1e-6, rtol=1e-4)
+        gpt.zero_grad(set_to_none=True)
+    assert len(kinds) == 2 and not counters["graph_break"], dict(counters)
+    assert counters["stats"]["unique_graphs"] == len(kinds) + 2, dict(counters)  # + masks, + head and loss
+    assert counters["frames"]["total"] == len(kinds) + 2  # compiled once each: no recompile
+
+
+def test_blocks_compiled_apart_stay_compiled_through_evaluation_batches():
+    """Every block runs Block.forward's code, so its compile cache holds a graph per kind of block for training
+    and for evaluation's batches: past Dynamo's default limit of 8 it would fall back to eager, silently."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    config = Config(depth=4, model_dim=32, head_dim=16, seq_len=64, short_window=16, doc_mask=True)
+    gpt = train_gpt.GPT(config, 64, bos_id=BOS)
+    assert len({(block.attn.window, block.attn.value_mix is not None) for block in gpt.blocks}) == 3
+    train_gpt.compile_by_block(gpt, backend="aot_eager")
+    idx = tokens(B=4)
+    gpt(idx, idx).backward()
+    with torch.no_grad():
+        for rows in (4, 3, 4):  # evaluation's batches, the last one shorter
+            gpt(idx[:rows], idx[:rows], reduction="none")
+    assert counters["frames"]["ok"] == counters["frames"]["total"] and not counters["unimplemented"], dict(counters)
+
+
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
 def test_attention_runs_in_the_autocast_dtype_and_in_fp32_without_autocast(backend, monkeypatch):
     """Under autocast, rms_norm and rotary hand fp32 q and k (and value embeddings fp32 v) to attention; it casts

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,15 +58,17 @@ def test_gpu_check_runs_every_part_and_writes_real_figures(gpu_check):
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "summary.json").read_text())
     names = [name for name, _, _ in bench.gpu.parts(argparse.Namespace(out=str(out), smoke=True, device="cpu"))]
-    assert list(summary["parts"]) == names and len(names) == 9
+    assert list(summary["parts"]) == names and len(names) == 10
     for name, entry in summary["parts"].items():
         assert entry["status"] == "ok", (name, entry)
         assert (out / entry["output"]).read_text().startswith("$ ")  # the part's own output, as it ran
     parts = {name: entry["figures"] for name, entry in summary["parts"].items()}
     assert parts["versions"]["torch"] == torch.__version__
-    for name in ("train_small_bf16", "train_small_fp8", "train_core_bf16", "train_core_fp8", "profile_small"):
+    for name in ("train_small_bf16", "train_small_fp8", "train_core_bf16", "train_core_fp8", "profile_small",
+                 "train_small_blocks"):
         assert parts[name]["fits"] and parts[name]["tokens_per_s"] > 0 and parts[name]["step_ms"] > 0, name
     assert parts["train_small_fp8"]["fp8"] and not parts["train_small_bf16"]["fp8"]
+    assert parts["train_small_blocks"]["compiled"] == "blocks" and parts["train_small_bf16"]["compiled"] is False
     assert len(parts["profile_small"]["top_kernels"]) == 20 and (out / "profile_small.table.txt").exists()
     assert set(parts["sdpa_kernels"]["cases"]) == {"causal", "window_and_docs", "docs"}
     assert all(case["works"] and case["ms"]["default"] > 0 for case in parts["sdpa_kernels"]["cases"].values())
@@ -81,10 +84,10 @@ def test_gpu_check_figures_become_rows_of_results_md(gpu_check, tmp_path, monkey
     monkeypatch.setattr(bench.record, "RAW", str(tmp_path / "raw"))
     bench.gpu.to_results(str(out))
     rows = [line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| 20")]
-    assert len(rows) == 9 and all(f"`python -m bench.gpu --out {out.name} --smoke`" in row for row in rows)
+    assert len(rows) == 10 and all(f"`python -m bench.gpu --out {out.name} --smoke`" in row for row in rows)
     assert any("gpu-train-small-bf16 | ok: " in row and "tok/s" in row for row in rows)
     raw = sorted((tmp_path / "raw").iterdir())
-    assert len(raw) == 9 and all("summary entry:" in path.read_text() for path in raw)
+    assert len(raw) == 10 and all("summary entry:" in path.read_text() for path in raw)
 
 
 def test_a_part_that_hangs_or_fails_is_a_status_not_a_crash(tmp_path):
@@ -105,4 +108,4 @@ def test_gpu_check_with_no_budget_left_skips_every_part_and_still_prints_its_tab
     bench.gpu.main()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {entry["status"] for entry in summary["parts"].values()} == {"skipped"}
-    assert "train_small_bf16  skipped" in capsys.readouterr().out
+    assert re.search(r"\ntrain_small_bf16 +skipped ", capsys.readouterr().out)  # the table's row

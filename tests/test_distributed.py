@@ -155,12 +155,14 @@ def test_value_embeddings_looked_up_in_their_block_change_only_when_their_gradie
         assert before_order.index(table) > before_order.index("blocks.0.attn.qkv.weight"), before_order  # the end
 
 
-@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("compiled", [False, True, "blocks"])
 def test_buckets_launch_once_each_in_their_order_eager_and_compiled(options, compiled):  # noqa: F811
     """Eager: each bucket's reduce-scatter starts at the gradient that completes it, while the backward goes on.
     Compiled whole (as train_gpt compiles the model), the forward is one autograd node whose backward hands out
     every gradient at once at its end, so nothing can overlap the backward; the buckets still launch once each,
-    in their order (which every process must share), though the hooks fire in an order of the graph's own."""
+    in their order (which every process must share), though the hooks fire in an order of the graph's own.
+    Compiled block by block (--compile=blocks), each block is one autograd node that hands out its own gradients,
+    the last block's first: the buckets launch during the backward, as eager."""
     config = tiny_config(options, depth=4, bucket_mb=0)
     model = train_gpt.GPT(config, 512)
     randomize(model)
@@ -173,7 +175,9 @@ def test_buckets_launch_once_each_in_their_order_eager_and_compiled(options, com
     index = {bucket.grads.data_ptr(): i for i, bucket in enumerate(opt.buckets)}
     reduce_scatter = comm.reduce_scatter
     comm.reduce_scatter = lambda output, input: events.append(index[input.data_ptr()]) or reduce_scatter(output, input)
-    forward = torch.compile(model, backend="aot_eager") if compiled else model
+    forward = torch.compile(model, backend="aot_eager") if compiled is True else model
+    if compiled == "blocks":
+        train_gpt.compile_by_block(model, backend="aot_eager")
     idx = torch.randint(0, 512, (2, config.seq_len + 1))
     loss = forward(idx[:, :-1], idx[:, 1:])
     producers, nodes, seen = {}, [loss.grad_fn], set()  # the autograd node that hands each parameter its gradient
@@ -188,15 +192,28 @@ def test_buckets_launch_once_each_in_their_order_eager_and_compiled(options, com
     loss.backward()
     launches = [e for e in events if isinstance(e, int)]
     assert launches == list(range(len(opt.buckets))), events
-    if compiled:
+    if compiled is True:
         assert len(set(producers.values())) == 1 and len(producers) == len(names)
         assert type(next(iter(producers.values()))).__name__ == "CompiledFunctionBackward"
     else:
         assert len(set(producers.values())) > len(model.blocks)
         for at, bucket in ((k, e) for k, e in enumerate(events) if isinstance(e, int)):
-            assert events[at - 1] in opt.names[bucket] and set(opt.names[bucket]) <= set(events[:at]), events
+            assert set(opt.names[bucket]) <= set(events[:at]), events
+            if not compiled:  # at the very gradient that completes it
+                assert events[at - 1] in opt.names[bucket], events
         table_launch = events.index(opt.names.index(["value_embeds.1.weight"]))
         assert table_launch < events.index("blocks.2.mlp.proj.weight")  # during the backward, before block 2's
+    if compiled == "blocks":  # a compiled block hands out its gradients together, in an order of its graph's own
+        for i in range(len(model.blocks)):
+            block_nodes = {node for name, node in producers.items() if name.startswith(f"blocks.{i}.")}
+            assert len(block_nodes) == 1 and type(block_nodes.pop()).__name__ == "CompiledFunctionBackward"
+        block_of = [int(e.split(".")[1]) if isinstance(e, str) and e.startswith("blocks.") else None for e in events]
+        in_order = [i for i in block_of if i is not None]
+        assert in_order == sorted(in_order, reverse=True), events  # block by block, from the last
+        for at, bucket in ((k, e) for k, e in enumerate(events) if isinstance(e, int)):
+            mine = [int(n.split(".")[1]) for n in opt.names[bucket] if n.startswith("blocks.")]
+            if len(mine) == len(opt.names[bucket]):  # launched before a gradient of the blocks below arrives
+                assert all(i is None or i >= min(mine) for i in block_of[:at]), (bucket, events)
     opt.step()
 
 

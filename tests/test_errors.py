@@ -50,6 +50,7 @@ def fails_with(command, message):
     (dict(save_every=-5), "--save_every=-5: must be 0 or more"),
     (dict(steps="1e400"), "--steps=1e400: not a valid int"),
     (dict(device="tpu9"), "--device=tpu9: not a device"),
+    (dict(compile="block"), "--compile=block: use auto, true, false or blocks"),
 ])
 def test_bad_option_fails_with_one_line_before_any_run_folder(tmp_path, changes, message):
     fails_with(lambda: main(argv(tmp_path, **changes)), message)
