@@ -31,6 +31,16 @@ def test_flex_attention_equals_sdpa(window, documents):
     assert torch.allclose(outputs["flex"], outputs["sdpa"], atol=1e-5)
 
 
+def moving_documents(steps):
+    """Batches of 2 x 64 tokens whose documents (BOS at the start and one more in each row) change length every step."""
+    g = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        idx = torch.randint(1, 50, (2, 64), generator=g)
+        idx[:, 0] = BOS
+        idx[0, 10 + 9 * step], idx[1, 50 - 11 * step] = BOS, BOS
+        yield idx
+
+
 def model(attention_backend, doc_mask=True, seq_len=64):
     config = Config(depth=2, model_dim=32, head_dim=16, seq_len=seq_len, short_window=16, doc_mask=doc_mask)
     torch.manual_seed(0)
@@ -80,11 +90,7 @@ def test_compiled_flex_model_trains_without_graph_breaks_or_recompiles_as_docume
     gpt = model("flex")
     assert len(set(gpt.windows)) == 2  # a short sliding window and the full one
     compiled = torch.compile(gpt, backend="aot_eager")
-    g = torch.Generator().manual_seed(1)
-    for step in range(3):
-        idx = torch.randint(1, 50, (2, 64), generator=g)
-        idx[:, 0] = BOS
-        idx[0, 10 + 9 * step], idx[1, 50 - 11 * step] = BOS, BOS  # the documents change length every step
+    for step, idx in enumerate(moving_documents(steps=3)):
         with torch._dynamo.config.patch(error_on_recompile=step > 0):
             loss = compiled(idx, idx)
         loss.backward()
@@ -120,11 +126,7 @@ def test_model_compiled_block_by_block_trains_like_eager_without_graph_breaks_or
     gpt = model(backend)
     kinds = {(block.attn.window, block.attn.value_mix is not None) for block in gpt.blocks}
     train_gpt.compile_by_block(gpt, backend="aot_eager")
-    g = torch.Generator().manual_seed(1)
-    for step in range(3):
-        idx = torch.randint(1, 50, (2, 64), generator=g)
-        idx[:, 0] = BOS
-        idx[0, 10 + 9 * step], idx[1, 50 - 11 * step] = BOS, BOS  # the documents change length every step
+    for step, idx in enumerate(moving_documents(steps=3)):
         with torch._dynamo.config.patch(error_on_recompile=step > 0):
             loss = gpt(idx, idx)
             loss.backward()
