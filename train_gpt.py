@@ -994,7 +994,10 @@ def evaluate(model, val_tokens, token_bytes, config, rank, world, device, autoca
 # -----------------------------------------------------------------------------
 # Logging: a log that is also the record (source, commit, command, config, environment, then the steps)
 
-PEAK_BF16_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "GH200": 989.5e12, "A100": 312e12}
+# Dense bf16 FLOP/s by device name: the first key the name contains wins, so the PCIe and NVL cards (lower clocks
+# and power) come before the SXM parts that share their prefix.
+PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H200 NVL": 835e12,
+                   "H100": 989.5e12, "H200": 989.5e12, "A100": 312e12}
 
 
 def peak_flops(config, device):

@@ -67,6 +67,16 @@ def losses(lines, key="train_loss"):
 # A whole run
 
 
+@pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989.5e12), ("NVIDIA H100 PCIe", 756e12),
+                                        ("NVIDIA H100 NVL", 835e12), ("NVIDIA GH200 480GB", 989.5e12),
+                                        ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA GeForce RTX 4090", None)])
+def test_peak_flops_follows_the_device_name_and_the_override(monkeypatch, name, peak):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert train_gpt.peak_flops(Config(), torch.device("cuda")) == peak  # MFU against the card's own peak
+    assert train_gpt.peak_flops(Config(peak_flops=1e15), torch.device("cuda")) == 1e15
+    assert train_gpt.peak_flops(Config(), torch.device("cpu")) is None
+
+
 def test_tiny_run_learns_and_writes_a_record_ready_log_and_results(options, corpus, tmp_path):
     results, lines = run(options, steps=30, val_every=15, warmup_steps=3)
     train = losses(lines)
