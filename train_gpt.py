@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -1037,8 +1038,10 @@ def data_identity(config, tokenizer, train_files, val_tokens):
     """What the run trained and evaluated on, for the `data:` log line that records check (records/README.md):
     the tokenizer, every train and val shard and the corpus files they were made from (by sha256), and the val
     tokens and UTF-8 bytes scored (bits per byte's denominator)."""
-    def files(paths):
-        return [{"name": os.path.basename(p), "sha256": sha256_file(p)} for p in paths]
+    def files(paths):  # a full read of the corpus: threads (hashlib lets go of the GIL) take it at disk speed
+        with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+            digests = list(pool.map(sha256_file, paths))
+        return [{"name": os.path.basename(p), "sha256": digest} for p, digest in zip(paths, digests)]
 
     def sources(shard_pattern, split):  # tokenize.json beside the shards; none for shards downloaded as tokens
         manifest = os.path.join(os.path.dirname(shard_pattern), "tokenize.json")
