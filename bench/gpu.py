@@ -3,6 +3,7 @@
 
     python -m bench.gpu --out DIR             # on one GPU: every part, all within --budget seconds (default 500)
     python -m bench.gpu --out DIR --smoke     # the same machinery with tiny shapes (on a CPU: the tests use it)
+    python -m bench.gpu --out DIR --sweep     # issue 10's speed switches one by one against a baseline
     python -m bench.gpu --to-results DIR      # afterwards, here: DIR's figures into bench/raw/ and bench/results.md
 
 It needs only what the bare GPU machine has (python3 with torch, numpy, tiktoken, pyarrow, pytest; no venv, no
@@ -76,6 +77,26 @@ def parts(args):
     ]
 
 
+# --sweep: issue 10's single-GPU switches, each alone at GPT-2-small shape against a baseline measured in the same
+# call (the same machine and clocks), then all of them together; last, the depth-24 memory with the chunked loss.
+SWEEP = [("baseline", []), ("lean", ["--loss=chunked", "--embed_dtype=bf16"]), ("loss_chunked", ["--loss=chunked"]),
+         ("embed_bf16", ["--embed_dtype=bf16"]), ("adam_foreach", ["--fused_adam=false"]),
+         ("split_qkv", ["--muon_split_qkv"]), ("doc_mask", ["--doc_mask"])]
+
+
+def sweep_parts(args):
+    """(name, time limit, command) for --sweep, most telling first."""
+    out, smoke = args.out, args.smoke
+    device = [f"--device={args.device}"] if args.device != "auto" else []
+
+    def train(name, shape, extra, limit=120):
+        return name, limit, [sys.executable, "-m", "bench.train", "--synthetic", *shape, *extra, *device,
+                             "--no-record", f"--warmup={1 if smoke else 2}", f"--steps={2 if smoke else 5}",
+                             f"--json={os.path.join(out, name + '.json')}"]
+    return ([train(f"sweep_{name}", TINY if smoke else SMALL, extra) for name, extra in SWEEP] +
+            [train("sweep_core_chunked", TINY_CORE if smoke else CORE, ["--loss=chunked"], 150)])
+
+
 # -----------------------------------------------------------------------------
 # Running the parts
 
@@ -139,12 +160,13 @@ def headline(name, entry):
     if name == "gpu_tests":
         return ", ".join(f"{v} {k}" for k, v in f.items() if k not in ("recompiles", "graph_breaks")) + \
             f"; {f['recompiles']} recompiles, {f['graph_breaks']} graph breaks"
-    if name.startswith(("train", "profile")) and "tokens_per_s" in f:
+    if name.startswith(("train", "profile", "sweep")) and "tokens_per_s" in f:
         mfu = f"{100 * f['mfu']:.1f}% MFU" if f.get("mfu") else "MFU n/a"
         memory = f"{f['peak_memory_gib']:.1f} GiB" if f.get("peak_memory_gib") else "memory n/a"
         top = f"; top: {f['top_kernels'][0][0][:40]}" if f.get("top_kernels") else ""
+        switches = "".join(f"; {key}={value}" for key, value in f.get("settings", {}).items())
         return (f"{f['tokens_per_s']:,.0f} tok/s, {f['step_ms']:.0f} ms, {mfu}, {memory}, first step "
-                f"{f['first_step_s']:.0f} s{top}")
+                f"{f['first_step_s']:.0f} s{top}{switches}")
     if name == "sdpa_kernels":
         return "; ".join(f"{case}: {c.get('default_kernel')} (ok: {','.join(c['works'])})"
                          for case, c in f.get("cases", {}).items())
@@ -157,9 +179,9 @@ def run_all(args):
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
     summary = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "budget_s": args.budget, "smoke": args.smoke, "commit": git_commit(), "parts": {}}
+               "budget_s": args.budget, "smoke": args.smoke, "sweep": args.sweep, "commit": git_commit(), "parts": {}}
     summary_path = os.path.join(args.out, "summary.json")
-    for name, limit, command in parts(args):
+    for name, limit, command in (sweep_parts(args) if args.sweep else parts(args)):
         if args.parts and name not in args.parts.split(","):
             continue
         left = args.budget - (time.perf_counter() - start)
@@ -316,8 +338,7 @@ def to_results(folder):
     device = f"{versions.get('gpus', 1)}x {versions['gpu']}" if versions.get("gpu") else "CPU"
     software = f"torch {versions.get('torch')}, CUDA {versions.get('cuda')}, driver {versions.get('driver')}"
     command = f"python -m bench.gpu --out {os.path.basename(os.path.normpath(folder))}"
-    if summary.get("smoke"):
-        command += " --smoke"
+    command += " --sweep" * bool(summary.get("sweep")) + " --smoke" * bool(summary.get("smoke"))
     for name, entry in summary["parts"].items():
         if entry["status"] == "skipped":
             continue
@@ -343,6 +364,8 @@ def main():
     parser.add_argument("--budget", type=float, default=500, help="seconds for all parts together")
     parser.add_argument("--min-part", type=float, default=20, help="skip a part with less than this left")
     parser.add_argument("--parts", default="", help="only these parts, comma-separated")
+    parser.add_argument("--sweep", action="store_true", help="instead of the check: each speed switch of train_gpt.py "
+                        "alone and all together at GPT-2-small shape, against a baseline in the same call")
     parser.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
     parser.add_argument("--to-results", metavar="DIR", help="record DIR's figures in bench/results.md")
     args = parser.parse_args()

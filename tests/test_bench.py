@@ -90,6 +90,23 @@ def test_gpu_check_figures_become_rows_of_results_md(gpu_check, tmp_path, monkey
     assert len(raw) == 10 and all("summary entry:" in path.read_text() for path in raw)
 
 
+def test_gpu_sweep_measures_each_switch_against_a_baseline_of_the_same_call(tmp_path):
+    """--sweep: the same machinery over train_gpt.py's speed switches; each part's figures name its switches."""
+    names = [name for name, _, _ in bench.gpu.sweep_parts(argparse.Namespace(out=str(tmp_path), smoke=True,
+                                                                               device="cpu"))]
+    assert names[0] == "sweep_baseline" and {"sweep_lean", "sweep_loss_chunked", "sweep_embed_bf16"} <= set(names)
+    done = subprocess.run([sys.executable, "-m", "bench.gpu", "--out", str(tmp_path), "--smoke", "--device=cpu",
+                           "--sweep", "--parts=sweep_baseline,sweep_lean"], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["sweep"] and list(summary["parts"]) == ["sweep_baseline", "sweep_lean"]
+    figures = {name: entry["figures"] for name, entry in summary["parts"].items()}
+    assert figures["sweep_baseline"]["settings"] == {} and figures["sweep_baseline"]["tokens_per_s"] > 0
+    assert figures["sweep_lean"]["settings"] == {"loss": "chunked", "embed_dtype": "bf16"}
+    assert re.search(r"\nsweep_lean +ok .*tok/s.*loss=chunked; embed_dtype=bf16", done.stdout)
+
+
 def test_a_part_that_hangs_or_fails_is_a_status_not_a_crash(tmp_path):
     hang = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"]
     entry = bench.gpu.run_part("hang", 3, hang, str(tmp_path))
