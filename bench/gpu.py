@@ -77,8 +77,9 @@ def parts(args):
     ]
 
 
-# --sweep: issue 10's single-GPU switches, each alone at GPT-2-small shape against a baseline measured in the same
-# call (the same machine and clocks), then all of them together; last, the depth-24 memory with the chunked loss.
+# --sweep: issue 10's single-GPU switches at GPT-2-small shape against a baseline measured in the same call (the same
+# machine and clocks): the memory and compute ones together first, then each alone; last, at depth 24, the memory
+# with the chunked loss and the compile time with one compile per kind of block (whole-model: train_core_bf16).
 SWEEP = [("baseline", []), ("lean", ["--loss=chunked", "--embed_dtype=bf16"]), ("loss_chunked", ["--loss=chunked"]),
          ("embed_bf16", ["--embed_dtype=bf16"]), ("adam_foreach", ["--fused_adam=false"]),
          ("split_qkv", ["--muon_split_qkv"]), ("doc_mask", ["--doc_mask"])]
@@ -94,7 +95,8 @@ def sweep_parts(args):
                              "--no-record", f"--warmup={1 if smoke else 2}", f"--steps={2 if smoke else 5}",
                              f"--json={os.path.join(out, name + '.json')}"]
     return ([train(f"sweep_{name}", TINY if smoke else SMALL, extra) for name, extra in SWEEP] +
-            [train("sweep_core_chunked", TINY_CORE if smoke else CORE, ["--loss=chunked"], 150)])
+            [train("sweep_core_chunked", TINY_CORE if smoke else CORE, ["--loss=chunked"], 150),
+             train("sweep_core_blocks", TINY_CORE if smoke else CORE, ["--compile=blocks"], 150)])
 
 
 # -----------------------------------------------------------------------------
