@@ -41,16 +41,18 @@ TINY = ["--depth=2", "--model_dim=32", "--head_dim=16", "--seq_len=64", "--devic
 TINY_CORE = TINY[:-1] + ["--vocab=384", "--short_window=16"]
 
 
+def train_part(args, name, small, extra, limit, warmup=2, steps=5):
+    """A bench.train part on random tokens: GPT-2-small shape (small) or gpt2-core's, tiny ones with --smoke."""
+    shape = (TINY if small else TINY_CORE) if args.smoke else (SMALL if small else CORE)
+    device = [f"--device={args.device}"] if args.device != "auto" else []
+    return name, limit, [sys.executable, "-m", "bench.train", "--synthetic", *shape, *extra, *device, "--no-record",
+                         f"--warmup={1 if args.smoke else warmup}", f"--steps={2 if args.smoke else steps}",
+                         f"--json={os.path.join(args.out, name + '.json')}"]
+
+
 def parts(args):
     """(name, time limit in seconds, command) for every part, most important first."""
     out, smoke = args.out, args.smoke
-    device = [f"--device={args.device}"] if args.device != "auto" else []
-
-    def train(name, shape, extra, warmup, steps, limit):
-        command = [sys.executable, "-m", "bench.train", "--synthetic", *shape, *extra, *device, "--no-record",
-                   f"--warmup={1 if smoke else warmup}", f"--steps={2 if smoke else steps}",
-                   f"--json={os.path.join(out, name + '.json')}"]
-        return name, limit, command
     gpt2_ranks = os.path.join(REPO, ".device", "gpt2.tiktoken")
     core_shape = (["--depth=2", "--model-dim=32", "--head-dim=16", "--seq-len=128", "--vocab=512",
                    "--tasks=copa,winograd,lambada_openai", "--max-per-task=4", "--attention=sdpa"] if smoke else
@@ -58,22 +60,22 @@ def parts(args):
                    "--repeat-rows=4", "--attention=sdpa,flex"])
     return [
         ("versions", 60, [sys.executable, "-m", "bench.gpu", "--part=versions", f"--out={out}"]),
-        train("train_small_bf16", TINY if smoke else SMALL, [], 2, 5, 150),
+        train_part(args, "train_small_bf16", True, [], 150),
         ("gpu_tests", 150, [sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-q", "-rA",
                             "-p", "no:cacheprovider"]),
-        train("train_core_bf16", TINY_CORE if smoke else CORE, [], 2, 3, 150),
-        train("train_core_fp8", TINY_CORE if smoke else CORE, ["--fp8"], 2, 3, 150),
+        train_part(args, "train_core_bf16", False, [], 150, steps=3),
+        train_part(args, "train_core_fp8", False, ["--fp8"], 150, steps=3),
         ("sdpa_kernels", 90, [sys.executable, "-m", "bench.gpu", "--part=sdpa_kernels", f"--out={out}",
                               *(["--smoke"] if smoke else []), f"--device={args.device}"]),
-        train("train_small_fp8", TINY if smoke else SMALL, ["--fp8"], 2, 5, 120),
-        train("profile_small", TINY if smoke else SMALL, [f"--profile={os.path.join(out, 'profile_small.table.txt')}"],
-              2, 1, 100),
+        train_part(args, "train_small_fp8", True, ["--fp8"], 120),
+        train_part(args, "profile_small", True,
+                   [f"--profile={os.path.join(out, 'profile_small.table.txt')}"], 100, steps=1),
         ("core_eval", 150, [sys.executable, "-m", "bench.core", *core_shape, "--no-reference", "--no-record",
                             f"--tokenizer={gpt2_ranks if os.path.exists(gpt2_ranks) else 'bytes'}",
                             f"--json={os.path.join(out, 'core_eval.json')}"]),
         # train_small_bf16 with each block compiled on its own (gradients ready block by block, for overlapping
         # communication) against its whole-model compile; last, so that it takes only what the budget leaves
-        train("train_small_blocks", TINY if smoke else SMALL, ["--compile=blocks"], 2, 5, 150),
+        train_part(args, "train_small_blocks", True, ["--compile=blocks"], 150),
     ]
 
 
@@ -87,16 +89,9 @@ SWEEP = [("baseline", []), ("lean", ["--loss=chunked", "--embed_dtype=bf16"]), (
 
 def sweep_parts(args):
     """(name, time limit, command) for --sweep, most telling first."""
-    out, smoke = args.out, args.smoke
-    device = [f"--device={args.device}"] if args.device != "auto" else []
-
-    def train(name, shape, extra, limit=120):
-        return name, limit, [sys.executable, "-m", "bench.train", "--synthetic", *shape, *extra, *device,
-                             "--no-record", f"--warmup={1 if smoke else 2}", f"--steps={2 if smoke else 5}",
-                             f"--json={os.path.join(out, name + '.json')}"]
-    return ([train(f"sweep_{name}", TINY if smoke else SMALL, extra) for name, extra in SWEEP] +
-            [train("sweep_core_chunked", TINY_CORE if smoke else CORE, ["--loss=chunked"], 150),
-             train("sweep_core_blocks", TINY_CORE if smoke else CORE, ["--compile=blocks"], 150)])
+    return ([train_part(args, f"sweep_{name}", True, extra, 120) for name, extra in SWEEP] +
+            [train_part(args, "sweep_core_chunked", False, ["--loss=chunked"], 150),
+             train_part(args, "sweep_core_blocks", False, ["--compile=blocks"], 150)])
 
 
 # -----------------------------------------------------------------------------
