@@ -668,9 +668,9 @@ def flops_per_token(config, vocab_size):
 # Optimizer
 
 
-@torch.no_grad()
 def orthogonalize(G, steps):
-    """Newton-Schulz iteration towards the nearest semi-orthogonal matrix, in bf16 (Muon's update direction)."""
+    """Newton-Schulz iteration towards the nearest semi-orthogonal matrix, in bf16 (Muon's update direction).
+    Called under the optimizer step's no_grad (no decorator: compiled, the logs then name this function)."""
     a, b, c = 3.4445, -4.7750, 2.0315  # quintic coefficients that push singular values quickly to about 1
     X = G.bfloat16()
     if G.size(-2) > G.size(-1):

@@ -106,6 +106,21 @@ def error_line(text):
     return (errors or lines or [""])[-1][:500]
 
 
+def compile_events(text):
+    """Recompiles and graph breaks in a part's TORCH_LOGS=recompiles,graph_breaks output, in all and by where they
+    happened ("function (file:line)" and "file:line"): some recompiles are expected (one graph per kind of block
+    with --compile=blocks; Muon's dynamic-shape compile for tall and for wide matrices), others are bugs."""
+    recompiled, broken = {}, {}
+    for function, path in re.findall(r"\[__recompiles\] Recompiling function (\S+) in (\S+)", text):
+        key = f"{function} ({os.path.basename(path)})"
+        recompiled[key] = recompiled.get(key, 0) + 1
+    for path in re.findall(r"\[__graph_breaks\] Graph break (?:\(user stack suppressed[^)]*\) )?in user code at (\S+)",
+                           text):
+        broken[os.path.basename(path)] = broken.get(os.path.basename(path), 0) + 1
+    return {"recompiles": sum(recompiled.values()), "recompiled": recompiled,
+            "graph_breaks": sum(broken.values()), "graph_breaks_at": broken}
+
+
 def run_part(name, limit, command, out):
     """Runs one part in its own process group, its output going to DIR/<name>.txt; returns its summary entry."""
     text_path, json_path = os.path.join(out, name + ".txt"), os.path.join(out, name + ".json")
@@ -133,8 +148,7 @@ def run_part(name, limit, command, out):
     if name == "gpu_tests":
         counts = re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", text)
         figures = {word.rstrip("s") if word.startswith("error") else word: int(n) for n, word in counts}
-    figures["recompiles"] = text.count("Recompiling function")
-    figures["graph_breaks"] = len(re.findall(r"[Gg]raph break", text))
+    figures.update(compile_events(text))
     if rc is None:
         status, error = "timed out", f"no result within {limit:.0f} s"
     elif rc != 0 and not (name == "gpu_tests" and rc == 5):
@@ -155,21 +169,30 @@ def headline(name, entry):
     if name == "versions":
         return f"torch {f.get('torch')}, CUDA {f.get('cuda')}, {f.get('gpu') or 'no GPU'}, driver {f.get('driver')}"
     if name == "gpu_tests":
-        return ", ".join(f"{v} {k}" for k, v in f.items() if k not in ("recompiles", "graph_breaks")) + \
-            f"; {f['recompiles']} recompiles, {f['graph_breaks']} graph breaks"
+        return ", ".join(f"{v} {k}" for k, v in f.items() if isinstance(v, int) and k not in
+                         ("recompiles", "graph_breaks")) + f"; {compile_line(f)}"
     if name.startswith(("train", "profile", "sweep")) and "tokens_per_s" in f:
         mfu = f"{100 * f['mfu']:.1f}% MFU" if f.get("mfu") else "MFU n/a"
         memory = f"{f['peak_memory_gib']:.1f} GiB" if f.get("peak_memory_gib") else "memory n/a"
         top = f"; top: {f['top_kernels'][0][0][:40]}" if f.get("top_kernels") else ""
         switches = "".join(f"; {key}={value}" for key, value in f.get("settings", {}).items())
+        events = f"; {compile_line(f)}" if f.get("recompiles") or f.get("graph_breaks") else ""
         return (f"{f['tokens_per_s']:,.0f} tok/s, {f['step_ms']:.0f} ms, {mfu}, {memory}, first step "
-                f"{f['first_step_s']:.0f} s{top}{switches}")
+                f"{f['first_step_s']:.0f} s{top}{switches}{events}")
     if name == "sdpa_kernels":
         return "; ".join(f"{case}: {c.get('default_kernel')} (ok: {','.join(c['works'])})"
                          for case, c in f.get("cases", {}).items())
     if name == "core_eval":
         return "; ".join(f"{a}: {c['prompts_per_s']:.1f} prompts/s" for a, c in f.get("attention", {}).items())
     return ""
+
+
+def compile_line(f):
+    """'2 recompiles (forward (train_gpt.py:568) x2), 0 graph breaks'"""
+    def where(counts):
+        return f" ({', '.join(f'{key} x{n}' for key, n in counts.items())})" if counts else ""
+    return (f"{f.get('recompiles', 0)} recompiles{where(f.get('recompiled'))}, "
+            f"{f.get('graph_breaks', 0)} graph breaks{where(f.get('graph_breaks_at'))}")
 
 
 def run_all(args):

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -105,6 +106,23 @@ def test_gpu_sweep_measures_each_switch_against_a_baseline_of_the_same_call(tmp_
     assert figures["sweep_baseline"]["settings"] == {} and figures["sweep_baseline"]["tokens_per_s"] > 0
     assert figures["sweep_lean"]["settings"] == {"loss": "chunked", "embed_dtype": "bf16"}
     assert re.search(r"\nsweep_lean +ok .*tok/s.*loss=chunked; embed_dtype=bf16", done.stdout)
+
+
+def test_recompiles_and_graph_breaks_are_counted_from_torch_logs_by_where_they_happen(tmp_path):
+    """Dynamo's own log lines (this torch's format): a function that breaks its graph at a print, called with three
+    shapes, is compiled three times (two recompiles of it and two of the code after the break), breaking each time."""
+    script = tmp_path / "breaks.py"
+    script.write_text("import torch\n\ndef f(x):\n    x = x * 2\n    print('break')\n    return x + 1\n\n"
+                      "g = torch.compile(f, backend='eager')\n"
+                      "g(torch.ones(3)); g(torch.ones(4)); g(torch.ones(5, 2))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, TORCH_LOGS=bench.gpu.TORCH_LOGS))
+    events = bench.gpu.compile_events(done.stdout + done.stderr)
+    assert events["recompiled"]["f (breaks.py:3)"] == 2 and events["recompiles"] == 4, events
+    assert events["graph_breaks_at"] == {"breaks.py:5": 3} and events["graph_breaks"] == 3
+    assert bench.gpu.compile_line(events).startswith("4 recompiles (f (breaks.py:3) x2, ")
+    assert bench.gpu.compile_events("") == {"recompiles": 0, "recompiled": {}, "graph_breaks": 0,
+                                            "graph_breaks_at": {}}
 
 
 def test_a_part_that_hangs_or_fails_is_a_status_not_a_crash(tmp_path):
