@@ -229,23 +229,22 @@ class Comm:
         self.calls[kind] += 1
         self.bytes[kind] += tensor.numel() * tensor.element_size()
 
-    def reduce_scatter(self, output, input):
-        """Starts output = this process's 1/world of the sum of input over processes; returns a handle (or None)."""
-        self._count("reduce_scatter", input)
-        if self.world == 1:
+    def _start(self, collective, output, input):
+        if self.world == 1:  # one process: its shard is the whole, a copy at most
             if output.data_ptr() != input.data_ptr():
                 output.copy_(input)
             return None
-        return self._reduce_scatter(output, input, async_op=True)
+        return collective(output, input, async_op=True)
+
+    def reduce_scatter(self, output, input):
+        """Starts output = this process's 1/world of the sum of input over processes; returns a handle (or None)."""
+        self._count("reduce_scatter", input)
+        return self._start(self._reduce_scatter, output, input)
 
     def all_gather(self, output, input):
         """Starts output = the inputs of every process, concatenated by rank; returns a handle (or None)."""
         self._count("all_gather", output)
-        if self.world == 1:
-            if output.data_ptr() != input.data_ptr():
-                output.copy_(input)
-            return None
-        return self._all_gather(output, input, async_op=True)
+        return self._start(self._all_gather, output, input)
 
     def all_reduce(self, tensor):
         """The sum over processes, in place (blocking)."""

@@ -320,26 +320,19 @@ def test_a_log_from_a_modified_tree_needs_its_diff_and_the_diff_must_be_the_one_
     assert problem.startswith(str(record / "logs" / "seed1.diff")) and "is not the log's diff_sha256" in problem
 
 
-def test_results_edited_together_with_the_done_line_fail(runs, tmp_path):
+@pytest.mark.parametrize("edited, message", [
+    (lambda line: line.startswith("done: "), "are not the last validation's"),  # the done line with the results
+    (lambda line: " val_loss:" in line and line.startswith("step:"), "the done line's val_loss"),  # the validations
+])
+def test_a_better_val_loss_edited_into_the_results_and_a_log_line_fails(runs, tmp_path, edited, message):
     record = make(runs, tmp_path)
     run = json.loads((record / "results.json").read_text())["runs"][0]
     better = round(run["val_loss"] - 0.01, 6)
     edit_json(record, lambda d: d["runs"][0].update(val_loss=better))
     edit_log(record / "logs" / "seed0.txt", lambda l: re.sub(r"val_loss:\S+", f"val_loss:{better:.6f}", l)
-             if l.startswith("done: ") else l)
+             if edited(l) else l)
     (problem,) = failures(runs, record)
-    assert problem.startswith(str(record / "logs" / "seed0.txt")) and "are not the last validation's" in problem
-
-
-def test_a_validation_line_edited_together_with_the_results_fails(runs, tmp_path):
-    record = make(runs, tmp_path)
-    run = json.loads((record / "results.json").read_text())["runs"][0]
-    better = round(run["val_loss"] - 0.01, 6)
-    edit_json(record, lambda d: d["runs"][0].update(val_loss=better))
-    edit_log(record / "logs" / "seed0.txt", lambda l: re.sub(r"val_loss:\S+", f"val_loss:{better:.6f}", l)
-             if " val_loss:" in l and l.startswith("step:") else l)
-    (problem,) = failures(runs, record)
-    assert "the done line's val_loss" in problem
+    assert problem.startswith(str(record / "logs" / "seed0.txt")) and message in problem
 
 
 def test_a_faster_step_with_its_running_totals_edited_still_fails(runs, tmp_path):
