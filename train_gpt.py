@@ -668,20 +668,28 @@ def flops_per_token(config, vocab_size):
 # Optimizer
 
 
-def orthogonalize(G, steps):
-    """Newton-Schulz iteration towards the nearest semi-orthogonal matrix, in bf16 (Muon's update direction).
-    Called under the optimizer step's no_grad (no decorator: compiled, the logs then name this function)."""
+def newton_schulz(X, steps):
+    """Newton-Schulz iteration of a wide bf16 stack [count, rows <= cols] towards the nearest semi-orthogonal
+    matrices. The function compiled for Muon: it sees one layout only, so one graph serves every stack."""
     a, b, c = 3.4445, -4.7750, 2.0315  # quintic coefficients that push singular values quickly to about 1
-    X = G.bfloat16()
-    if G.size(-2) > G.size(-1):
-        X = X.mT
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
     for _ in range(steps):
         A = X @ X.mT
         X = a * X + (b * A + c * A @ A) @ X
-    if G.size(-2) > G.size(-1):
-        X = X.mT
     return X
+
+
+def orthogonalize(G, steps, iterate=newton_schulz):
+    """Muon's update direction in bf16, for a matrix or a stack [count, rows, cols] of them. Tall matrices are
+    transposed (iterating on the smaller Gram matrix) and copied contiguous in bf16 here, outside `iterate` (the
+    compiled newton_schulz), and a stack's count is left symbolic even when it is 1: otherwise tall against wide,
+    the strides and a count of 1 would each compile another graph."""
+    tall = G.size(-2) > G.size(-1)
+    X = (G.mT if tall else G).to(torch.bfloat16, memory_format=torch.contiguous_format)
+    if X.dim() == 3:
+        torch._dynamo.decorators.mark_unbacked(X, 0)
+    X = iterate(X, steps)
+    return X.mT if tall else X
 
 
 class AdamWShard:
@@ -731,9 +739,9 @@ class MuonShard:
     orthogonalized in one call; the bf16 updates of every process are all-gathered and every process applies all
     of them (bf16 is what Newton-Schulz returns, so gathering updates loses nothing and halves the bytes)."""
 
-    def __init__(self, bucket, parts, orthogonalize_fn, ns_steps):
+    def __init__(self, bucket, parts, iterate, ns_steps):
         layout, rank, shard, device = bucket.layout, bucket.comm.rank, bucket.layout.shard, bucket.grads.device
-        self.bucket, self.orthogonalize, self.ns_steps, self.handle = bucket, orthogonalize_fn, ns_steps, None
+        self.bucket, self.iterate, self.ns_steps, self.handle = bucket, iterate, ns_steps, None
         self.updates = torch.zeros(layout.numel, dtype=torch.bfloat16, device=device)
         self.mine = self.updates[rank * shard:(rank + 1) * shard]
         self.stacks = [(offset - rank * shard, shape) for offset, _, shape in layout.stacks[rank]]
@@ -752,7 +760,7 @@ class MuonShard:
         for offset, shape in self.stacks:
             size = math.prod(shape)
             self.mine[offset:offset + size].view(shape).copy_(
-                self.orthogonalize(nesterov[offset:offset + size].view(shape), self.ns_steps))
+                orthogonalize(nesterov[offset:offset + size].view(shape), self.ns_steps, self.iterate))
         self.handle = self.bucket.comm.all_gather(self.updates, self.mine)
 
     def finish(self, lr, weight_decay):
@@ -774,7 +782,7 @@ class ShardedOptimizer:
     optimizer state. Muon orthogonalizes the fused qkv as one matrix, as before; --muon_split_qkv orthogonalizes
     q, k and v separately as the references do (a change of the math, hence a switch)."""
 
-    def __init__(self, buckets, config, comm, accum_steps, orthogonalize_fn, fused_adam):
+    def __init__(self, buckets, config, comm, accum_steps, iterate, fused_adam):
         reduce_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[config.reduce_dtype]
         self.config, self.comm, self.steps = config, comm, 0
         self.matrix_lr, self.momentum = config.matrix_lr, config.muon_momentum
@@ -787,7 +795,7 @@ class ShardedOptimizer:
             self.buckets.append(bucket)
             self.names.append(names)
             self.shards.append(AdamWShard(bucket, extra, config, fused_adam) if kind == "adam" else
-                               MuonShard(bucket, extra, orthogonalize_fn, config.ns_steps))
+                               MuonShard(bucket, extra, iterate, config.ns_steps))
         self.adam = [s for s in self.shards if isinstance(s, AdamWShard)]
         self.muon = [s for s in self.shards if isinstance(s, MuonShard)]
 
@@ -918,9 +926,9 @@ def build_optimizers(model, config, comm, accum_steps=1, compile=False):
     assert len(set(covered)) == len(covered) == len(names), "every parameter belongs to exactly one bucket"
     device = next(model.parameters()).device
     fused_adam = config.fused_adam == "true" or (config.fused_adam == "auto" and device.type == "cuda")
+    iterate = torch.compile(newton_schulz, dynamic=True) if compile else newton_schulz
     return ShardedOptimizer([(kind, params, extra, [names[p] for p in params]) for kind, params, extra in buckets],
-                            config, comm, accum_steps, torch.compile(orthogonalize, dynamic=True) if compile
-                            else orthogonalize, fused_adam)
+                            config, comm, accum_steps, iterate, fused_adam)
 
 
 # -----------------------------------------------------------------------------

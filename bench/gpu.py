@@ -112,7 +112,7 @@ def error_line(text):
 def compile_events(text):
     """Recompiles and graph breaks in a part's TORCH_LOGS=recompiles,graph_breaks output, in all and by where they
     happened ("function (file:line)" and "file:line"): some recompiles are expected (one graph per kind of block
-    with --compile=blocks; Muon's dynamic-shape compile for tall and for wide matrices), others are bugs."""
+    with --compile=blocks), others are bugs."""
     recompiled, broken = {}, {}
     for function, path in re.findall(r"\[__recompiles\] Recompiling function (\S+) in (\S+)", text):
         key = f"{function} ({os.path.basename(path)})"
