@@ -541,6 +541,10 @@ def main(argv=None):
         evaluate_run(args, rank, world, device)
     except (EvalError, train_gpt.ConfigError, TokenizerError) as e:
         sys.exit(f"error: {e}")
+    except torch.OutOfMemoryError:
+        batch_tokens = args.batch_tokens or default_batch_tokens(device)
+        sys.exit(f"error: out of GPU memory at --batch-tokens={batch_tokens}: lower it (e.g. "
+                 f"--batch-tokens={max(batch_tokens // 2, 1)}): it sets only how many sequences share a forward pass")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

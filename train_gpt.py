@@ -20,6 +20,7 @@ import json
 import math
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -1510,6 +1511,16 @@ def train(config, rank=0, world=1, device=None):
 # Main
 
 
+def out_of_memory(config, error):
+    """The one line for a run that ran out of GPU memory: what it asked for, and the options that need less."""
+    asked = next(iter(re.findall(r"Tried to allocate [\d.]+ \w+", str(error))), "")
+    peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if torch.cuda.is_initialized() else "unknown"
+    return (f"out of GPU memory ({asked + '; ' if asked else ''}peak allocated {peak}) at --device_batch="
+            f"{config.device_batch} (--val_batch={config.val_batch or config.device_batch} in evaluation): lower "
+            f"--device_batch to a divisor of it (gradient accumulation keeps the {config.total_batch_tokens:,} tokens "
+            "a step), or --val_batch if it ran out in evaluation; --loss=chunked never holds the whole logits")
+
+
 def main(argv=None):
     try:
         config = parse_args(sys.argv[1:] if argv is None else argv)
@@ -1520,6 +1531,8 @@ def main(argv=None):
         train(config, rank, world, device)
     except (ConfigError, ShardError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
+    except torch.OutOfMemoryError as e:
+        sys.exit(f"error: {out_of_memory(config, e)}")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -68,6 +68,19 @@ def test_eager_flex_attention_on_cuda_gets_a_one_line_notice_not_an_error(capsys
     assert capsys.readouterr().out == expected
 
 
+def test_running_out_of_gpu_memory_says_which_options_need_less(tmp_path, monkeypatch):
+    import train_gpt
+
+    def out_of_memory(*args):  # what the CUDA allocator raises, anywhere in the run
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 6.14 GiB. GPU 0 has a total capacity of "
+                                     "79.19 GiB of which 2.03 GiB is free.\nIf reserved but unallocated memory ...")
+    monkeypatch.setattr(train_gpt, "train", out_of_memory)
+    text = fails_with(lambda: main(argv(tmp_path, device_batch=4, val_batch=8)),
+                      "out of GPU memory (Tried to allocate 6.14 GiB; peak allocated ")
+    assert "at --device_batch=4 (--val_batch=8 in evaluation): lower --device_batch to a divisor of it" in text
+    assert "--loss=chunked" in text
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_device_cuda_without_a_gpu_says_to_use_the_cpu(tmp_path):
     fails_with(lambda: main(argv(tmp_path, device="cuda")), "--device=cuda: no CUDA GPU is visible")

@@ -861,6 +861,19 @@ def test_bpb_tokens_beyond_the_val_shards_fail_before_any_scoring_naming_the_opt
     assert (run_copy / "results.json").read_text() == before and not (run_copy / "core.csv").exists()
 
 
+def test_running_out_of_gpu_memory_names_the_batch_option_and_keeps_the_results(run_copy, bundle, cpu_only,
+                                                                               monkeypatch):
+    def out_of_memory(*args, **kwargs):  # what the CUDA allocator raises in a forward pass
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB.")
+    monkeypatch.setattr(eval_core, "score_sequences", out_of_memory)
+    before = (run_copy / "results.json").read_text()
+    with pytest.raises(SystemExit) as exc:
+        main(["--run-dir", str(run_copy), "--bundle", bundle, "--batch-tokens", "4096"])
+    assert exc.value.code == ("error: out of GPU memory at --batch-tokens=4096: lower it (e.g. --batch-tokens=2048): "
+                              "it sets only how many sequences share a forward pass")
+    assert (run_copy / "results.json").read_text() == before and not (run_copy / "core.csv").exists()
+
+
 def test_an_unknown_task_label_is_an_error(run_copy, bundle, cpu_only):
     with pytest.raises(SystemExit) as exc:
         main(["--run-dir", str(run_copy), "--bundle", bundle, "--tasks", "copa,hellaswag_10shot"])
