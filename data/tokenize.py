@@ -67,10 +67,11 @@ class ShardWriter:
         self.buffer = np.empty(shard_tokens, dtype=np.uint16)
         self.fill = 0
 
-    def add(self, tokens, lengths, file_index, first_row):
-        """Appends a block's tokens; first_row is the row (in file file_index) of the block's first document."""
+    def add(self, tokens, lengths, file_index, first_row, start=0):
+        """Appends a block's tokens from token `start` on (a resume inside its first document: what the previous
+        shard already holds is skipped); first_row is the row (in file file_index) of the block's first document."""
         ends = np.cumsum(lengths)
-        taken = 0
+        taken = start
         while taken < len(tokens):
             n = min(len(self.buffer) - self.fill, len(tokens) - taken)
             self.buffer[self.fill:self.fill + n] = tokens[taken:taken + n]
@@ -99,10 +100,8 @@ def tokenize_split(encode, files, out, prefix, state, shard_tokens, tokenizer_sh
     writer = ShardWriter(out, prefix, state, shard_tokens, tokenizer_sha256, save)
     blocks = list(blocks_from(files, (file_index, row)))
     for (i, block), (tokens, lengths) in zip(blocks, encode(blocks)):
-        if skip:  # resuming inside a document that the previous shard began: drop what it already holds
-            tokens, lengths[0] = tokens[skip:], lengths[0] - skip
-            skip = 0
-        writer.add(tokens, lengths, i, block.first_row + block.start)
+        writer.add(tokens, lengths, i, block.first_row + block.start, start=skip)
+        skip = 0  # only the first block resumes inside a document
         progress.update(block.stop - block.start)
     writer.flush(next_position=[len(files), 0, 0])
     state["done"] = True

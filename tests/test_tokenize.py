@@ -78,6 +78,38 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(corpus, tokenizer_dir
     assert shard_bytes(tmp_path) == shard_bytes(shards)
 
 
+def test_crashes_after_every_shard_inside_one_long_document_still_match_an_uninterrupted_run(tokenizer_dir, tmp_path,
+                                                                                             monkeypatch):
+    """A document longer than several shards; four runs each write one shard and are killed: every resume starts
+    inside that document, 100 tokens further each time, and the shards come out as without the crashes."""
+    corpus = tmp_path / "texts"
+    corpus.mkdir()
+    texts = ["a short first document", " ".join(f"word{i} and more" for i in range(400)), "the val document"]
+    for i, text in enumerate(texts):
+        (corpus / f"{i}.txt").write_text(text, encoding="utf-8")
+    tokenize_corpus(str(corpus), str(tokenizer_dir), str(tmp_path / "whole"), shard_tokens=100, workers=1)
+    real_write, written = tokenize_module.write_shard, []
+
+    def one_shard_then_crash(path, tokens, **kwargs):
+        if written:
+            raise KeyboardInterrupt("simulated crash")
+        written.append(path)
+        real_write(path, tokens, **kwargs)
+
+    monkeypatch.setattr(tokenize_module, "write_shard", one_shard_then_crash)
+    out, resume_points = tmp_path / "crashed", []
+    for _ in range(4):
+        written.clear()
+        with pytest.raises(KeyboardInterrupt):
+            tokenize_corpus(str(corpus), str(tokenizer_dir), str(out), shard_tokens=100, workers=1)
+        resume_points.append(json.loads((out / "tokenize.json").read_text())["splits"]["train"]["next"])
+    first = resume_points[0][2]
+    assert resume_points == [[1, 0, first + 100 * k] for k in range(4)]  # 100 tokens further into file 1's document
+    monkeypatch.setattr(tokenize_module, "write_shard", real_write)
+    tokenize_corpus(str(corpus), str(tokenizer_dir), str(out), shard_tokens=100, workers=1)
+    assert shard_bytes(out) == shard_bytes(tmp_path / "whole")
+
+
 def test_a_missing_or_damaged_shard_is_rebuilt_on_rerun(corpus, tokenizer_dir, shards, tmp_path):
     tokenize_corpus(str(corpus), str(tokenizer_dir), str(tmp_path), shard_tokens=SHARD, workers=1)
     names = sorted(shard_bytes(tmp_path))
