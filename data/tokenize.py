@@ -156,12 +156,12 @@ def tokenize_corpus(corpus, tokenizer, out, shard_tokens=100_000_000, workers=No
               "bos_id": tok.bos_id, "vocab_size": tok.vocab_size, "shard_tokens": shard_tokens,
               "inputs": {split: describe_inputs(files) for split, files in splits.items()}}
     manifest_path = os.path.join(out, MANIFEST)
-    manifest, upgraded = None, False
+    manifest, unsaved = None, False
     if os.path.exists(manifest_path):
         with open(manifest_path) as f:
             manifest = json.load(f)
         if manifest["config"] == without_input_sha256(config):  # made before inputs carried their sha256
-            manifest["config"], upgraded = config, True
+            manifest["config"], unsaved = config, True
         if manifest["config"] != config and not force:
             raise ValueError(f"{out} holds shards from other inputs or settings (see {manifest_path}); choose "
                              "another --out, or pass --force to replace them")
@@ -169,10 +169,14 @@ def tokenize_corpus(corpus, tokenizer, out, shard_tokens=100_000_000, workers=No
             manifest = None
     if manifest is None:
         os.makedirs(out, exist_ok=True)
-        for name in os.listdir(out):  # --force or a fresh folder: no stale shard may survive
-            if name.endswith(".bin") and name.startswith(tuple(splits)):
-                os.remove(os.path.join(out, name))
+        stale = sorted(name for name in os.listdir(out) if name.endswith(".bin") and name.startswith(tuple(splits)))
+        if stale and not force and not os.path.exists(manifest_path):
+            raise ValueError(f"{out} holds shards that no {MANIFEST} describes ({stale[0]}, ...); choose another "
+                             "--out, or pass --force to replace them")
+        for name in stale:  # --force or a fresh folder: no stale shard may survive
+            os.remove(os.path.join(out, name))
         manifest = {"config": config, "splits": {s: {"shards": [], "next": [0, 0, 0], "done": False} for s in splits}}
+        unsaved = True  # before the first shard: a folder with shards and no manifest is never one of ours
 
     def save():
         tmp = manifest_path + ".tmp"
@@ -180,7 +184,7 @@ def tokenize_corpus(corpus, tokenizer, out, shard_tokens=100_000_000, workers=No
             json.dump(manifest, f, indent=1)
         os.replace(tmp, manifest_path)
 
-    if upgraded:
+    if unsaved:
         save()
     workers = workers or os.cpu_count()
     if workers > 1:  # processes, not threads: tiktoken holds the GIL while it encodes (threads gained nothing)

@@ -217,12 +217,22 @@ def format_report(report):
 # -----------------------------------------------------------------------------
 # Command line
 
+def check_out_folder(out, force):
+    """A tokenizer goes into a new or empty folder, or replaces a tokenizer with --force: the folder is replaced
+    whole, so one that holds anything else is refused, --force or not."""
+    if os.path.exists(os.path.join(out, "tokenizer.json")):
+        if not force:
+            raise TokenizerError(f"{out}: a tokenizer is already there; pass --force to replace it")
+    elif os.path.isfile(out) or (os.path.isdir(out) and os.listdir(out)):
+        raise TokenizerError(f"{out}: not a tokenizer folder, and not empty; give a new or empty folder for the "
+                             "tokenizer (it is written as the whole folder)")
+
+
 def cmd_train(args):
     check_vocab_size(args.vocab_size)
     train_files, val_file = corpus_files(args.corpus)
     gpt2 = gpt2_tokenizer(args.gpt2) if args.gpt2 else None  # fail on a bad GPT-2 file before training
-    if os.path.exists(os.path.join(args.out, "tokenizer.json")) and not args.force:
-        raise TokenizerError(f"{args.out}: a tokenizer is already there; pass --force to replace it")
+    check_out_folder(args.out, args.force)
     fed = [0]
 
     def documents():
@@ -257,8 +267,7 @@ def cmd_report(args):
 
 
 def cmd_import_gpt2(args):
-    if os.path.exists(os.path.join(args.out, "tokenizer.json")) and not args.force:
-        raise TokenizerError(f"{args.out}: a tokenizer is already there; pass --force to replace it")
+    check_out_folder(args.out, args.force)
     save_tokenizer(gpt2_tokenizer(args.ranks), args.out)
     print(f"saved GPT-2's tokenizer to {args.out}")
 

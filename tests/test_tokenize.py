@@ -157,6 +157,28 @@ def test_other_inputs_are_refused_without_force_and_nothing_is_deleted(tokenizer
     assert shard_bytes(shards) == before
 
 
+def test_shards_that_no_manifest_describes_are_refused_without_force_and_kept(corpus, tokenizer_dir, tmp_path):
+    (tmp_path / "train_000000.bin").write_bytes(b"someone else's shard")
+    with pytest.raises(SystemExit) as exc:
+        main(["--corpus", str(corpus), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path), "--workers", "1"])
+    assert exc.value.code == (f"error: {tmp_path} holds shards that no tokenize.json describes (train_000000.bin, "
+                              "...); choose another --out, or pass --force to replace them")
+    assert sorted(os.listdir(tmp_path)) == ["train_000000.bin"]
+
+
+def test_a_run_killed_in_its_first_shard_resumes(corpus, tokenizer_dir, shards, tmp_path, monkeypatch):
+    def killed_while_writing(path, tokens, **kwargs):
+        open(path, "wb").write(b"half a shard")
+        raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(tokenize_module, "write_shard", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_corpus(str(corpus), str(tokenizer_dir), str(tmp_path), shard_tokens=SHARD, workers=1)
+    monkeypatch.undo()
+    tokenize_corpus(str(corpus), str(tokenizer_dir), str(tmp_path), shard_tokens=SHARD, workers=1)
+    assert shard_bytes(tmp_path) == shard_bytes(shards)
+
+
 def test_force_replaces_every_old_shard(tokenizer_dir, tmp_path):
     first = write_corpus(tmp_path / "first", files=3, docs_per_file=100, seed=1)
     second = write_corpus(tmp_path / "second", files=2, docs_per_file=10, seed=2)

@@ -111,6 +111,22 @@ def test_cli_bad_vocab_fails_in_one_line_and_keeps_the_existing_tokenizer(corpus
     assert (tokenizer_dir / "tokenizer.tiktoken").read_bytes() == before
 
 
+@pytest.mark.parametrize("force", [[], ["--force"]])
+@pytest.mark.parametrize("command", ["train", "import-gpt2"])
+def test_a_folder_that_is_not_a_tokenizer_is_never_written_into_or_replaced(corpus, tmp_path, command, force):
+    """--out pointed at a parent folder (data/tokenizers, data, .) must not wipe what is there."""
+    (tmp_path / "other_tokenizer").mkdir()
+    (tmp_path / "other_tokenizer" / "tokenizer.tiktoken").write_text("precious")
+    (tmp_path / "NOTES.md").write_text("notes")
+    args = ["--corpus", str(corpus), "--vocab-size", "300"] if command == "train" else ["--ranks", "never-read"]
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--out", str(tmp_path), *args, *force])
+    assert exc.value.code == f"error: {tmp_path}: not a tokenizer folder, and not empty; give a new or empty folder " \
+                             "for the tokenizer (it is written as the whole folder)"
+    assert sorted(os.listdir(tmp_path)) == ["NOTES.md", "other_tokenizer"]
+    assert (tmp_path / "other_tokenizer" / "tokenizer.tiktoken").read_text() == "precious"
+
+
 def test_too_little_text_for_the_vocab_is_a_clear_error():
     with pytest.raises(TokenizerError, match="give more text or a smaller vocab"):
         train_tokenizer(iter(["ab ab ab"]), 1024)
