@@ -181,19 +181,32 @@ def copy_local(source, name, folder):
         raise DownloadError(f"{os.path.join(source, name)}: cannot copy ({e.strerror})") from None
     os.replace(tmp, os.path.join(folder, name))
     path = os.path.join(folder, name)
-    return {"bytes": os.path.getsize(path), "sha256": sha256_file(path), "source": os.path.abspath(source)}
+    return {"bytes": os.path.getsize(path), "sha256": sha256_file(path), "source": os.path.abspath(source),
+            "source_stat": source_stat(source, name)}
 
 
-def drop_removed_copies(folder, manifest, names, source):
-    """Removes the copies of files that are no longer in the source folder: the corpus is every file of the folder,
-    so a file the user took out of the source (a bad one, say) must not live on in its copy."""
-    gone = sorted(set(manifest["files"]) - set(names))
-    for name in gone:
+def source_stat(source, name):
+    """Size and modification time of a source file: a copy is current while they are what they were at the copy."""
+    stat = os.stat(os.path.join(source, name))
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def drop_stale_copies(folder, manifest, names, source):
+    """Removes the copies of files that are no longer in the source folder, or that were changed there since they
+    were copied: the corpus is every file of the folder as it is now, so a file the user took out (a bad one, say)
+    or corrected must not live on in its old copy."""
+    stale = {}
+    for name, entry in manifest["files"].items():
+        if name not in names:
+            stale[name] = f"no longer in {source}; its copy in {folder} is removed"
+        elif entry.get("source_stat") != source_stat(source, name):
+            stale[name] = f"changed in {source} since it was copied; copying it again"
+    for name, why in sorted(stale.items()):
         if os.path.exists(os.path.join(folder, name)):
             os.remove(os.path.join(folder, name))
         del manifest["files"][name]
-        print(f"{name}: no longer in {source}; its copy in {folder} is removed")
-    if gone:
+        print(f"{name}: {why}")
+    if stale:
         save_manifest(folder, manifest)
 
 
@@ -207,7 +220,8 @@ def ensure_files(folder, names, fetch, workers, manifest):
             return name, entry, "verified"
         stale = os.path.exists(os.path.join(folder, name))
         if stale:
-            tqdm.write(f"{name}: size or sha256 does not match {MANIFEST}; fetching it again")
+            why = "not recorded in" if entry is None else "its size or sha256 does not match"
+            tqdm.write(f"{name}: {why} {MANIFEST}; fetching it again")
             os.remove(os.path.join(folder, name))
         return name, fetch(name, stale), "fetched"
 
@@ -352,7 +366,7 @@ def main(argv=None):
             if len(names) < 2:
                 raise DownloadError(f"{args.source}: needs at least 2 .parquet or .txt files (the last one is val)")
             manifest = load_manifest(folder, {"source": os.path.abspath(args.source)})
-            drop_removed_copies(folder, manifest, names, args.source)
+            drop_stale_copies(folder, manifest, names, args.source)
             names = names[:-1][:num_shards] + names[-1:]
             ensure_files(folder, names, lambda n, _: copy_local(args.source, n, folder), args.workers, manifest)
         elif args.dataset == SAMPLE:

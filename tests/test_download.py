@@ -403,6 +403,32 @@ def test_a_file_taken_out_of_the_source_is_taken_out_of_its_copy(tmp_path, capsy
     assert f"shard_00001.parquet: no longer in {source}; its copy in {out} is removed" in capsys.readouterr().out
 
 
+def test_a_file_corrected_in_the_source_is_copied_again(tmp_path, capsys):
+    source, out = tmp_path / "src", tmp_path / "out"
+    source.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (source / name).write_text(f"first version of {name}\n")
+    main(["--source", str(source), "--out", str(out)])
+    (source / "a.txt").write_text("the corrected a\n")
+    mtime = (source / "b.txt").stat().st_mtime_ns + 10**9  # touched, not changed: copied again all the same
+    os.utime(source / "b.txt", ns=(mtime, mtime))          # (size and modification time are the test)
+    capsys.readouterr()
+    main(["--source", str(source), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert f"a.txt: changed in {source} since it was copied; copying it again" in printed
+    assert (out / "a.txt").read_text() == "the corrected a\n" and "2 fetched, 0 already there" in printed
+    main(["--source", str(source), "--out", str(out)])
+    assert "0 fetched, 2 already there and verified" in capsys.readouterr().out
+
+
+def test_a_copy_that_the_manifest_does_not_record_is_said_to_be_so(tmp_path, capsys):
+    source, out = write_corpus(tmp_path / "src", files=2), tmp_path / "out"
+    out.mkdir()
+    (out / "shard_00000.parquet").write_bytes((source / "shard_00000.parquet").read_bytes())
+    main(["--source", str(source), "--out", str(out)])
+    assert "shard_00000.parquet: not recorded in manifest.json; fetching it again" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("files, complaint", [(None, "no such folder"), (0, "at least 2"), (1, "at least 2")])
 def test_a_source_folder_without_two_files_errors_clearly(tmp_path, files, complaint):
     source, out = tmp_path / "src", tmp_path / "out"
