@@ -738,6 +738,7 @@ def check_record(path, tracks_file, repo, failures, notes):
     if failures:
         return
     check_distinct(runs, logs, replays, results_path, fail)
+    check_one_recipe(runs, logs, results_path, fail)
     for key, s in summarize(track, runs).items():
         claimed = record["summary"].get(key)
         claimed = claimed if isinstance(claimed, dict) else {}
@@ -796,3 +797,25 @@ def check_distinct(runs, logs, replays, results_path, fail):
                 fail(results_path, f"runs {seen[found]} and {run['run_id']} log the same {what} at every step: "
                                    "one run counted twice")
             seen.setdefault(found, run["run_id"])
+
+
+PER_RUN_SETTINGS = {"seed", "run_id", "out_dir", "resume", "stop_after", "save_every", "save_final", "wandb"}
+
+
+def check_one_recipe(runs, logs, results_path, fail):
+    """A record's runs are one command over several seeds: the same settings (but for bookkeeping that does not touch
+    training: PER_RUN_SETTINGS) and the same data, so that its mean time and its t-test describe one recipe."""
+    first = None
+    for run in runs:
+        start = logs[os.path.normpath(run["log"])].segments[0]
+        recipe = ({k: v for k, v in start["config"].items() if k not in PER_RUN_SETTINGS}, start.get("data"))
+        if first is None:
+            first = run["run_id"], recipe
+            continue
+        (name, (config, data)) = first
+        differ = sorted(k for k in config.keys() | recipe[0].keys() if config.get(k) != recipe[0].get(k))
+        if differ:
+            fail(results_path, f"runs {name} and {run['run_id']} were made with other settings ({', '.join(differ)}): "
+                               "a record's runs differ only in seed")
+        if data != recipe[1]:
+            fail(results_path, f"runs {name} and {run['run_id']} trained on other data (their data lines differ)")

@@ -386,6 +386,22 @@ def test_two_runs_with_the_same_seed_fail(runs, tmp_path):
     assert "seed 0 is used by more than one run" in problem
 
 
+def test_runs_made_with_other_settings_or_on_other_data_fail(runs, tmp_path):
+    """A record is one recipe over seeds: a genuine run with another lr, or one whose train shards differ, cannot
+    join it (its mean time and t-test would describe no single command)."""
+    run(dict(runs["opts"], out_dir=str(tmp_path / "runs")), run_id="other_lr", seed=3, matrix_lr=0.03)
+    other = tmp_path / "runs" / "other_lr"
+    relabel(other, runs["a"])
+    (problem,) = failures(runs, make(runs, tmp_path, dirs=[*runs["dirs"][:2], other]))
+    assert problem.endswith("runs seed0 and other_lr were made with other settings (matrix_lr): a record's runs "
+                            "differ only in seed")
+    dirs = copy_runs(runs, tmp_path)
+    data = dict(runs["data"], train_shards=[dict(f, sha256="0" * 64) for f in runs["data"]["train_shards"]])
+    edit_log(dirs[2] / "log.txt", lambda l: f"data: {json.dumps(data)}" if l.startswith("data: ") else l)
+    (problem,) = failures(runs, make(runs, tmp_path / "b", dirs=dirs))
+    assert problem.endswith("runs seed0 and seed2 trained on other data (their data lines differ)")
+
+
 def test_one_log_counted_twice_fails(runs, tmp_path):
     record = make(runs, tmp_path)
     shutil.copyfile(record / "logs" / "seed0.txt", record / "logs" / "seed9.txt")
@@ -549,27 +565,31 @@ def test_a_resumed_run_validates(runs, tmp_path):
 
 @pytest.fixture(scope="module")
 def sparse_log(runs, tmp_path_factory):
-    """A run that reads its loss every 3 steps, validates every 4, saves every 5, and is stopped after 7 steps and
-    resumed from step 5: step lines at 3, 4, 5, 6, 7, then 6, 8, 9, 10."""
+    """Three runs of one recipe that reads its loss every 3 steps and validates every 4 (a record's runs share their
+    settings): seeds 8 and 9 straight through, and seed 7 (last) saved every 5 steps, stopped after 7 and resumed
+    from step 5: step lines at 3, 4, 5, 6, 7, then 6, 8, 9, 10."""
     out = tmp_path_factory.mktemp("sparse")
-    opts = dict(runs["opts"], out_dir=str(out), steps=10, log_every=3, val_every=4, save_every=5, save_final="true")
-    run(opts, run_id="seed7", seed=7, stop_after=7)
-    run(opts, run_id="seed7", seed=7, resume=str(out / "seed7" / "checkpoint.pt"))
-    d = out / "seed7"
-    relabel(d, runs["a"])
-    steps = [int(re.match(r"step:(\d+)/", l).group(1)) for l in (d / "log.txt").read_text().splitlines()
+    opts = dict(runs["opts"], out_dir=str(out), steps=10, log_every=3, val_every=4)
+    for seed in (8, 9):
+        run(opts, run_id=f"seed{seed}", seed=seed)
+    run(opts, run_id="seed7", seed=7, stop_after=7, save_every=5, save_final="true")
+    run(opts, run_id="seed7", seed=7, save_every=5, save_final="true", resume=str(out / "seed7" / "checkpoint.pt"))
+    dirs = [out / "seed8", out / "seed9", out / "seed7"]
+    for d in dirs:
+        relabel(d, runs["a"])
+    steps = [int(re.match(r"step:(\d+)/", l).group(1)) for l in (dirs[-1] / "log.txt").read_text().splitlines()
              if l.startswith("step:") and " train_loss:" in l]
     assert steps == [3, 4, 5, 6, 7, 6, 8, 9, 10]
-    return d
+    return dirs
 
 
 def test_a_run_logged_every_few_steps_validates_its_times_summed_over_the_windows(runs, sparse_log, tmp_path):
-    record = make(runs, tmp_path, dirs=[runs["dirs"][0], runs["dirs"][1], sparse_log])
+    record = make(runs, tmp_path, dirs=sparse_log)
     assert failures(runs, record) == []
 
 
 def test_an_edited_step_time_in_a_run_logged_every_few_steps_fails(runs, sparse_log, tmp_path):
-    record = make(runs, tmp_path, dirs=[runs["dirs"][0], runs["dirs"][1], sparse_log])
+    record = make(runs, tmp_path, dirs=sparse_log)
 
     def faster(line):  # step 3's window (3 steps) said to be twice as fast, its tok/s to match
         if not line.startswith("step:3/") or " train_loss:" not in line:
@@ -584,7 +604,7 @@ def test_an_edited_step_time_in_a_run_logged_every_few_steps_fails(runs, sparse_
 
 
 def test_a_step_line_missing_from_a_run_logged_every_few_steps_fails(runs, sparse_log, tmp_path):
-    record = make(runs, tmp_path, dirs=[runs["dirs"][0], runs["dirs"][1], sparse_log])
+    record = make(runs, tmp_path, dirs=sparse_log)
     edit_log(record / "logs" / "seed7.txt", lambda l: None if l.startswith("step:8/") else l)  # and its validation
     (problem,) = failures(runs, record)
     assert "step 9 follows step 6; train_gpt.py writes step 8 next (log_every 3)" in problem
