@@ -120,8 +120,9 @@ def fetch_bundle(bundle_dir, url=BUNDLE_URL):
             os.replace(os.path.join(staging, "eval_bundle"), os.path.join(bundle_dir, "eval_bundle"))
             shutil.rmtree(staging)
             manifest = {"zip_sha256": sha256_file(zip_path), "files": bundle_manifest(bundle_dir)}
-            with open(manifest_path, "w") as f:
+            with open(manifest_path + ".tmp", "w") as f:  # whole or not at all: it marks an unpacked bundle
                 json.dump(manifest, f, indent=1)
+            os.replace(manifest_path + ".tmp", manifest_path)
     with open(manifest_path) as f:
         manifest = json.load(f)
     now = bundle_manifest(bundle_dir)

@@ -49,10 +49,13 @@ def file_blocks(path, start_row=0):
         raise CorpusError(f"{path}: not a readable parquet file ({e}); delete it and download it again") from None
     if "text" not in parquet.schema_arrow.names:
         raise CorpusError(f"{path}: parquet file has no 'text' column (columns: {parquet.schema_arrow.names})")
-    meta = parquet.metadata
+    meta, text = parquet.metadata, parquet.schema_arrow.get_field_index("text")
     blocks, first_row = [], 0
     for group in range(meta.num_row_groups):
         rows = meta.row_group(group).num_rows
+        statistics = meta.row_group(group).column(text).statistics  # written by default: nulls found before any work
+        if statistics is not None and statistics.has_null_count and statistics.null_count:
+            raise no_text(path, f"row group {group}")
         if first_row + rows > start_row:
             blocks.append(Block(path, group, max(0, start_row - first_row), rows, first_row))
         first_row += rows
@@ -70,7 +73,15 @@ def read_block(block):
                               "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8) or remove it from the corpus "
                               "folder") from None
     column = pq.ParquetFile(block.path).read_row_group(block.group, columns=["text"]).column("text")
-    return column.slice(block.start, block.stop - block.start).to_pylist()
+    documents = column.slice(block.start, block.stop - block.start).to_pylist()
+    if None in documents:
+        raise no_text(block.path, f"row {block.first_row + block.start + documents.index(None)}")
+    return documents
+
+
+def no_text(path, where):
+    return CorpusError(f"{path}: {where} has a null text (a row without a document); drop such rows (e.g. "
+                       "table.filter(pyarrow.compute.is_valid(table['text']))) or remove the file from the corpus folder")
 
 
 def iter_documents(paths, max_chars=None, doc_cap=None):

@@ -201,11 +201,21 @@ def test_text_files_are_documents_too(tokenizer_dir, tmp_path):
     assert [tok.decode(d[1:]) for d in split_documents(train, tok.bos_id)] == ["first document\n", "second, ü"]
 
 
+def corpus_with_a_null_text(folder, statistics):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    folder.mkdir()
+    pq.write_table(pa.table({"text": ["a document", "another"]}), folder / "a.parquet")
+    pq.write_table(pa.table({"text": ["hello world", None, "more"]}), folder / "b.parquet", write_statistics=statistics)
+    pq.write_table(pa.table({"text": ["the val document"]}), folder / "c.parquet")
+
+
 @pytest.mark.parametrize("setup, message", [
     (lambda p: None, "no such corpus folder"),
     (lambda p: (p.mkdir(), (p / "only.parquet").write_bytes(b"x")), "at least 2 files"),
     (lambda p: (p.mkdir(), (p / "a.parquet").write_bytes(b"junk"), (p / "b.parquet").write_bytes(b"junk")),
      "not a readable parquet file"),
+    (lambda p: corpus_with_a_null_text(p, statistics=True), "b.parquet: row group 0 has a null text"),
 ])
 def test_bad_corpus_fails_with_a_clear_message_before_any_work(tokenizer_dir, tmp_path, setup, message):
     corpus = tmp_path / "corpus"
@@ -213,6 +223,14 @@ def test_bad_corpus_fails_with_a_clear_message_before_any_work(tokenizer_dir, tm
     with pytest.raises(SystemExit, match=message):
         main(["--corpus", str(corpus), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_null_text_that_no_statistics_announce_is_named_by_its_row(tokenizer_dir, tmp_path):
+    corpus_with_a_null_text(tmp_path / "corpus", statistics=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["--corpus", str(tmp_path / "corpus"), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "out"),
+              "--workers", "1"])
+    assert exc.value.code.startswith(f"error: {tmp_path / 'corpus' / 'b.parquet'}: row 1 has a null text")
 
 
 def test_missing_tokenizer_fails_before_any_work(corpus, tmp_path):
