@@ -27,7 +27,9 @@ that scores compare, odd cases included:
 - language modelling: correct when greedy argmax reproduces every continuation token; an empty continuation (in
   tokens) is an error, as in the reference;
 - a prompt longer than the model's context is cut from the left (no BOS put back), as the reference does for a
-  model with a fixed context such as GPT-2's 1024 tokens; a scored span that then fills the whole context scores
+  model with a fixed context such as GPT-2's 1024 tokens (nanochat's own models, whose rotary tables reach past
+  their training length, are scored on whole prompts instead: the report's `truncation` says how many prompts
+  this touches, so a CORE comparison with them can be judged); a scored span that then fills the whole context scores
   nothing (NaN, as in the reference) for a choice, and is an error for a continuation (the reference fails on it),
   as is a span longer than the context;
 - a task's accuracy is its share of correct rows; centered accuracy is (accuracy - 0.01 * baseline) /
