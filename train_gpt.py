@@ -937,14 +937,14 @@ def build_optimizers(model, config, comm, accum_steps=1, compile=False):
 
 
 def lr_multiplier(step, num_steps, config):
-    """Linear warm-up over warmup_steps, flat, then linear warm-down over the last warmdown_frac of the run."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
+    """Linear warm-up over warmup_steps, flat, then linear warm-down over the last warmdown_frac of the run; where
+    the two overlap (a short run), the lower of them, so that the lr never jumps."""
+    warmup = (step + 1) / config.warmup_steps if step < config.warmup_steps else 1.0
     warmdown_steps = round(config.warmdown_frac * num_steps)
     if step < num_steps - warmdown_steps:
-        return 1.0
+        return warmup
     progress = (num_steps - step) / max(warmdown_steps, 1)
-    return progress + (1 - progress) * config.final_lr_frac
+    return min(warmup, progress + (1 - progress) * config.final_lr_frac)
 
 
 def muon_momentum(step, config):
@@ -1250,7 +1250,10 @@ def synchronize(device):
 POSITIVE_FIELDS = ("depth", "head_dim", "seq_len", "device_batch", "total_batch_tokens", "val_tokens", "log_every")
 NON_NEGATIVE_FIELDS = ("model_dim", "short_window", "steps", "tokens_per_param", "flops_budget", "warmup_steps",
                        "val_every", "val_batch", "save_every", "stop_after", "warmup_timing_steps",
-                       "muon_momentum_warmup", "ns_steps")
+                       "muon_momentum_warmup", "ns_steps", "seed")
+CHOICES = {"attention": ("auto", "sdpa", "flex"), "compile": ("auto", "true", "false", "blocks"),
+           "embed_dtype": ("fp32", "bf16"), "reduce_dtype": ("fp32", "bf16"), "fused_adam": ("auto", "true", "false"),
+           "wandb": ("", "online", "offline")}
 
 
 def check_config(config, world, device=None):
@@ -1265,9 +1268,19 @@ def check_config(config, world, device=None):
     if len(config.adam_betas) != 2 or not all(0 <= beta < 1 for beta in config.adam_betas):
         raise ConfigError(f"--adam_betas={','.join(map(str, config.adam_betas))}: give two values in [0, 1), "
                           "e.g. --adam_betas=0.8,0.95")
+    for key, choices in CHOICES.items():
+        if getattr(config, key) not in choices:
+            *most, last = [c for c in choices if c]
+            raise ConfigError(f"--{key}={getattr(config, key)}: use {', '.join(most)} or {last}")
+    for key in ("warmdown_frac", "final_lr_frac"):
+        if not 0 <= getattr(config, key) <= 1:
+            raise ConfigError(f"--{key}={getattr(config, key)}: must be in [0, 1] (a fraction)")
+    if config.logit_cap <= 0:
+        raise ConfigError(f"--logit_cap={config.logit_cap}: must be above 0 (logits = cap x tanh(logits / cap))")
     dim, heads, _ = derived(config)
-    if dim % config.head_dim:
-        raise ConfigError(f"--model_dim={dim} is not a multiple of --head_dim={config.head_dim}")
+    if dim % config.head_dim or config.head_dim % 2:
+        raise ConfigError(f"--model_dim={dim}, --head_dim={config.head_dim}: the head dim must be even (rotary "
+                          "pairs its channels) and divide the model dim")
     if not config.window_pattern or set(config.window_pattern) - {"S", "L"}:
         raise ConfigError(f"--window_pattern={config.window_pattern!r}: use only S (short window) and L (full)")
     per_pass = world * config.device_batch * config.seq_len
@@ -1275,19 +1288,9 @@ def check_config(config, world, device=None):
         raise ConfigError(f"--total_batch_tokens={config.total_batch_tokens:,} is not a multiple of world size x "
                           f"device_batch x seq_len = {world} x {config.device_batch} x {config.seq_len} = "
                           f"{per_pass:,}; change one of them (the global batch is kept by gradient accumulation)")
-    if config.attention not in ("auto", "sdpa", "flex"):
-        raise ConfigError(f"--attention={config.attention}: use auto, sdpa or flex")
-    if config.compile not in ("auto", "true", "false", "blocks"):
-        raise ConfigError(f"--compile={config.compile}: use auto, true, false or blocks")
     if config.loss not in ("plain", "chunked") or config.loss_chunk < 1:
         raise ConfigError(f"--loss={config.loss} --loss_chunk={config.loss_chunk}: use plain or chunked, and a "
                           "positive number of rows per chunk")
-    if config.embed_dtype not in ("fp32", "bf16"):
-        raise ConfigError(f"--embed_dtype={config.embed_dtype}: use fp32 or bf16")
-    if config.log_every < 1:
-        raise ConfigError(f"--log_every={config.log_every}: use 1 or more steps")
-    if config.wandb not in ("", "online", "offline"):
-        raise ConfigError(f"--wandb={config.wandb}: use online or offline (or leave it out)")
     if config.attention == "flex" and config.compile == "false" and device is not None and device.type == "cuda":
         print("notice: --attention=flex without --compile materializes every attention score (slow, memory-hungry); "
               "use --compile=true, or --attention=sdpa")

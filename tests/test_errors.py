@@ -51,6 +51,16 @@ def fails_with(command, message):
     (dict(steps="1e400"), "--steps=1e400: not a valid int"),
     (dict(device="tpu9"), "--device=tpu9: not a device"),
     (dict(compile="block"), "--compile=block: use auto, true, false or blocks"),
+    (dict(reduce_dtype="fp16"), "--reduce_dtype=fp16: use fp32 or bf16"),
+    (dict(fused_adam="yes"), "--fused_adam=yes: use auto, true or false"),
+    (dict(wandb="on"), "--wandb=on: use online or offline"),
+    (dict(seed=-1), "--seed=-1: must be 0 or more"),
+    (dict(warmdown_frac=2), "--warmdown_frac=2.0: must be in [0, 1] (a fraction)"),
+    (dict(final_lr_frac=-1), "--final_lr_frac=-1.0: must be in [0, 1] (a fraction)"),
+    (dict(logit_cap=0), "--logit_cap=0.0: must be above 0"),
+    (dict(head_dim=15, model_dim=30), "--model_dim=30, --head_dim=15: the head dim must be even"),
+    (dict(head_dim=16, model_dim=40), "--model_dim=40, --head_dim=16: the head dim must be even (rotary pairs its "
+                                      "channels) and divide the model dim"),
 ])
 def test_bad_option_fails_with_one_line_before_any_run_folder(tmp_path, changes, message):
     fails_with(lambda: main(argv(tmp_path, **changes)), message)

@@ -404,6 +404,16 @@ def test_horizon_from_steps_ratio_or_flops_budget():
         train_gpt.num_training_steps(config, 10_000, 5e9)
 
 
+def test_lr_schedule_of_a_short_run_whose_warm_up_and_warm_down_overlap_never_jumps():
+    config = Config(warmup_steps=40, warmdown_frac=0.65, final_lr_frac=0.05)  # warm-down from step 21 of 60
+    lr = [train_gpt.lr_multiplier(s, 60, config) for s in range(60)]
+    peak = lr.index(max(lr))
+    assert lr[:peak + 1] == [(s + 1) / 40 for s in range(peak + 1)] and 21 < peak < 39  # the warm-up, while lower
+    assert all(a > b for a, b in zip(lr[peak:], lr[peak + 1:]))  # then the warm-down line, down to the end
+    assert max(abs(a - b) for a, b in zip(lr, lr[1:])) <= 1 / 40 + 1e-12  # never a jump (was 0.46 at step 40)
+    assert lr[-1] == pytest.approx(1 / 39 + 38 / 39 * 0.05)
+
+
 def test_lr_schedule_warms_up_holds_and_warms_down():
     config = Config(warmup_steps=10, warmdown_frac=0.5, final_lr_frac=0.1)
     lr = [train_gpt.lr_multiplier(s, 100, config) for s in range(101)]
@@ -432,7 +442,7 @@ def test_muon_orthogonalizes():
     (dict(val_tokens=10), "less than one row"),
     (dict(val_tokens=10**9), "fewer than --val_tokens"),
     (dict(window_pattern="SX"), "use only S"),
-    (dict(model_dim=40), "not a multiple of --head_dim"),
+    (dict(model_dim=40), "--head_dim=16: the head dim must be even"),
     (dict(resume="/nowhere/checkpoint.pt"), "no such checkpoint"),
     (dict(bogus=1), "unknown option --bogus"),
     (dict(steps="many"), "--steps=many: not a valid int"),
