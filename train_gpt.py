@@ -109,7 +109,7 @@ class Config:
     save_every: int = 0           # steps between checkpoints (0: none during the run)
     save_final: bool = True       # a checkpoint at the end (to evaluate, or to continue)
     resume: str = ""              # a checkpoint.pt to continue from, exactly
-    stop_after: int = 0           # leave after this many steps of this process (time-sliced jobs; tests)
+    stop_after: int = 0           # leave after this many steps of this process, with a checkpoint (time-sliced jobs)
     warmup_timing_steps: int = 10  # untimed real steps (compile, warm-up), then everything is reset
     compile: str = "auto"         # auto: on CUDA only; blocks: each block on its own (its backward overlaps comms)
     fp8: bool = False             # FP8 matmuls in the large Linears while training (Hopper/Ada; else a notice)
@@ -1086,7 +1086,13 @@ class RunLog:
 
 
 def save_checkpoint(path, model, optimizer, loader, progress, config, rank=0):
-    """Every process calls it (the sharded optimizer state is gathered); rank 0 writes."""
+    """Every process calls it (the sharded optimizer state is gathered); rank 0 writes. Weights that are not finite
+    are never written: the loss read before a save is that of the weights before the last update, which may be
+    the one that broke them, and the checkpoint they would replace is the one to go back to."""
+    if not torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all():  # the same on every rank
+        kept = f"{path} is kept as it was" if os.path.exists(path) else "no checkpoint was written"
+        raise FloatingPointError(f"step {progress['step']}: the weights are not finite after this step's update; "
+                                 f"{kept}. Try a lower lr")
     optimizer_state = optimizer.full_state_dict()
     if rank != 0:
         return
@@ -1329,9 +1335,9 @@ def train(config, rank=0, world=1, device=None):
     wall_start = time.perf_counter()
     device = device or resolve_device(config)
     check_config(config, world, device)
-    run_dir = os.path.dirname(config.resume) if config.resume else os.path.join(
+    run_dir = os.path.dirname(os.path.abspath(config.resume)) if config.resume else os.path.join(
         config.out_dir, config.run_id or time.strftime("%Y%m%d_%H%M%S") + (f"_{config.preset}" if config.preset else ""))
-    results_path = os.path.join(run_dir, "results.json")
+    results_path, checkpoint_path = os.path.join(run_dir, "results.json"), os.path.join(run_dir, "checkpoint.pt")
     if config.resume and os.path.exists(results_path):  # finished: a resume would only rewrite what is there
         results = read_results(results_path)
         check_same_settings(config, results["config"], f"--resume={config.resume}: the finished run")
@@ -1339,8 +1345,9 @@ def train(config, rank=0, world=1, device=None):
             print(f"{run_dir} is finished ({results_path} is there): nothing to resume, nothing changed", flush=True)
         return results
     if not config.resume and os.path.exists(os.path.join(run_dir, "log.txt")):
-        raise ConfigError(f"{run_dir} holds a run already; choose another --run_id, or continue it with "
-                          f"--resume={os.path.join(run_dir, 'checkpoint.pt')}")
+        raise ConfigError(f"{run_dir} holds a run already; choose another --run_id, or " + (
+            f"continue it with --resume={checkpoint_path}" if os.path.exists(checkpoint_path) else
+            "move that folder aside (it has no checkpoint to continue from) to start it again"))
     tokenizer = load_tokenizer_info(config.tokenizer)
     data_notices = check_data_matches_tokenizer(config, tokenizer)
     val_tokens = load_val_tokens(config.val_files, config.val_tokens, config.seq_len, tokenizer["vocab_size"])
@@ -1416,7 +1423,6 @@ def train(config, rank=0, world=1, device=None):
             wandb_run.log({"val_loss": val_loss, "val_bpb": val_bpb}, step=step)
         return val_loss, val_bpb
 
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     # a final checkpoint knows how its run ended: resumed before results.json was written, it only validates
     status, steps_here, val_loss, val_bpb = progress.pop("status", "finished"), 0, None, None
     # The loss stays on the device until a read: a log line, a validation, a checkpoint, a stop. Between reads no
@@ -1468,7 +1474,7 @@ def train(config, rank=0, world=1, device=None):
                 status = "target_reached"
                 log.write(f"step:{step}/{num_steps} reached the target val loss {config.target_val_loss}")
                 break
-        if save_due:
+        if save_due or stop_due:
             save_checkpoint(checkpoint_path, model, trainer.optimizer, trainer.loader, progress, config, rank)
         if stop_due:
             log.write(f"step:{step}/{num_steps} stopping after {steps_here} steps (--stop_after); resume with "

@@ -304,7 +304,7 @@ def test_one_two_and_four_processes_train_alike_and_communicate_by_the_formula(o
 
 def test_two_nodes_on_localhost_train_and_a_single_process_resumes_their_checkpoint(options, tmp_path):  # noqa: F811
     """runs/multinode_torchrun.sh started twice on 127.0.0.1 (--nnodes=2, one process each, c10d rendezvous), as two
-    machines would run it; the run stops after step 4 with a checkpoint at step 3, and one process resumes it."""
+    machines would run it; the run stops after step 4 with its checkpoint, and one process resumes it."""
     _, whole = run(options, run_id="whole")
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -322,10 +322,10 @@ def test_two_nodes_on_localhost_train_and_a_single_process_resumes_their_checkpo
     for step in two:  # other micro-batch rows and reduction order: float rounding, as in test_train's 1 vs 2  # (5e-4 as there)
         assert two[step] == pytest.approx(losses(whole)[step], rel=5e-4), step
     checkpoint = tmp_path / "runs" / "nodes" / "checkpoint.pt"
-    assert torch.load(checkpoint, weights_only=True)["progress"]["step"] == 3
+    assert torch.load(checkpoint, weights_only=True)["progress"]["step"] == 4
     results, resumed = run(options, run_id="nodes", resume=str(checkpoint))  # now on one process
     assert "gradient accumulation 2, world size 1" in log.read_text().rsplit("model:", 1)[1]
-    for step in (4, 5, 6):
+    for step in (5, 6):
         assert losses(resumed)[step] == pytest.approx(losses(whole)[step], rel=5e-4), step
     assert results["steps"] == 6
 

@@ -15,7 +15,7 @@ from records.__main__ import main as records_main, record_dirs
 from records.leaderboard import write_leaderboard
 from records.record import new_record, statistics_markdown, validate
 from tests.core_fixture import TASKS as CORE_TASKS
-from tests.test_train import options, run, shards  # noqa: F401  (fixtures)
+from tests.test_train import as_a_crash, options, run, shards  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 EMPTY_DIFF = hashlib.sha256(b"").hexdigest()
@@ -566,13 +566,14 @@ def test_a_resumed_run_validates(runs, tmp_path):
 @pytest.fixture(scope="module")
 def sparse_log(runs, tmp_path_factory):
     """Three runs of one recipe that reads its loss every 3 steps and validates every 4 (a record's runs share their
-    settings): seeds 8 and 9 straight through, and seed 7 (last) saved every 5 steps, stopped after 7 and resumed
+    settings): seeds 8 and 9 straight through, and seed 7 (last) saved every 5 steps, killed after 7 and resumed
     from step 5: step lines at 3, 4, 5, 6, 7, then 6, 8, 9, 10."""
     out = tmp_path_factory.mktemp("sparse")
     opts = dict(runs["opts"], out_dir=str(out), steps=10, log_every=3, val_every=4)
     for seed in (8, 9):
         run(opts, run_id=f"seed{seed}", seed=seed)
-    run(opts, run_id="seed7", seed=7, stop_after=7, save_every=5, save_final="true")
+    with as_a_crash():  # killed after step 7: the log goes on past the checkpoint of step 5
+        run(opts, run_id="seed7", seed=7, stop_after=7, save_every=5, save_final="true")
     run(opts, run_id="seed7", seed=7, save_every=5, save_final="true", resume=str(out / "seed7" / "checkpoint.pt"))
     dirs = [out / "seed8", out / "seed9", out / "seed7"]
     for d in dirs:

@@ -1,5 +1,6 @@
 """train_gpt.py on CPU: the loader, the math, exact resumption, honest timing, and every bad input's message."""
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -48,6 +50,19 @@ def run(options, **changes):
     config = train_gpt.parse_args(argv(options, **changes))
     results = train_gpt.train(config)
     return results, log_lines(Path(config.out_dir) / config.run_id / "log.txt")
+
+
+@contextlib.contextmanager
+def as_a_crash():
+    """--stop_after leaves with a checkpoint of its last step; a crash leaves only the last --save_every one. Within
+    this, a stop leaves as a crash would: a save at a step that is not a multiple of --save_every is skipped."""
+    real = train_gpt.save_checkpoint
+
+    def periodic_only(path, model, optimizer, loader, progress, config, rank=0):
+        if "status" in progress or (config.save_every and progress["step"] % config.save_every == 0):
+            real(path, model, optimizer, loader, progress, config, rank)
+    with mock.patch.object(train_gpt, "save_checkpoint", periodic_only):
+        yield
 
 
 def log_lines(path):
@@ -124,10 +139,33 @@ def test_one_process_matches_two_gloo_processes_with_half_the_accumulation(optio
     assert losses(double, "val_loss")[6] == pytest.approx(losses(single, "val_loss")[6], rel=1e-4)
 
 
+def test_a_run_stopped_with_a_checkpoint_resumes_from_the_bare_file_name_in_its_folder(options, tmp_path,
+                                                                                        monkeypatch):
+    _, whole = run(options, run_id="whole")
+    assert run(options, run_id="cut", stop_after=4)[0] is None  # no --save_every: the stop saves all the same
+    folder = tmp_path / "runs" / "cut"
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["progress"]["step"] == 4
+    assert f"step:4/6 stopping after 4 steps (--stop_after); resume with --resume={folder / 'checkpoint.pt'}" in \
+        (folder / "log.txt").read_text()
+    monkeypatch.chdir(folder)
+    results, resumed = run(options, run_id="cut", resume="checkpoint.pt")
+    assert [losses(resumed)[s] for s in (5, 6)] == [losses(whole)[s] for s in (5, 6)]
+    assert results["run_id"] == "cut" and (folder / "results.json").exists()
+
+
+def test_a_run_that_left_no_checkpoint_is_not_told_to_resume(options, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_gpt, "save_checkpoint", lambda *args: None)  # as if killed before its first save
+    run(options, run_id="cut", stop_after=2)
+    with pytest.raises(SystemExit) as exc:
+        main(argv(options, run_id="cut"))
+    assert exc.value.code == (f"error: {tmp_path / 'runs' / 'cut'} holds a run already; choose another --run_id, or "
+                              "move that folder aside (it has no checkpoint to continue from) to start it again")
+
+
 def test_a_run_stopped_after_step_k_and_resumed_matches_the_uninterrupted_run(options, tmp_path):
     _, whole = run(options, run_id="whole")
-    # checkpoints every 3 steps, stops after step 4 (one step past the checkpoint, as a crash would)
-    assert run(options, run_id="cut", save_every=3, stop_after=4)[0] is None
+    with as_a_crash():  # checkpoints every 3 steps, killed after step 4 (one step past the checkpoint)
+        assert run(options, run_id="cut", save_every=3, stop_after=4)[0] is None
     checkpoint = tmp_path / "runs" / "cut" / "checkpoint.pt"
     state = torch.load(checkpoint, weights_only=True)
     assert state["progress"]["step"] == 3
@@ -170,11 +208,20 @@ def test_timing_excludes_validation(options, monkeypatch):
     assert results["training_time_s"] == pytest.approx(step_ms / 1000, rel=1e-3)  # the steps' times, nothing else
 
 
-def test_a_loss_that_is_not_finite_stops_the_run_naming_the_step(options, tmp_path):
-    with pytest.raises(SystemExit, match=r"step \d+: train loss is (nan|inf)"):
+def test_a_loss_or_weights_that_are_not_finite_stop_the_run_naming_the_step_and_keep_a_finite_checkpoint(options,
+                                                                                                       tmp_path):
+    """The loss read before a save is that of the weights before the last update: an update that breaks the weights
+    shows first in the weights themselves, and the checkpoint it would replace is kept."""
+    with pytest.raises(SystemExit) as exc:
         main(argv(options, matrix_lr=1e30, embed_lr=1e30, head_lr=1e30, scalar_lr=1e30, steps=20, save_every=1))
-    assert (tmp_path / "runs" / "run" / "checkpoint.pt").exists()
-    assert "the loss is not finite" in (tmp_path / "runs" / "run" / "log.txt").read_text()
+    checkpoint = tmp_path / "runs" / "run" / "checkpoint.pt"
+    assert re.fullmatch(rf"error: step \d+: the weights are not finite after this step's update; {checkpoint} is kept "
+                        r"as it was\. Try a lower lr", exc.value.code), exc.value.code
+    state = torch.load(checkpoint, weights_only=True)
+    assert all(t.isfinite().all() for t in state["model"].values())
+    with pytest.raises(SystemExit, match=r"step \d+: train loss is (nan|inf)"):  # save_every=0: the loss reads it
+        main(argv(options, run_id="nosave", matrix_lr=1e30, embed_lr=1e30, head_lr=1e30, scalar_lr=1e30, steps=20))
+    assert "the loss is not finite" in (tmp_path / "runs" / "nosave" / "log.txt").read_text()
 
 
 # -----------------------------------------------------------------------------
