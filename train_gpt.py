@@ -328,12 +328,21 @@ class DataLoader:
         return batch[:, :-1], batch[:, 1:]
 
     def state_dict(self):
-        return dict(self.state)
+        """The position, and the shards it is a position in (by name and size)."""
+        return {**self.state, "shards": [[os.path.basename(f), n] for f, n in zip(self.files, self.shard_tokens)]}
 
     def load_state_dict(self, state):
-        """Restores a position; batches already prepared from the old one are dropped."""
+        """Restores a position; batches already prepared from the old one are dropped. A position in other shards
+        (one added, removed or re-tokenized: the shard order and rows would differ) is refused."""
+        state = dict(state)
+        saved, now = state.pop("shards", None), self.state_dict()["shards"]
+        if saved is not None and [tuple(s) for s in saved] != [tuple(s) for s in now]:
+            changed = next((f"{a[0]} ({a[1]:,} tokens) then, {b[0]} ({b[1]:,} tokens) now" for a, b in zip(saved, now)
+                            if tuple(a) != tuple(b)), f"{len(saved)} shards then, {len(now)} now")
+            raise ConfigError(f"the training shards changed since the checkpoint ({changed}); resume with the shards "
+                              "it was made with, or start a new run")
         self.close()
-        self.state = dict(state)
+        self.state = state
 
     def close(self):
         """Stops the background thread (a thread still inside numpy or torch at exit can abort the process)."""
@@ -1098,8 +1107,8 @@ def save_checkpoint(path, model, optimizer, loader, progress, config, rank=0):
         return
     state = {"model": model.state_dict(), "optimizer": optimizer_state,
              "loader": loader.state_dict(), "progress": dict(progress), "config": dataclasses.asdict(config),
-             "rng": {"cpu": torch.get_rng_state(),
-                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+             "rng": {"cpu": torch.get_rng_state(),  # the GPU's: this process's device only (any GPU count resumes)
+                     "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_initialized() else []}}
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)  # a crash while saving leaves the previous checkpoint intact
 
@@ -1132,10 +1141,12 @@ def load_checkpoint(path, config):
 
 
 def check_same_settings(config, saved, what):
-    """A run continues only with the settings it was made with (but for those in RESUMABLE_CHANGES)."""
+    """A run continues only with the settings it was made with (but for those in RESUMABLE_CHANGES); a setting
+    added to Config since then counts as its default, which is what the run had."""
+    saved = {**dataclasses.asdict(Config()), **saved}
     changed = [k for k, v in dataclasses.asdict(config).items()
                if k not in RESUMABLE_CHANGES and (tuple(v) if isinstance(v, tuple) else v) !=
-               (tuple(saved[k]) if isinstance(saved.get(k), list) else saved.get(k))]
+               (tuple(saved[k]) if isinstance(saved[k], list) else saved[k])]
     if changed:
         raise ConfigError(f"{what} was made with other settings ({', '.join(changed)}); resume with the same options")
 
@@ -1353,6 +1364,8 @@ def train(config, rank=0, world=1, device=None):
     val_tokens = load_val_tokens(config.val_files, config.val_tokens, config.seq_len, tokenizer["vocab_size"])
     checkpoint = load_checkpoint(config.resume, config) if config.resume else None
     trainer = Trainer(config, tokenizer, rank, world, device)
+    if checkpoint is not None:  # first: a position in other shards stops the run before anything is written
+        trainer.loader.load_state_dict(checkpoint["loader"])
     model = trainer.model
     tokens_flops = flops_per_token(config, tokenizer["vocab_size"])
     step_flops = tokens_flops * config.total_batch_tokens
@@ -1391,16 +1404,17 @@ def train(config, rank=0, world=1, device=None):
         wandb_run = wandb.init(project="speedrun", name=os.path.basename(run_dir), mode=config.wandb,
                                config=dataclasses.asdict(config))
 
-    progress = {"step": 0, "training_time": 0.0, "eval_time": 0.0, "tokens": 0}
+    # the totals of the run so far; a checkpoint carries them, so that a resumed run's results cover all of it
+    progress = {"step": 0, "training_time": 0.0, "eval_time": 0.0, "warmup_time": 0.0, "wall_time": 0.0, "tokens": 0}
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         trainer.optimizer.load_full_state_dict(checkpoint["optimizer"])
-        trainer.loader.load_state_dict(checkpoint["loader"])
         torch.set_rng_state(checkpoint["rng"]["cpu"])
         if device.type == "cuda" and checkpoint["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][0], device)
         progress.update(checkpoint["progress"])
         log.write(f"resumed from {config.resume} at step {progress['step']}")
+    earlier_wall_time = progress["wall_time"]  # of the starts before this one, up to their last checkpoint
 
     # Compile and warm up on real steps, then put everything back: the timed run starts from a clean state.
     warmup_start = time.perf_counter()
@@ -1409,7 +1423,11 @@ def train(config, rank=0, world=1, device=None):
         trainer.step(progress["step"] + i, num_steps)
     trainer.restore(start_state)
     synchronize(device)
-    warmup_time = time.perf_counter() - warmup_start
+    progress["warmup_time"] += time.perf_counter() - warmup_start
+
+    def save(state):  # on every process; with the wall time so far
+        state["wall_time"] = earlier_wall_time + time.perf_counter() - wall_start
+        save_checkpoint(checkpoint_path, model, trainer.optimizer, trainer.loader, state, config, rank)
 
     def validate(step):
         synchronize(device)
@@ -1475,7 +1493,7 @@ def train(config, rank=0, world=1, device=None):
                 log.write(f"step:{step}/{num_steps} reached the target val loss {config.target_val_loss}")
                 break
         if save_due or stop_due:
-            save_checkpoint(checkpoint_path, model, trainer.optimizer, trainer.loader, progress, config, rank)
+            save(progress)
         if stop_due:
             log.write(f"step:{step}/{num_steps} stopping after {steps_here} steps (--stop_after); resume with "
                       f"--resume={checkpoint_path}")
@@ -1483,8 +1501,7 @@ def train(config, rank=0, world=1, device=None):
     if val_loss is None:
         val_loss, val_bpb = validate(progress["step"])
     if config.save_final:
-        save_checkpoint(checkpoint_path, model, trainer.optimizer, trainer.loader, dict(progress, status=status),
-                        config, rank)
+        save(dict(progress, status=status))
 
     training_time = progress["training_time"]
     results = {
@@ -1496,8 +1513,8 @@ def train(config, rank=0, world=1, device=None):
         "model_flops_per_token": tokens_flops, "model_flops": tokens_flops * progress["tokens"],
         "hardware_flops": training_time * world * peak if peak else None,
         "mfu": tokens_flops * progress["tokens"] / (training_time * world * peak) if peak else None,
-        "training_time_s": training_time, "warmup_time_s": warmup_time, "eval_time_s": progress["eval_time"],
-        "wall_time_s": time.perf_counter() - wall_start,
+        "training_time_s": training_time, "warmup_time_s": progress["warmup_time"],
+        "eval_time_s": progress["eval_time"], "wall_time_s": earlier_wall_time + time.perf_counter() - wall_start,
         "val_loss": val_loss, "val_bpb": val_bpb, "val_tokens": (len(val_tokens) - 1) // config.seq_len * config.seq_len,
         "git": git, "environment": env,
         "data": {"train_files": [os.path.basename(f) for f in trainer.loader.files], "val_files": config.val_files,
@@ -1505,7 +1522,7 @@ def train(config, rank=0, world=1, device=None):
     }
     log.write(f"loader: epoch {trainer.loader.epochs():.3f} reached ({progress['tokens']:,} tokens trained on)")
     log.write(f"done: {status}, val_loss:{val_loss:.6f} val_bpb:{val_bpb:.6f} training_time:{training_time:.2f}s "
-              f"warmup_time:{warmup_time:.2f}s eval_time:{progress['eval_time']:.2f}s")
+              f"warmup_time:{progress['warmup_time']:.2f}s eval_time:{progress['eval_time']:.2f}s")
     if rank == 0:  # written whole or not at all: a results.json marks a finished run
         with open(results_path + ".tmp", "w") as f:
             json.dump(results, f, indent=2)

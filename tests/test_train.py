@@ -153,6 +153,21 @@ def test_a_run_stopped_with_a_checkpoint_resumes_from_the_bare_file_name_in_its_
     assert results["run_id"] == "cut" and (folder / "results.json").exists()
 
 
+def test_a_resumed_run_reports_the_times_of_the_whole_run(options, monkeypatch):
+    """Training, warm-up, evaluation and wall time all add up over the starts of a run: each step takes 0.3 s more
+    here, so the wall time of the second start alone would be less than the training time of both."""
+    real_step = train_gpt.Trainer.step
+
+    def slow_step(self, step, num_steps):
+        time.sleep(0.3)
+        return real_step(self, step, num_steps)
+    monkeypatch.setattr(train_gpt.Trainer, "step", slow_step)
+    run(options, run_id="cut", stop_after=3)
+    results, _ = run(options, run_id="cut", resume=str(Path(options["out_dir"]) / "cut" / "checkpoint.pt"))
+    assert results["training_time_s"] >= 6 * 0.3 and results["warmup_time_s"] >= 2 * 0.3  # one warm-up step a start
+    assert results["wall_time_s"] > results["training_time_s"] + results["warmup_time_s"] + results["eval_time_s"]
+
+
 def test_a_run_that_left_no_checkpoint_is_not_told_to_resume(options, tmp_path, monkeypatch):
     monkeypatch.setattr(train_gpt, "save_checkpoint", lambda *args: None)  # as if killed before its first save
     run(options, run_id="cut", stop_after=2)
@@ -181,6 +196,18 @@ def test_resuming_with_other_settings_is_refused(options, tmp_path):
     checkpoint = tmp_path / "runs" / "a" / "checkpoint.pt"
     with pytest.raises(SystemExit, match="other settings \\(matrix_lr\\)"):
         main(argv(options, run_id="a", steps=2, resume=checkpoint, matrix_lr=0.1))
+
+
+def test_a_checkpoint_from_before_a_new_setting_resumes_with_that_setting_at_its_default(options, tmp_path):
+    run(options, run_id="old", stop_after=2)
+    checkpoint = tmp_path / "runs" / "old" / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    del state["config"]["loss_chunk"]  # as saved by a train_gpt.py that did not have it yet
+    torch.save(state, checkpoint)
+    results, _ = run(options, run_id="old", resume=str(checkpoint))
+    assert results["steps"] == 6
+    with pytest.raises(SystemExit, match="other settings \\(loss_chunk\\)"):  # not its default: another run
+        main(argv(options, run_id="old", resume=checkpoint, loss_chunk=7))
 
 
 def test_a_second_run_into_the_same_folder_is_refused_and_the_first_is_kept(options, tmp_path):
@@ -283,6 +310,25 @@ def test_loader_state_restores_exactly(shards, tokenizer_dir):
     for batch in expected:
         assert torch.equal(fresh.next_batch()[0], batch)
     assert fresh.state_dict() == loader.state_dict()
+
+
+def test_a_position_in_other_shards_is_refused_naming_the_change(shards, tokenizer_dir, tmp_path):
+    """Shards added, removed or re-tokenized change the shard order and the rows: a saved position means nothing
+    there (it would replay used rows and skip others, or wait forever for rows a shorter shard does not have)."""
+    loader = make_loader(shards, tokenizer_dir)
+    loader.next_batch()
+    state = loader.state_dict()
+    pattern = copy_shards(shards, tmp_path / "more", "train")
+    last = sorted((tmp_path / "more").glob("train_*.bin"))[-1]
+    write_shard(tmp_path / "more" / "train_999999.bin", np.asarray(train_gpt.read_shard(last)))
+    with pytest.raises(train_gpt.ConfigError, match=rf"the training shards changed since the checkpoint \("
+                                                    rf"{len(loader.files)} shards then, {len(loader.files) + 1} now\)"):
+        make_loader(shards, tokenizer_dir, pattern=pattern).load_state_dict(state)
+    write_shard(last, np.asarray(train_gpt.read_shard(last))[:-100])  # the same names, one shard shorter
+    os.remove(tmp_path / "more" / "train_999999.bin")
+    with pytest.raises(train_gpt.ConfigError, match=rf"\({last.name} \([\d,]+ tokens\) then, {last.name} "
+                                                    r"\([\d,]+ tokens\) now\); resume with the shards it was made"):
+        make_loader(shards, tokenizer_dir, pattern=pattern).load_state_dict(state)
 
 
 def test_the_seed_sets_the_order(shards, tokenizer_dir):
