@@ -1461,7 +1461,8 @@ def train(config, rank=0, world=1, device=None):
         progress["step"] = step = step + 1
         steps_here += 1
         val_due = (config.val_every and step % config.val_every == 0) or step == num_steps
-        save_due = config.save_every and step % config.save_every == 0  # on every rank: all read at the same steps
+        save_due = (config.save_every and step % config.save_every == 0  # on every rank: all read at the same steps
+                    and not (step == num_steps and config.save_final))  # the final save follows: not twice
         stop_due = config.stop_after and steps_here == config.stop_after and step < num_steps
         if not (step % config.log_every == 0 or val_due or save_due or stop_due):
             continue
