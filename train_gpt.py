@@ -689,6 +689,18 @@ def newton_schulz(X, steps):
     return X
 
 
+def compile_newton_schulz(backend="inductor"):
+    """newton_schulz compiled once for every stack Muon meets: shapes dynamic, and sizes that happen to be equal (a
+    square stack) not taken to be equal, which would compile another graph for the next stack that is not."""
+    import torch.fx.experimental._config as shape_config
+    compiled = torch.compile(newton_schulz, dynamic=True, backend=backend)
+
+    def iterate(X, steps):
+        with shape_config.patch(use_duck_shape=False):  # read when a graph is traced
+            return compiled(X, steps)
+    return iterate
+
+
 def orthogonalize(G, steps, iterate=newton_schulz):
     """Muon's update direction in bf16, for a matrix or a stack [count, rows, cols] of them. Tall matrices are
     transposed (iterating on the smaller Gram matrix) and copied contiguous in bf16 here, outside `iterate` (the
@@ -936,7 +948,7 @@ def build_optimizers(model, config, comm, accum_steps=1, compile=False):
     assert len(set(covered)) == len(covered) == len(names), "every parameter belongs to exactly one bucket"
     device = next(model.parameters()).device
     fused_adam = config.fused_adam == "true" or (config.fused_adam == "auto" and device.type == "cuda")
-    iterate = torch.compile(newton_schulz, dynamic=True) if compile else newton_schulz
+    iterate = compile_newton_schulz() if compile else newton_schulz
     return ShardedOptimizer([(kind, params, extra, [names[p] for p in params]) for kind, params, extra in buckets],
                             config, comm, accum_steps, iterate, fused_adam)
 

@@ -69,17 +69,18 @@ def test_stacked_orthogonalization_matches_one_matrix_at_a_time_in_one_compiled_
     from torch._dynamo.testing import CompileCounterWithBackend
     torch._dynamo.reset()
     graphs = CompileCounterWithBackend("aot_eager")
-    compiled = torch.compile(train_gpt.newton_schulz, dynamic=True, backend=graphs)
+    compiled = train_gpt.compile_newton_schulz(backend=graphs)
     torch.manual_seed(0)
-    # tall, square and wide stacks, and stacks of one: the layouts Muon meets at any depth and number of processes
-    for shape in ((4, 96, 32), (3, 32, 32), (5, 32, 128), (1, 96, 32), (1, 32, 128), (2, 64, 48)):
+    # square (first: equal sizes must not be taken to be equal), tall and wide stacks, and stacks of one: the
+    # layouts Muon meets at any depth and number of processes, in any order
+    for shape in ((3, 32, 32), (4, 96, 32), (5, 32, 128), (1, 96, 32), (1, 32, 128), (2, 64, 48), (1, 48, 48)):
         stack = torch.randn(shape)
         one_by_one = torch.stack([train_gpt.orthogonalize(m, 5) for m in stack]).float()
         for result in (train_gpt.orthogonalize(stack, 5), train_gpt.orthogonalize(stack, 5, compiled)):
             assert result.dtype == torch.bfloat16 and result.shape == shape
             # bf16 Newton-Schulz: batched and single matmuls may round differently, by about one bf16 ulp
             assert torch.allclose(result.float(), one_by_one, rtol=0, atol=1e-2), (result.float() - one_by_one).abs().max()
-    assert graphs.frame_count == 1  # no recompile for tall against wide, for strides, or for a stack of one
+    assert graphs.frame_count == 1  # no recompile for tall, wide or square, for strides, or for a stack of one
 
 
 def test_muon_split_qkv_orthogonalizes_q_k_and_v_separately(options):  # noqa: F811
