@@ -49,11 +49,13 @@ def file_blocks(path, start_row=0):
         raise CorpusError(f"{path}: not a readable parquet file ({e}); delete it and download it again") from None
     if "text" not in parquet.schema_arrow.names:
         raise CorpusError(f"{path}: parquet file has no 'text' column (columns: {parquet.schema_arrow.names})")
-    meta, text = parquet.metadata, parquet.schema_arrow.get_field_index("text")
+    meta = parquet.metadata
+    leaves = [parquet.schema.column(i).path for i in range(meta.num_columns)]  # statistics are per leaf column
+    text = leaves.index("text") if "text" in leaves else None
     blocks, first_row = [], 0
     for group in range(meta.num_row_groups):
         rows = meta.row_group(group).num_rows
-        statistics = meta.row_group(group).column(text).statistics  # written by default: nulls found before any work
+        statistics = None if text is None else meta.row_group(group).column(text).statistics  # found before any work
         if statistics is not None and statistics.has_null_count and statistics.null_count:
             raise no_text(path, f"row group {group}")
         if first_row + rows > start_row:

@@ -205,7 +205,9 @@ def corpus_with_a_null_text(folder, statistics):
     import pyarrow as pa
     import pyarrow.parquet as pq
     folder.mkdir()
-    pq.write_table(pa.table({"text": ["a document", "another"]}), folder / "a.parquet")
+    meta = pa.array([{"url": "u", "lang": None}] * 2,  # before the text, with nulls of its own: not a null text
+                    type=pa.struct([("url", pa.string()), ("lang", pa.string())]))
+    pq.write_table(pa.table({"meta": meta, "text": ["a document", "another"]}), folder / "a.parquet")
     pq.write_table(pa.table({"text": ["hello world", None, "more"]}), folder / "b.parquet", write_statistics=statistics)
     pq.write_table(pa.table({"text": ["the val document"]}), folder / "c.parquet")
 
