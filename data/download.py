@@ -175,14 +175,19 @@ def copy_local(source, name, folder):
     except CorpusError as e:
         raise DownloadError(one_line(e)) from None
     tmp = os.path.join(folder, f".{name}.incomplete")
+    before = source_stat(source, name)
     try:
         shutil.copyfile(os.path.join(source, name), tmp)
     except OSError as e:
         raise DownloadError(f"{os.path.join(source, name)}: cannot copy ({e.strerror})") from None
+    if source_stat(source, name) != before:
+        os.remove(tmp)
+        raise DownloadError(f"{os.path.join(source, name)}: changed while it was being copied; run again once it is "
+                            "written")
     os.replace(tmp, os.path.join(folder, name))
     path = os.path.join(folder, name)
     return {"bytes": os.path.getsize(path), "sha256": sha256_file(path), "source": os.path.abspath(source),
-            "source_stat": source_stat(source, name)}
+            "source_stat": before}
 
 
 def source_stat(source, name):
@@ -195,10 +200,12 @@ def drop_stale_copies(folder, manifest, names, source):
     """Removes the copies of files that are no longer in the source folder, or that were changed there since they
     were copied: the corpus is every file of the folder as it is now, so a file the user took out (a bad one, say)
     or corrected must not live on in its old copy."""
-    stale = {}
+    stale, learned = {}, False
     for name, entry in manifest["files"].items():
         if name not in names:
             stale[name] = f"no longer in {source}; its copy in {folder} is removed"
+        elif "source_stat" not in entry and sha256_file(os.path.join(source, name)) == entry["sha256"]:
+            entry["source_stat"], learned = source_stat(source, name), True  # a manifest from before source_stat
         elif entry.get("source_stat") != source_stat(source, name):
             stale[name] = f"changed in {source} since it was copied; copying it again"
     for name, why in sorted(stale.items()):
@@ -206,7 +213,7 @@ def drop_stale_copies(folder, manifest, names, source):
             os.remove(os.path.join(folder, name))
         del manifest["files"][name]
         print(f"{name}: {why}")
-    if stale:
+    if stale or learned:
         save_manifest(folder, manifest)
 
 

@@ -421,6 +421,43 @@ def test_a_file_corrected_in_the_source_is_copied_again(tmp_path, capsys):
     assert "0 fetched, 2 already there and verified" in capsys.readouterr().out
 
 
+def test_copies_recorded_before_source_stats_are_kept_when_their_source_is_unchanged(tmp_path, capsys):
+    source, out = write_corpus(tmp_path / "src", files=3), tmp_path / "out"
+    main(["--source", str(source), "--out", str(out)])
+    old = manifest(out)
+    for entry in old["files"].values():  # as the previous download.py wrote it
+        del entry["source_stat"]
+    (out / "manifest.json").write_text(json.dumps(old))
+    (source / "shard_00001.parquet").write_bytes((source / "shard_00000.parquet").read_bytes())  # this one changed
+    capsys.readouterr()
+    main(["--source", str(source), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "1 fetched, 2 already there and verified" in printed and "shard_00001.parquet: changed in" in printed
+    assert all("source_stat" in entry for entry in manifest(out)["files"].values())
+
+
+def test_a_source_file_that_changes_while_it_is_copied_is_not_recorded(tmp_path, monkeypatch):
+    source, out = tmp_path / "src", tmp_path / "out"
+    source.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (source / name).write_text(f"the text of {name}\n")
+    real_copy = download.shutil.copyfile
+
+    def copy_then_the_source_changes(src, dst):
+        real_copy(src, dst)
+        if src.endswith("a.txt"):
+            with open(src, "a") as f:
+                f.write("more, written during the copy\n")
+    monkeypatch.setattr(download.shutil, "copyfile", copy_then_the_source_changes)
+    with pytest.raises(SystemExit) as exc:
+        main(["--source", str(source), "--out", str(out), "--workers", "1"])
+    assert f"{source / 'a.txt'}: changed while it was being copied; run again once it is written" in exc.value.code
+    assert sorted(manifest(out)["files"]) == ["b.txt"] and not (out / "a.txt").exists()
+    monkeypatch.undo()
+    main(["--source", str(source), "--out", str(out)])
+    assert (out / "a.txt").read_text() == (source / "a.txt").read_text()
+
+
 def test_a_copy_that_the_manifest_does_not_record_is_said_to_be_so(tmp_path, capsys):
     source, out = write_corpus(tmp_path / "src", files=2), tmp_path / "out"
     out.mkdir()
