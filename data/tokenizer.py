@@ -217,15 +217,21 @@ def format_report(report):
 # -----------------------------------------------------------------------------
 # Command line
 
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer.tiktoken", "token_bytes.npy", "report.json"}
+
+
 def check_out_folder(out, force):
-    """A tokenizer goes into a new or empty folder, or replaces a tokenizer with --force: the folder is replaced
-    whole, so one that holds anything else is refused, --force or not."""
-    if os.path.exists(os.path.join(out, "tokenizer.json")):
-        if not force:
-            raise TokenizerError(f"{out}: a tokenizer is already there; pass --force to replace it")
-    elif os.path.isfile(out) or (os.path.isdir(out) and os.listdir(out)):
-        raise TokenizerError(f"{out}: not a tokenizer folder, and not empty; give a new or empty folder for the "
-                             "tokenizer (it is written as the whole folder)")
+    """A tokenizer goes into a new folder, an empty one, or one that holds only a tokenizer's files (a finished one
+    is replaced with --force; an interrupted one, without tokenizer.json, always): never into a folder that holds
+    anything else, which `train` would replace whole."""
+    if os.path.isfile(out):
+        raise TokenizerError(f"{out}: a file, not a folder; give a new or empty folder for the tokenizer")
+    others = sorted(set(os.listdir(out)) - TOKENIZER_FILES) if os.path.isdir(out) else []
+    if others:
+        raise TokenizerError(f"{out}: holds other things than a tokenizer ({others[0]}{', ...' if others[1:] else ''}); "
+                             "give a new or empty folder for the tokenizer")
+    if os.path.exists(os.path.join(out, "tokenizer.json")) and not force:
+        raise TokenizerError(f"{out}: a tokenizer is already there; pass --force to replace it")
 
 
 def cmd_train(args):

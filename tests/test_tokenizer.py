@@ -121,10 +121,17 @@ def test_a_folder_that_is_not_a_tokenizer_is_never_written_into_or_replaced(corp
     args = ["--corpus", str(corpus), "--vocab-size", "300"] if command == "train" else ["--ranks", "never-read"]
     with pytest.raises(SystemExit) as exc:
         main([command, "--out", str(tmp_path), *args, *force])
-    assert exc.value.code == f"error: {tmp_path}: not a tokenizer folder, and not empty; give a new or empty folder " \
-                             "for the tokenizer (it is written as the whole folder)"
+    assert exc.value.code == f"error: {tmp_path}: holds other things than a tokenizer (NOTES.md, ...); give a new " \
+                             "or empty folder for the tokenizer"
     assert sorted(os.listdir(tmp_path)) == ["NOTES.md", "other_tokenizer"]
     assert (tmp_path / "other_tokenizer" / "tokenizer.tiktoken").read_text() == "precious"
+
+
+def test_a_tokenizer_folder_left_half_written_is_written_again_without_force(corpus, tmp_path):
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.tiktoken").write_text("cut short")  # tokenizer.json comes last: not there yet
+    main(["train", "--corpus", str(corpus), "--out", str(tmp_path / "tok"), "--vocab-size", "300"])
+    assert load_tokenizer(tmp_path / "tok").vocab_size == 300
 
 
 def test_too_little_text_for_the_vocab_is_a_clear_error():
