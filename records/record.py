@@ -799,12 +799,15 @@ def check_distinct(runs, logs, replays, results_path, fail):
             seen.setdefault(found, run["run_id"])
 
 
-PER_RUN_SETTINGS = {"seed", "run_id", "out_dir", "resume", "stop_after", "save_every", "save_final", "wandb"}
+# settings a record's runs may differ in: bookkeeping that does not touch training, and where the data lies (what
+# it is, by sha256, is the data line's, compared on its own)
+PER_RUN_SETTINGS = {"seed", "run_id", "out_dir", "resume", "stop_after", "save_every", "save_final", "wandb",
+                    "train_files", "val_files", "tokenizer"}
 
 
 def check_one_recipe(runs, logs, results_path, fail):
-    """A record's runs are one command over several seeds: the same settings (but for bookkeeping that does not touch
-    training: PER_RUN_SETTINGS) and the same data, so that its mean time and its t-test describe one recipe."""
+    """A record's runs are one command over several seeds: the same settings (but for PER_RUN_SETTINGS) and the same
+    data, so that its mean time and its t-test describe one recipe."""
     first = None
     for run in runs:
         start = logs[os.path.normpath(run["log"])].segments[0]

@@ -396,6 +396,9 @@ def test_runs_made_with_other_settings_or_on_other_data_fail(runs, tmp_path):
     assert problem.endswith("runs seed0 and other_lr were made with other settings (matrix_lr): a record's runs "
                             "differ only in seed")
     dirs = copy_runs(runs, tmp_path)
+    moved = lambda l: l.replace('"train_files": "', '"train_files": "/elsewhere') if l.startswith("config: ") else l
+    edit_log(dirs[1] / "log.txt", moved)  # the same data in another folder (another machine): one recipe
+    assert failures(runs, make(runs, tmp_path / "a", dirs=dirs)) == []
     data = dict(runs["data"], train_shards=[dict(f, sha256="0" * 64) for f in runs["data"]["train_shards"]])
     edit_log(dirs[2] / "log.txt", lambda l: f"data: {json.dumps(data)}" if l.startswith("data: ") else l)
     (problem,) = failures(runs, make(runs, tmp_path / "b", dirs=dirs))
