@@ -17,8 +17,10 @@ class CorpusError(ValueError):
     """A corpus folder or file that cannot be used; the message says what to do."""
 
 
-def corpus_files(folder):
-    """Returns (train_files, val_file) of a corpus folder: every data file but the last, and the last."""
+def corpus_files(folder, max_train_files=None):
+    """Returns (train_files, val_file) of a corpus folder: every data file but the last (or the first
+    max_train_files of them: a folder that is still filling, or holds more than a run is meant to use), and the
+    last."""
     if not os.path.isdir(folder):
         raise CorpusError(f"{folder}: no such corpus folder; download one first (python -m data.download --help)")
     files = sorted(os.path.join(folder, name) for name in os.listdir(folder)
@@ -26,7 +28,7 @@ def corpus_files(folder):
     if len(files) < 2:
         raise CorpusError(f"{folder}: a corpus needs at least 2 files (.parquet or .txt; the last one is the "
                           f"validation file), found {len(files)}")
-    return files[:-1], files[-1]
+    return files[:-1][:max_train_files], files[-1]
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,16 @@ def no_text(path, where):
 
 
 def iter_documents(paths, max_chars=None, doc_cap=None):
-    """Yields the documents of the files in order, each cut to doc_cap characters, until max_chars are given."""
+    """Yields the documents of the files in order, each cut to doc_cap characters, until max_chars are given. A
+    .txt file is one document, often a long one: it is cut into pieces of doc_cap characters, all of them given."""
     given = 0
     for path in paths:
         for block in file_blocks(path):
-            for doc in read_block(block):
+            documents = read_block(block)
+            if doc_cap and path.endswith(".txt"):
+                documents = [piece for doc in documents for piece in
+                             (doc[start:start + doc_cap] for start in range(0, len(doc), doc_cap))]
+            for doc in documents:
                 if doc_cap:
                     doc = doc[:doc_cap]
                 if max_chars is not None and given + len(doc) > max_chars:

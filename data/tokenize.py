@@ -141,14 +141,17 @@ def count_rows(files):
     return sum(block.stop - block.start for path in files for block in file_blocks(path))
 
 
-def tokenize_corpus(corpus, tokenizer, out, shard_tokens=100_000_000, workers=None, force=False):
+def tokenize_corpus(corpus, tokenizer, out, shard_tokens=100_000_000, workers=None, force=False,
+                    max_train_files=None):
     """Tokenizes a corpus folder into out/train_*.bin and out/val_*.bin; returns the manifest."""
     tok = load_tokenizer(tokenizer)
     if tok.vocab_size > MAX_VOCAB:
         raise TokenizerError(f"{tokenizer}: vocab size {tok.vocab_size} does not fit uint16 shards (max {MAX_VOCAB})")
     if shard_tokens < 1:
         raise ValueError(f"--shard-tokens must be positive, got {shard_tokens}")
-    train_files, val_file = corpus_files(corpus)
+    if max_train_files is not None and max_train_files < 1:
+        raise ValueError(f"--max-train-files must be positive, got {max_train_files}")
+    train_files, val_file = corpus_files(corpus, max_train_files)
     splits = {"train": train_files, "val": [val_file]}
     rows = {split: count_rows(files) for split, files in splits.items()}  # also checks every file opens
     tokenizer_sha256 = sha256_file(os.path.join(tokenizer, "tokenizer.json"))
@@ -221,9 +224,12 @@ def main(argv=None):
     parser.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard")
     parser.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
     parser.add_argument("--force", action="store_true", help="replace shards made from other inputs")
+    parser.add_argument("--max-train-files", type=int, default=None, help="the first N train files only (default: "
+                        "all)")
     args = parser.parse_args(argv)
     try:
-        tokenize_corpus(args.corpus, args.tokenizer, args.out, args.shard_tokens, args.workers, args.force)
+        tokenize_corpus(args.corpus, args.tokenizer, args.out, args.shard_tokens, args.workers, args.force,
+                        args.max_train_files)
     except (TokenizerError, CorpusError, ShardError, ValueError) as e:
         sys.exit(f"error: {e}")
 

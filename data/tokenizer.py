@@ -236,7 +236,9 @@ def check_out_folder(out, force):
 
 def cmd_train(args):
     check_vocab_size(args.vocab_size)
-    train_files, val_file = corpus_files(args.corpus)
+    if args.max_train_files is not None and args.max_train_files < 1:
+        raise TokenizerError(f"--max-train-files must be positive, got {args.max_train_files}")
+    train_files, val_file = corpus_files(args.corpus, args.max_train_files)
     gpt2 = gpt2_tokenizer(args.gpt2) if args.gpt2 else None  # fail on a bad GPT-2 file before training
     check_out_folder(args.out, args.force)
     fed = [0]
@@ -287,7 +289,10 @@ def main(argv=None):
     train.add_argument("--out", required=True, help="tokenizer folder to write")
     train.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
     train.add_argument("--max-chars", type=int, default=2_000_000_000, help="train on the first N characters")
-    train.add_argument("--doc-cap", type=int, default=10_000, help="use at most N characters of each document")
+    train.add_argument("--doc-cap", type=int, default=10_000, help="use at most N characters of each document (a "
+                       ".txt file: pieces of N characters)")
+    train.add_argument("--max-train-files", type=int, default=None, help="train on the first N train files only "
+                       "(default: all)")
     train.add_argument("--gpt2", metavar="RANKS", help="gpt2.tiktoken file, to compare compression with GPT-2")
     train.add_argument("--force", action="store_true", help="replace an existing tokenizer")
     train.set_defaults(run=cmd_train)

@@ -190,6 +190,13 @@ def test_force_replaces_every_old_shard(tokenizer_dir, tmp_path):
     assert set(shard_bytes(out)) == listed
 
 
+def test_max_train_files_tokenizes_the_first_train_files_and_the_val_file(corpus, tokenizer_dir, tmp_path):
+    manifest = tokenize_corpus(str(corpus), str(tokenizer_dir), str(tmp_path), workers=1, max_train_files=2)
+    train_files, val_file = corpus_files(str(corpus))
+    assert [i["name"] for i in manifest["config"]["inputs"]["train"]] == [os.path.basename(f) for f in train_files[:2]]
+    assert [i["name"] for i in manifest["config"]["inputs"]["val"]] == [os.path.basename(val_file)]
+
+
 def test_text_files_are_documents_too(tokenizer_dir, tmp_path):
     corpus = tmp_path / "texts"
     corpus.mkdir()

@@ -151,6 +151,29 @@ def test_max_chars_limits_the_training_text(corpus, tmp_path):
     assert json.loads((tmp_path / "t" / "report.json").read_text())["train_chars"] == 5000
 
 
+def test_max_train_files_trains_on_the_first_files_whatever_else_the_folder_holds(corpus, tmp_path):
+    """A folder that is still filling (speedrun.sh downloads the rest while the tokenizer trains) gives the same
+    tokenizer as one that holds only those files."""
+    train_files = sorted(p.name for p in corpus.glob("*.parquet"))[:-1]
+    only = tmp_path / "only"
+    only.mkdir()
+    for name in (train_files[0], sorted(p.name for p in corpus.glob("*.parquet"))[-1]):
+        (only / name).write_bytes((corpus / name).read_bytes())
+    main(["train", "--corpus", str(only), "--out", str(tmp_path / "a"), "--vocab-size", "300"])
+    main(["train", "--corpus", str(corpus), "--out", str(tmp_path / "b"), "--vocab-size", "300", "--max-train-files", "1"])
+    assert (tmp_path / "a" / "tokenizer.tiktoken").read_bytes() == (tmp_path / "b" / "tokenizer.tiktoken").read_bytes()
+
+
+def test_a_long_txt_document_is_trained_on_whole_in_doc_cap_pieces(tmp_path):
+    corpus = tmp_path / "texts"
+    corpus.mkdir()
+    text = " ".join(f"word{i % 500} and{i % 7} more" for i in range(20_000))  # one file: one document of 400k chars
+    (corpus / "a.txt").write_text(text)
+    (corpus / "b.txt").write_text("the val document")
+    main(["train", "--corpus", str(corpus), "--out", str(tmp_path / "t"), "--vocab-size", "300"])
+    assert json.loads((tmp_path / "t" / "report.json").read_text())["train_chars"] == len(text)  # not 10,000
+
+
 @pytest.mark.skipif(not GPT2_RANKS.exists(), reason="needs ../shared/tokenizers/gpt2.tiktoken")
 def test_gpt2_tokenizer_from_its_ranks_file(tmp_path):
     gpt2 = gpt2_tokenizer(str(GPT2_RANKS))
