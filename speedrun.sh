@@ -8,10 +8,13 @@
 # Every stage is idempotent: re-running the same command after a failure (or a kill) verifies what is done and
 # resumes where it stopped; training continues from its last checkpoint, and finished runs are kept as they are.
 # Settings (environment variables; --seeds, --track, --dataset, --source, --gpus and --run-id set the same ones):
-#   NUM_GPUS          GPUs to train on (default: all that nvidia-smi lists)
-#   DATASET           climbmix | fineweb-edu | shakespeare | local  (default: climbmix with a GPU, shakespeare without)
-#   SOURCE            with DATASET=local: a folder of .parquet (a text column) or .txt files; the last one is val
-#   NUM_SHARDS        train shards to download (default 170 for hub corpora: ~42 B chars, enough for GPT-2 grade)
+#   NUM_GPUS          GPUs to train on (default: those of CUDA_VISIBLE_DEVICES, else all that nvidia-smi lists)
+#   DATASET           climbmix | fineweb-edu | shakespeare | local  (default: climbmix with a GPU, shakespeare without;
+#                     local when SOURCE is given)
+#   SOURCE            DATASET=local: a folder of .parquet (a text column) or .txt files; the last one is val (no
+#                     record unless TRACK is given: the tracks pin their data)
+#   NUM_SHARDS        train shards to download and train on (default 170 for hub corpora: ~42 B chars, enough for
+#                     GPT-2 grade; another count has token and run folders of its own)
 #   TOKENIZER_SHARDS  shards downloaded first, to train the tokenizer while the rest download (default 8)
 #   VOCAB_SIZE        tokenizer vocabulary (default 32768; 4096 for the small sample)
 #   PRESET            train_gpt.py preset (default gpt2-core on GPUs, tiny without a GPU)
@@ -50,8 +53,14 @@ done
 [[ "${SEEDS:-1}" =~ ^[1-9][0-9]*$ ]] || fail "--seeds ${SEEDS}: give the number of runs, a whole number of 1 or more"
 [[ "${NUM_GPUS:-0}" =~ ^[0-9]+$ ]] || fail "--gpus ${NUM_GPUS}: give a number of GPUs (0: train on the CPU)"
 [[ "${SAVE_EVERY:-0}" =~ ^[0-9]+$ ]] || fail "SAVE_EVERY=${SAVE_EVERY}: give a number of steps (0: only at the end)"
-if [ -z "${NUM_GPUS:-}" ]; then
-  if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then NUM_GPUS=$(nvidia-smi -L | wc -l); else NUM_GPUS=0; fi
+if [ -z "${NUM_GPUS:-}" ]; then  # the GPUs this process may use: CUDA_VISIBLE_DEVICES's, else nvidia-smi's
+  if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then NUM_GPUS=$(tr ',' '\n' <<< "$CUDA_VISIBLE_DEVICES" | grep -c . || true)
+  elif command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then NUM_GPUS=$(nvidia-smi -L | grep -c '^GPU ' || true)
+  else NUM_GPUS=0; fi
+fi
+if [ -n "${SOURCE:-}" ]; then
+  DATASET=${DATASET:-local}
+  [ "$DATASET" = local ] || fail "--source $SOURCE is for --dataset local, not --dataset $DATASET"
 fi
 if [ "$NUM_GPUS" -gt 0 ]; then DATASET=${DATASET:-climbmix}; else DATASET=${DATASET:-shakespeare}; fi
 case "$DATASET" in
@@ -59,13 +68,17 @@ case "$DATASET" in
   local)
     [ -n "${SOURCE:-}" ] || fail "--dataset local needs --source DIR: a folder of .parquet or .txt files (last: val)"
     [ -d "$SOURCE" ] || fail "--source $SOURCE: no such folder"
-    DATA_NAME=local-$(basename "$(cd "$SOURCE" && pwd)" | tr -c 'A-Za-z0-9._\n-' '_') ;;
+    SOURCE_PATH=$(cd "$SOURCE" && pwd)  # its name, and a hash of where it is: two folders of one name differ
+    DATA_NAME=local-$(basename "$SOURCE_PATH" | tr -c 'A-Za-z0-9._\n-' '_')-$(printf %s "$SOURCE_PATH" | sha256sum | cut -c1-6) ;;
   *) fail "--dataset $DATASET: use climbmix, fineweb-edu, shakespeare, or local with --source DIR" ;;
 esac
 if [ "$DATASET" = shakespeare ]; then VOCAB_SIZE=${VOCAB_SIZE:-4096}; else VOCAB_SIZE=${VOCAB_SIZE:-32768}; fi
+[[ "${NUM_SHARDS:-170}" =~ ^[1-9][0-9]*$ ]] || fail "NUM_SHARDS=${NUM_SHARDS}: give a number of train shards, 1 or more"
+[[ "${TOKENIZER_SHARDS:-8}" =~ ^[1-9][0-9]*$ ]] || fail "TOKENIZER_SHARDS=${TOKENIZER_SHARDS}: give a number, 1 or more"
 NUM_SHARDS=${NUM_SHARDS:-170}
 TOKENIZER_SHARDS=${TOKENIZER_SHARDS:-8}
 SEEDS=${SEEDS:-1}
+TRACK_GIVEN=${TRACK:+1}
 if [ "$NUM_GPUS" -gt 0 ]; then
   TRACK=${TRACK:-gpt2-core}; PRESET=${PRESET:-gpt2-core}; SAVE_EVERY=${SAVE_EVERY:-500}
 else
@@ -75,11 +88,19 @@ grep -qF "\"id\": \"$TRACK\"" records/tracks.json || fail "--track $TRACK: not a
 TRAIN_ARGS=${TRAIN_ARGS:-}
 EVAL_ARGS=${EVAL_ARGS:-}
 # the same command gives the same RUN_ID (the seed is the run's folder inside it): a re-run continues its runs
+# Hub corpora: the tokenizer trains on the first TOKENIZER_SHARDS train shards and the runs on the first NUM_SHARDS
+# (the download folder may hold more); another NUM_SHARDS than the default is other data: other tokens, other runs.
+SUBSET=(); TOKENIZER_SUBSET=(); SHARDS_TAG=""
+if [ "$DATASET" = climbmix ] || [ "$DATASET" = fineweb-edu ]; then
+  SUBSET=(--max-train-files "$NUM_SHARDS"); TOKENIZER_SUBSET=(--max-train-files "$TOKENIZER_SHARDS")
+  [ "$NUM_SHARDS" = 170 ] || SHARDS_TAG=_${NUM_SHARDS}shards
+fi
 ARGS_HASH=$(printf %s "$TRAIN_ARGS" | sha256sum | cut -c1-8)
-RUN_ID=${RUN_ID:-speedrun_${DATA_NAME}_${VOCAB_SIZE}_${PRESET}${TRAIN_ARGS:+_args-$ARGS_HASH}}
+RUN_ID=${RUN_ID:-speedrun_${DATA_NAME}_${VOCAB_SIZE}${SHARDS_TAG}_${PRESET}${TRAIN_ARGS:+_args-$ARGS_HASH}}
+RUN_DIR=runs/$RUN_ID
 RAW=data/raw/$DATA_NAME
 TOKENIZER=data/tokenizers/${DATA_NAME}_$VOCAB_SIZE
-TOKENS=data/tokens/${DATA_NAME}_$VOCAB_SIZE
+TOKENS=data/tokens/${DATA_NAME}_$VOCAB_SIZE$SHARDS_TAG
 PY=.venv/bin/python
 GPT2_RANKS=${GPT2_RANKS:-../shared/tokenizers/gpt2.tiktoken}  # optional: compare compression with GPT-2
 GPT2_ARGS=()
@@ -96,6 +117,17 @@ stage() {  # ends the previous stage (its wall time goes into the report) and st
   [ -n "$stage_name" ] && echo "== $stage_name"
   return 0
 }
+
+# One pipeline at a time in a checkout: two would share the data folders and move each other's runs aside.
+mkdir -p runs
+exec 9> runs/speedrun.lock
+if command -v flock >/dev/null && ! flock -w 5 9; then  # a few seconds: a killed one may still be exiting
+  fail "another speedrun.sh is running in this checkout (it holds runs/speedrun.lock); wait for it to end"
+fi
+stop_download() { if [ -n "${download_pid:-}" ]; then kill "$download_pid" 2>/dev/null || true; fi; }
+trap stop_download EXIT  # a failure or a Ctrl-C leaves no download running behind
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 stage "set-up (.venv, pinned dependencies)"
 bash setup.sh
@@ -121,7 +153,7 @@ if [ -f "$TOKENIZER/tokenizer.json" ]; then
   $PY -m data.tokenizer report --tokenizer "$TOKENIZER" --corpus "$RAW" "${GPT2_ARGS[@]}"
 else
   $PY -m data.tokenizer train --corpus "$RAW" --out "$TOKENIZER" --vocab-size "$VOCAB_SIZE" \
-    "${GPT2_ARGS[@]}"
+    "${TOKENIZER_SUBSET[@]}" "${GPT2_ARGS[@]}"
 fi
 
 if [ -n "${download_pid:-}" ]; then
@@ -132,13 +164,14 @@ if [ -n "${download_pid:-}" ]; then
     exit 1
   fi
   tail -n 1 runs/download.log
+  download_pid=""
 fi
 
 stage "tokenize: $RAW -> $TOKENS"
-$PY -m data.tokenize --corpus "$RAW" --tokenizer "$TOKENIZER" --out "$TOKENS"
+$PY -m data.tokenize --corpus "$RAW" --tokenizer "$TOKENIZER" --out "$TOKENS" "${SUBSET[@]}" ||
+  fail "tokenizing failed (above); if the data changed since $TOKENS was made (files edited in --source), move it aside with the runs made on it ($RUN_DIR) and run again"
 
 DATA_ARGS=(--train_files="$TOKENS/train_*.bin" --val_files="$TOKENS/val_*.bin" --tokenizer="$TOKENIZER")
-RUN_DIR=runs/$RUN_ID
 TRAIN=(--preset="$PRESET" --save_every="$SAVE_EVERY")
 if [ "$NUM_GPUS" -gt 0 ]; then
   LAUNCH=(.venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS")
@@ -158,7 +191,7 @@ fi
 RUNS_NEEDED=$($PY -c 'import json, sys
 track = {t["id"]: t for t in json.load(open("records/tracks.json"))["tracks"]}[sys.argv[1]]
 print(max(track["min_runs"], 2 if "target" in track else 1))' "$TRACK")
-if [ "$SEEDS" -lt "$RUNS_NEEDED" ]; then
+if [ "$SEEDS" -lt "$RUNS_NEEDED" ] && ! { [ "$DATASET" = local ] && [ -z "$TRACK_GIVEN" ]; }; then
   echo "note: a $TRACK record needs $RUNS_NEEDED runs; with $SEEDS, the runs and a report are made but no record"
 fi
 has_core() { $PY -c 'import json, sys; sys.exit("core" not in json.load(open(sys.argv[1])))' "$1/results.json"; }
@@ -184,6 +217,10 @@ for ((seed = 0; seed < SEEDS; seed++)); do
   fi
   if has_core "$run"; then
     echo "$run is evaluated; keeping it"
+    if [ -n "$EVAL_ARGS${EVAL_BUNDLE_DIR:-}" ]; then
+      echo "note: EVAL_ARGS and EVAL_BUNDLE_DIR apply to runs not yet evaluated; to score $run again, run" \
+        "eval_core.py --run-dir $run with them"
+    fi
   else
     stage "evaluate: CORE and bits per byte, seed $seed"
     "${LAUNCH[@]}" eval_core.py --run-dir "$run" "${EVAL[@]}" $EVAL_ARGS
@@ -192,7 +229,10 @@ done
 
 RECORD_DIR=$RUN_DIR/record_${TRACK}_${SEEDS}runs
 stage "record: $TRACK ($RECORD_DIR)"
-if [ "$SEEDS" -lt "$RUNS_NEEDED" ]; then
+if [ "$DATASET" = local ] && [ -z "$TRACK_GIVEN" ]; then
+  RECORD_NOTE="none: a record is on a track's pinned data, and $SOURCE is your own (--track ID makes one anyway)"
+  echo "note: $RECORD_NOTE"
+elif [ "$SEEDS" -lt "$RUNS_NEEDED" ]; then
   RECORD_NOTE="a $TRACK record needs $RUNS_NEEDED runs, this is $SEEDS: run the same command with"
   RECORD_NOTE+=" --seeds $RUNS_NEEDED to make one (the runs made so far are kept)"
   echo "note: $RECORD_NOTE"

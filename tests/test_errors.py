@@ -3,6 +3,7 @@ what to do, a non-zero exit, before any run folder (or anything else) is made, a
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -148,10 +149,29 @@ def test_records_new_that_fails_leaves_no_half_built_folder(tmp_path):
     (["--dataset", "local", "--source", "/nowhere"], "--source /nowhere: no such folder"),
     (["--dataset", "wiki"], "--dataset wiki: use climbmix, fineweb-edu, shakespeare, or local"),
     (["--bogus", "1"], "unknown flag --bogus"),
+    (["--source", "/tmp", "--dataset", "shakespeare"], "--source /tmp is for --dataset local, not --dataset shakespeare"),
+    (["NUM_SHARDS=0"], "NUM_SHARDS=0: give a number of train shards, 1 or more"),
+    (["TOKENIZER_SHARDS=x"], "TOKENIZER_SHARDS=x: give a number, 1 or more"),
 ])
 def test_speedrun_flags_fail_with_one_line_before_any_stage(flags, message):
     env = {k: v for k, v in os.environ.items() if k not in ("SEEDS", "NUM_GPUS", "TRACK", "DATASET", "SOURCE")}
+    settings = [flag for flag in flags if re.match(r"[A-Z_]+=", flag)]  # NAME=value: the environment's
+    env.update(setting.split("=", 1) for setting in settings)
+    flags = [flag for flag in flags if flag not in settings]
     done = subprocess.run(["bash", str(REPO / "speedrun.sh"), *flags], capture_output=True, text=True, env=env,
                           timeout=30)
     assert done.returncode != 0 and done.stdout == ""  # no stage started
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+
+
+def test_a_second_speedrun_in_the_same_checkout_is_refused_while_the_first_runs():
+    import fcntl
+    (REPO / "runs").mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("SEEDS", "NUM_GPUS", "TRACK", "DATASET", "SOURCE")}
+    with open(REPO / "runs" / "speedrun.lock", "w") as lock:  # what a running speedrun.sh holds
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = subprocess.run(["bash", str(REPO / "speedrun.sh"), "--gpus", "0"], capture_output=True, text=True,
+                              env=env, timeout=30)
+    assert done.returncode != 0 and done.stdout == ""
+    assert done.stderr == ("error: another speedrun.sh is running in this checkout (it holds runs/speedrun.lock); "
+                           "wait for it to end\n")
