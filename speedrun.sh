@@ -228,10 +228,10 @@ for ((seed = 0; seed < SEEDS; seed++)); do
 done
 
 RECORD_DIR=$RUN_DIR/record_${TRACK}_${SEEDS}runs
-stage "record: $TRACK ($RECORD_DIR)"
+if [ "$DATASET" = local ] && [ -z "$TRACK_GIVEN" ]; then stage "record: none (your own data)"; else stage "record: $TRACK ($RECORD_DIR)"; fi
 if [ "$DATASET" = local ] && [ -z "$TRACK_GIVEN" ]; then
   RECORD_NOTE="none: a record is on a track's pinned data, and $SOURCE is your own (--track ID makes one anyway)"
-  echo "note: $RECORD_NOTE"
+  echo "note: no record; a record is on a track's pinned data, and $SOURCE is your own (--track ID makes one anyway)"
 elif [ "$SEEDS" -lt "$RUNS_NEEDED" ]; then
   RECORD_NOTE="a $TRACK record needs $RUNS_NEEDED runs, this is $SEEDS: run the same command with"
   RECORD_NOTE+=" --seeds $RUNS_NEEDED to make one (the runs made so far are kept)"
