@@ -1088,10 +1088,19 @@ def data_identity(config, tokenizer, train_files, val_tokens):
 
 
 class RunLog:
-    """log.txt in the run folder, written by rank 0 (other ranks stay quiet); lines are also printed."""
+    """log.txt in the run folder, written by rank 0 (other ranks stay quiet); lines are also printed. A resumed run
+    appends; a last line cut short (a full disk, a kill in the middle of a write) is dropped first, so that every
+    line of the log is whole."""
 
     def __init__(self, path, enabled):
-        self.file = open(path, "a") if enabled else None
+        self.file = None
+        if enabled:
+            if os.path.exists(path):
+                with open(path, "rb+") as f:
+                    text = f.read()
+                    if text and not text.endswith(b"\n"):
+                        f.truncate(text.rfind(b"\n") + 1)
+            self.file = open(path, "a")
 
     def write(self, text, echo=True):
         if self.file is None:
@@ -1121,8 +1130,19 @@ def save_checkpoint(path, model, optimizer, loader, progress, config, rank=0):
              "loader": loader.state_dict(), "progress": dict(progress), "config": dataclasses.asdict(config),
              "rng": {"cpu": torch.get_rng_state(),  # the GPU's: this process's device only (any GPU count resumes)
                      "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_initialized() else []}}
-    torch.save(state, path + ".tmp")
+    try:
+        torch.save(state, path + ".tmp")
+    except (OSError, RuntimeError) as e:  # a full disk: torch reports it as either
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        kept = f"{path} is kept as it was" if os.path.exists(path) else "no checkpoint was written"
+        raise CheckpointError(f"could not write {path} ({' '.join(str(e).split())[:200]}); {kept}. Free disk space "
+                              "and resume") from None
     os.replace(path + ".tmp", path)  # a crash while saving leaves the previous checkpoint intact
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written; the message says what to do."""
 
 
 RESUMABLE_CHANGES = {"resume", "stop_after", "save_every", "save_final", "log_every", "val_every", "wandb",
@@ -1568,7 +1588,7 @@ def main(argv=None):
     try:
         rank, world, device = init_distributed(config)
         train(config, rank, world, device)
-    except (ConfigError, ShardError, FloatingPointError) as e:
+    except (ConfigError, ShardError, FloatingPointError, CheckpointError) as e:
         sys.exit(f"error: {e}")
     except torch.OutOfMemoryError as e:
         sys.exit(f"error: {out_of_memory(config, e)}")

@@ -168,6 +168,39 @@ def test_a_resumed_run_reports_the_times_of_the_whole_run(options, monkeypatch):
     assert results["wall_time_s"] > results["training_time_s"] + results["warmup_time_s"] + results["eval_time_s"]
 
 
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_says_so(options, tmp_path, monkeypatch):
+    real_save, saves = torch.save, []
+
+    def disk_full_on_the_second_save(obj, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 2:
+            open(path, "wb").write(b"part of a checkpoint")
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4595264 vs 4595152")
+        real_save(obj, path, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", disk_full_on_the_second_save)
+    with pytest.raises(SystemExit) as exc:
+        main(argv(options, run_id="full", save_every=2))
+    checkpoint = tmp_path / "runs" / "full" / "checkpoint.pt"
+    assert exc.value.code == (f"error: could not write {checkpoint} ([enforce fail at inline_container.cc:664] . "
+                              f"unexpected pos 4595264 vs 4595152); {checkpoint} is kept as it was. Free disk space "
+                              "and resume")
+    assert not list(checkpoint.parent.glob("*.tmp"))  # no half-written file left behind
+    assert torch.load(checkpoint, weights_only=True)["progress"]["step"] == 2
+
+
+def test_a_log_line_cut_short_is_dropped_when_the_run_resumes(options, tmp_path):
+    run(options, run_id="cut", stop_after=3)
+    log = tmp_path / "runs" / "cut" / "log.txt"
+    whole = log.read_text()
+    with open(log, "a") as f:
+        f.write('step:4/6 train_loss:5.1 lr:1.0 step_')  # a kill or a full disk in the middle of a line
+    run(options, run_id="cut", resume=str(log.parent / "checkpoint.pt"))
+    after = log.read_text()
+    assert after.startswith(whole) and "step_\n" not in after and "step_git" not in after
+    from records.record import parse_log
+    assert len(parse_log(str(log)).segments) == 2  # every line parses
+
+
 def test_a_run_that_left_no_checkpoint_is_not_told_to_resume(options, tmp_path, monkeypatch):
     monkeypatch.setattr(train_gpt, "save_checkpoint", lambda *args: None)  # as if killed before its first save
     run(options, run_id="cut", stop_after=2)
