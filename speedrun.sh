@@ -107,11 +107,13 @@ GPT2_ARGS=()
 [ -f "$GPT2_RANKS" ] && GPT2_ARGS=(--gpt2 "$GPT2_RANKS")
 
 stage_start=$SECONDS
-STAGE_TIMES=""
+STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+mkdir -p "$RUN_DIR"
 stage() {  # ends the previous stage (its wall time goes into the report) and starts the next
   if [ -n "${stage_name:-}" ]; then
     echo "== $stage_name: $((SECONDS - stage_start)) s"
-    STAGE_TIMES+="$stage_name"$'\t'"$((SECONDS - stage_start))"$'\n'
+    # kept in the run folder as each stage ends: a later call that keeps this stage's work still reports its time
+    printf '%s\t%s\t%s\n' "$STARTED" "$stage_name" "$((SECONDS - stage_start))" >> "$RUN_DIR/stages.tsv"
   fi
   stage_name=$1; stage_start=$SECONDS
   [ -n "$stage_name" ] && echo "== $stage_name"
@@ -248,13 +250,15 @@ else
 fi
 
 stage ""
-$PY - "$RUN_DIR" "$STAGE_TIMES" "$RECORD_NOTE" "${RUNS[@]}" <<'PYTHON'
+$PY - "$RUN_DIR" "$RECORD_NOTE" "${RUNS[@]}" <<'PYTHON'
 import json, os, sys
 from records.stats import mean_std
-run_dir, stage_times, record_note, *runs = sys.argv[1:]
+run_dir, record_note, *runs = sys.argv[1:]
 results = [json.load(open(os.path.join(run, "results.json"))) for run in runs]
-lines = [f"# Speedrun report: {os.path.basename(run_dir)}", "", "## Stages", "", "| stage | wall time |", "|---|---|"]
-lines += [f"| {name} | {seconds} s |" for name, seconds in (row.split("\t") for row in stage_times.strip().split("\n"))]
+rows = [row.split("\t") for row in open(os.path.join(run_dir, "stages.tsv")).read().strip().split("\n")]
+lines = [f"# Speedrun report: {os.path.basename(run_dir)}", "", "## Stages (every call of speedrun.sh)", "",
+         "| call started | stage | wall time |", "|---|---|---|"]
+lines += [f"| {started} | {name} | {seconds} s |" for started, name, seconds in rows]
 env, git = results[0]["environment"], results[0]["git"]
 code = {name: sum(1 for _ in open(name)) for name in ("train_gpt.py", "eval_core.py")}
 lines += ["", "## Hardware and software", "", f"- {env['world_size']} x {env['gpu'] or f'CPU ({os.cpu_count()} cores)'}"

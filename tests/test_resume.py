@@ -4,6 +4,7 @@ for bit on the CPU, as a run never interrupted; a finished run is kept as it is,
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -154,3 +155,6 @@ def test_speedrun_killed_mid_training_and_run_again_matches_the_uninterrupted_ru
     out = speedrun(repo, env)  # and once more: a finished, evaluated run is kept as it is
     assert "is trained; keeping it" in out and "is evaluated; keeping it" in out and "== train" not in out
     assert folder_bytes(run_dir) == before
+    report = (run_dir.parent / "report.md").read_text()  # the stages of every call: the training is still there
+    calls = set(re.findall(r"^\| (\S+Z) \|", report, re.M))  # the killed one's finished stages, then two more
+    assert len(calls) == 3 and report.count("| train: ") == 1 and report.count("| tokenize: ") == 3
