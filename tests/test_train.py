@@ -201,6 +201,17 @@ def test_a_log_line_cut_short_is_dropped_when_the_run_resumes(options, tmp_path)
     assert len(parse_log(str(log)).segments) == 2  # every line parses
 
 
+def test_the_last_step_is_saved_once_when_save_every_divides_the_steps(options, monkeypatch):
+    real, saved = train_gpt.save_checkpoint, []
+
+    def counting(path, model, optimizer, loader, progress, config, rank=0):
+        saved.append((progress["step"], progress.get("status")))
+        real(path, model, optimizer, loader, progress, config, rank)
+    monkeypatch.setattr(train_gpt, "save_checkpoint", counting)
+    run(options, run_id="saves", save_every=3)  # 6 steps
+    assert saved == [(3, None), (6, "finished")]
+
+
 def test_a_run_that_left_no_checkpoint_is_not_told_to_resume(options, tmp_path, monkeypatch):
     monkeypatch.setattr(train_gpt, "save_checkpoint", lambda *args: None)  # as if killed before its first save
     run(options, run_id="cut", stop_after=2)
