@@ -1119,8 +1119,8 @@ def save_checkpoint(path, model, optimizer, loader, progress, config, rank=0):
     """Every process calls it (the sharded optimizer state is gathered); rank 0 writes. Weights that are not finite
     are never written: the loss read before a save is that of the weights before the last update, which may be
     the one that broke them, and the checkpoint they would replace is the one to go back to."""
+    kept = f"{path} is kept as it was" if os.path.exists(path) else "no checkpoint was written"
     if not torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all():  # the same on every rank
-        kept = f"{path} is kept as it was" if os.path.exists(path) else "no checkpoint was written"
         raise FloatingPointError(f"step {progress['step']}: the weights are not finite after this step's update; "
                                  f"{kept}. Try a lower lr")
     optimizer_state = optimizer.full_state_dict()
@@ -1135,7 +1135,6 @@ def save_checkpoint(path, model, optimizer, loader, progress, config, rank=0):
     except (OSError, RuntimeError) as e:  # a full disk: torch reports it as either
         if os.path.exists(path + ".tmp"):
             os.remove(path + ".tmp")
-        kept = f"{path} is kept as it was" if os.path.exists(path) else "no checkpoint was written"
         raise CheckpointError(f"could not write {path} ({' '.join(str(e).split())[:200]}); {kept}. Free disk space "
                               "and resume") from None
     os.replace(path + ".tmp", path)  # a crash while saving leaves the previous checkpoint intact
