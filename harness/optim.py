@@ -1,0 +1,289 @@
+"""harness/optim.py: the sharded optimizer engine. A recipe gives it a parameter table (which update rule, lr and
+weight decay each parameter gets) and its update rules as plain functions; the engine does the rest.
+
+The gradients arrive in flat buckets (harness/comm.py, GradientBucket), each reduce-scattered as soon as the
+backward has finished it. Then, bucket by bucket, this process runs the update rule on its shard and starts the
+all-gather of the results, so that gathers overlap the next bucket's math. The math is one process's on any number
+of processes (the mean gradient, the same rule on the same numbers), and each process keeps 1/world of the state.
+
+Two kinds of update rule (UpdateRule.shards):
+- "elements" (AdamW, Lion, ...): fn(params, grads, states, lr, weight_decay, hp) updates, in place, this process's
+  slices of its parameters (1-D fp32 tensors) given their gradients' slices; the new values are all-gathered.
+- "matrices" (Muon, ...): fn(grads, state, hp) returns the update direction of a stack of same-shape matrices
+  [count, rows, cols] that this process owns whole; the directions (bf16) are all-gathered and every process applies
+  them all: p <- p x (1 - lr x weight_decay) - lr x lr_scale(rows, cols) x direction.
+A rule keeps its state in the dicts it is given (`states`: one per slice; `state`: one per stack), as tensors shaped
+like what it updates, created on its first step; the engine shards, snapshots and checkpoints them by parameter name.
+`hp` holds the step count, the config, the schedule's values of this step and `compiled` (a function's compiled
+version when compiling, else the function).
+"""
+
+import math
+import re
+import types
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from harness.comm import GradientBucket, element_layout, matrix_layout
+from harness.config import ConfigError
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A row of a recipe's parameter table: parameters whose whole name matches `pattern` get this update rule, lr
+    and weight decay. parts: a matrix of `parts` matrices stacked by rows (a fused qkv updated as q, k and v);
+    counts: the parameter counts in the total that --tokens_per_param multiplies."""
+    pattern: str
+    update: str
+    lr: float
+    weight_decay: float = 0.0
+    parts: int = 1
+    counts: bool = False
+
+
+@dataclass(frozen=True)
+class UpdateRule:
+    """An update rule: its function, how the engine shards it ("elements" or "matrices"), and for matrices the
+    factor of the lr for a matrix of rows x cols (1 unless the rule says otherwise)."""
+    fn: Callable
+    shards: str = "elements"
+    lr_scale: Callable = None
+
+
+def assign(model, table, rules):
+    """{parameter: (its name, its Rule)}: the first row whose pattern matches the whole name. A parameter no row
+    matches, a row naming an unknown update rule, or a matrix rule on a parameter that is not 2-D is an error."""
+    assigned = {}
+    for name, p in model.named_parameters():
+        row = next((row for row in table if re.fullmatch(row.pattern, name)), None)
+        if row is None:
+            raise ConfigError(f"parameter {name} {tuple(p.shape)} matches no row of the parameter table; add a row "
+                              "for it (parameter_table in train_gpt.py)")
+        if row.update not in rules:
+            raise ConfigError(f"the parameter table gives {name} the update rule {row.update!r}, which is not in "
+                              f"UPDATE_RULES ({', '.join(rules)})")
+        if rules[row.update].shards == "matrices" and (p.ndim != 2 or p.size(0) % row.parts):
+            raise ConfigError(f"{name} {tuple(p.shape)} gets {row.update!r}, a rule on whole matrices: give it a row "
+                              f"with an element-wise rule, or make it a matrix of {row.parts} parts")
+        assigned[p] = (name, row)
+    return assigned
+
+
+def bucket_plan(params, assigned, rules, ready_order, bucket_mb):
+    """Parameters into gradient buckets, in the order the backward finishes them (ready_order: parameter names, the
+    first one ready first). One kind of bucket per update rule and dtype; a bucket is cut when the next parameter
+    would take it over bucket_mb, and is ready when its last parameter is."""
+    position = {name: i for i, name in enumerate(ready_order)}
+    order = sorted(params, key=lambda p: position.get(assigned[p][0], len(position)))
+    open_buckets, done = {}, []
+    for p in order:
+        key = (assigned[p][1].update, p.dtype)
+        bucket = open_buckets.get(key)
+        size = p.numel() * p.element_size()
+        if bucket and bucket["bytes"] + size > bucket_mb * 2**20:
+            done.append(open_buckets.pop(key))
+            bucket = None
+        if bucket is None:
+            bucket = open_buckets[key] = {"update": key[0], "params": [], "bytes": 0}
+        bucket["params"].append(p)
+        bucket["bytes"] += size
+    done += open_buckets.values()
+    ready = lambda b: max(position.get(assigned[p][0], len(position)) for p in b["params"])
+    return [(b["update"], b["params"]) for b in sorted(done, key=ready)]
+
+
+class ElementShard:
+    """An element-wise rule on this process's slice of a bucket split by elements; the new values are all-gathered
+    straight into the parameters, which become views of the bucket's flat buffer of values (so the gather needs no
+    copy after). The rule always sees fp32: bf16 parameters are updated through an fp32 copy of the slice."""
+
+    def __init__(self, bucket, rule, rows):
+        layout, rank, shard = bucket.layout, bucket.comm.rank, bucket.layout.shard
+        self.bucket, self.rule, self.handle = bucket, rule, None
+        self.values = torch.zeros(layout.numel, dtype=bucket.params[0].dtype, device=bucket.grads.device)
+        for p, offset in zip(bucket.params, layout.offsets):
+            view = self.values[offset:offset + p.numel()]
+            view.copy_(p.detach().view(-1))
+            p.data = view.view_as(p)
+        self.mine = self.values[rank * shard:(rank + 1) * shard]
+        self.work = self.mine if self.mine.dtype == torch.float32 else torch.zeros(shard, device=self.mine.device)
+        # segments: (parameter index, start and end in the parameter, its slice of `work`, its state), grouped by
+        # (lr, weight decay) so that each group is one call of the rule
+        self.segments, self.groups, start = [], {}, rank * shard
+        for i, (p, offset, row) in enumerate(zip(bucket.params, layout.offsets, rows)):
+            lo, hi = max(offset, start), min(offset + p.numel(), start + shard)
+            if lo < hi:
+                segment = (i, lo - offset, hi - offset, self.work[lo - start:hi - start], {})
+                self.segments.append(segment)
+                self.groups.setdefault((row.lr, row.weight_decay), []).append(segment)
+        self.lr_multiplier = 1.0
+
+    def step(self, hp):
+        mean = self.bucket.mean_gradient()
+        if self.work is not self.mine:
+            self.work.copy_(self.mine)
+        start = self.bucket.comm.rank * self.bucket.layout.shard
+        offsets = self.bucket.layout.offsets
+        for (lr, weight_decay), segments in self.groups.items():
+            grads = [mean[offsets[i] + lo - start:offsets[i] + hi - start] for i, lo, hi, _, _ in segments]
+            self.rule.fn([s[3] for s in segments], grads, [s[4] for s in segments], lr * hp.lr_multiplier,
+                         weight_decay, hp)
+        if self.work is not self.mine:
+            self.mine.copy_(self.work)
+        self.handle = self.bucket.comm.all_gather(self.values, self.mine)
+
+    def finish(self, hp):
+        if self.handle is not None:
+            self.handle.wait()
+
+    def states(self):
+        """(parameter index, start, end, state dict) of each slice this process updates."""
+        return [(i, lo, hi, state) for i, lo, hi, _, state in self.segments]
+
+
+class MatrixShard:
+    """A matrix rule on this process's whole matrices of a bucket, each stack of same-shape matrices in one call; the
+    bf16 directions of every process are all-gathered and every process applies all of them."""
+
+    def __init__(self, bucket, rule, rows):
+        layout, rank, shard, device = bucket.layout, bucket.comm.rank, bucket.layout.shard, bucket.grads.device
+        self.bucket, self.rule, self.handle = bucket, rule, None
+        self.updates = torch.zeros(layout.numel, dtype=torch.bfloat16, device=device)
+        self.mine = self.updates[rank * shard:(rank + 1) * shard]
+        self.stacks = [(offset - rank * shard, shape, {}) for offset, _, shape in layout.stacks[rank]]
+        self.by_factor = {}  # every matrix's direction in the gathered buffer, by (lr, lr scale, weight decay)
+        lr_scale = rule.lr_scale or (lambda rows, cols: 1.0)
+        for p, offset, row in zip(bucket.params, layout.offsets, rows):
+            key = (row.lr, lr_scale(p.size(0) / row.parts, p.size(1)), row.weight_decay)
+            params, updates = self.by_factor.setdefault(key, ([], []))
+            params.append(p)
+            updates.append(self.updates[offset:offset + p.numel()].view_as(p))
+
+    def step(self, hp):
+        mean = self.bucket.mean_gradient()
+        for offset, shape, state in self.stacks:
+            size = math.prod(shape)
+            direction = self.rule.fn(mean[offset:offset + size].view(shape), state, hp)
+            self.mine[offset:offset + size].view(shape).copy_(direction)
+        self.handle = self.bucket.comm.all_gather(self.updates, self.mine)
+
+    def finish(self, hp):
+        if self.handle is not None:
+            self.handle.wait()
+        for (lr, scale, weight_decay), (params, updates) in self.by_factor.items():
+            lr = lr * hp.lr_multiplier
+            if weight_decay:  # decoupled, scaled by the lr
+                torch._foreach_mul_(params, 1 - lr * weight_decay)
+            torch._foreach_add_(params, updates, alpha=-lr * scale)
+
+    def states(self):
+        """(offset in the bucket, stack shape, state dict) of each stack this process updates."""
+        return [(offset + self.bucket.comm.rank * self.bucket.layout.shard, shape, state)
+                for offset, shape, state in self.stacks]
+
+
+class ShardedOptimizer:
+    """The engine: the parameter table's update rules on the gradient buckets, each process updating its shard.
+
+    ready_order names the parameters in the order the backward finishes their gradients (harness/trace.py reads it
+    off the model), so that a bucket goes out as soon as the backward is done with it; `compiled` is what the rules
+    get as hp.compiled."""
+
+    def __init__(self, model, table, rules, config, comm, accum_steps=1, ready_order=(), compiled=lambda fn: fn):
+        assigned = assign(model, table, rules)
+        reduce_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[config.reduce_dtype]
+        self.comm, self.steps = comm, 0
+        self.hp = types.SimpleNamespace(step=0, config=config, lr_multiplier=1.0, compiled=compiled)
+        self.counted_params = sum(p.numel() for p, (_, row) in assigned.items() if row.counts)
+        self.buckets, self.shards, self.names, matrix_load = [], [], [], [0] * comm.world
+        for update, params in bucket_plan(list(model.parameters()), assigned, rules, ready_order, config.bucket_mb):
+            rule, rows = rules[update], [assigned[p][1] for p in params]
+            shapes = [tuple(p.shape) for p in params]
+            layout = element_layout(shapes, comm.world) if rule.shards == "elements" else \
+                matrix_layout(shapes, comm.world, [row.parts for row in rows], matrix_load)
+            bucket = GradientBucket(layout, params, comm, reduce_dtype, accum_steps, (self.buckets or [None])[-1])
+            self.buckets.append(bucket)
+            self.names.append([assigned[p][0] for p in params])
+            self.shards.append((ElementShard if rule.shards == "elements" else MatrixShard)(bucket, rule, rows))
+
+    def set_schedule(self, lr_multiplier, **values):
+        """This step's lr multiplier (of every row's lr) and the other values the schedule gives the rules (hp)."""
+        self.hp.lr_multiplier = lr_multiplier
+        vars(self.hp).update(values)
+
+    @torch.no_grad()
+    def step(self):
+        self.hp.step = self.steps
+        for bucket in self.buckets:  # any bucket the hooks did not start (a parameter without a gradient)
+            if not bucket.launched:
+                bucket.launch()
+        for shard in self.shards:  # wait for the bucket's gradients, update this process's shard, start the gather
+            shard.step(self.hp)
+        for shard in self.shards:
+            shard.finish(self.hp)
+        for bucket in self.buckets:
+            bucket.reset()
+        self.steps += 1
+
+    def state_dict(self):
+        """This process's shard of the state (snapshots within a run; checkpoints use full_state_dict)."""
+        return {"steps": self.steps, "states": [[dict(state) for *_, state in shard.states()] for shard in self.shards]}
+
+    def load_state_dict(self, saved):
+        self.steps = saved["steps"]
+        for shard, states in zip(self.shards, saved["states"]):
+            for (*_, state), values in zip(shard.states(), states):
+                device = shard.bucket.grads.device
+                state.clear()
+                state.update({key: value.to(device, copy=True) for key, value in values.items()})
+
+    def state_bytes(self):
+        """Optimizer state held by this process."""
+        return sum(t.numel() * t.element_size() for shard in self.shards for *_, state in shard.states()
+                   for t in state.values())
+
+    @staticmethod
+    def _places(shard):
+        """(offset in the bucket, shape, state) of each slice or stack this process updates."""
+        if isinstance(shard, ElementShard):
+            return [(shard.bucket.layout.offsets[i] + lo, (hi - lo,), state) for i, lo, hi, state in shard.states()]
+        return shard.states()
+
+    def _flat_shard(self, shard, key, dtype):
+        """This process's part of a bucket-wide flat tensor of one state key (zeros where it holds none)."""
+        start = self.comm.rank * shard.bucket.layout.shard
+        mine = torch.zeros(shard.bucket.layout.shard, dtype=dtype, device=shard.bucket.grads.device)
+        for offset, shape, state in self._places(shard):
+            if key in state:
+                mine[offset - start:offset - start + math.prod(shape)] = state[key].reshape(-1)
+        return mine
+
+    def full_state_dict(self):
+        """The whole state by parameter name, the same for any world size: gathered to rank 0 (None elsewhere).
+        Every process must call it: one gather per bucket and state key."""
+        out = {"steps": self.steps, "state": {}}
+        for shard, names in zip(self.shards, self.names):
+            held = {(key, str(t.dtype).removeprefix("torch.")) for *_, state in self._places(shard)
+                    for key, t in state.items()}
+            for key, dtype in sorted(self.comm.union(held)):
+                full = self.comm.gather_to_first(self._flat_shard(shard, key, getattr(torch, dtype)))
+                if full is not None:
+                    for name, p, offset in zip(names, shard.bucket.params, shard.bucket.layout.offsets):
+                        out["state"].setdefault(name, {})[key] = full[offset:offset + p.numel()].view_as(p).cpu().clone()
+        return out if self.comm.rank == 0 else None
+
+    def load_full_state_dict(self, saved):
+        """Takes this process's shard of a full_state_dict (made on any number of processes)."""
+        self.steps = saved["steps"]
+        for shard, names in zip(self.shards, self.names):
+            layout, device = shard.bucket.layout, shard.bucket.grads.device
+            for key in sorted({key for name in names for key in saved["state"].get(name, {})}):
+                full = None
+                for name, p, offset in zip(names, shard.bucket.params, layout.offsets):
+                    value = saved["state"][name][key]
+                    full = torch.zeros(layout.numel, dtype=value.dtype) if full is None else full
+                    full[offset:offset + p.numel()] = value.reshape(-1)
+                for offset, shape, state in self._places(shard):
+                    state[key] = full[offset:offset + math.prod(shape)].view(shape).to(device, copy=True)

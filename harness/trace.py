@@ -1,0 +1,71 @@
+"""harness/trace.py: what a model does, read off one forward and backward on the meta device (shapes only: no
+memory, no data, no GPU): its training FLOPs per token, and the order in which the backward finishes its
+parameters' gradients (which the gradient buckets follow).
+
+FLOPs are those of the matmuls that run (torch's FlopCounterMode: 2 per multiply-add, forward and backward), so an
+architecture change changes the count with no formula to edit. Attention is the one place where what runs is not
+what counts: a kernel over a sliding window computes (or masks) more than the window, and the convention (as
+nanochat's and modded-nanogpt's counts) is each query against the keys of its window. So in this pass the model's
+`attention` hands over to `span_attention`, which does the matmuls of exactly that on the meta device.
+"""
+
+import contextlib
+
+import torch
+from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+
+META_BACKEND = "meta"  # model.attention_backend during the pass: attention calls span_attention
+
+
+def span_attention(q, k, v, window):
+    """What attention over the last `window` keys costs, as matmuls (q, k, v: [B, T, heads, head_dim]); the values
+    are meaningless (meta tensors)."""
+    span = min(window, k.size(1))
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    scores = q @ k[:, :, :span].mT             # [B, heads, T, span]
+    return (scores @ v[:, :, :span]).transpose(1, 2)
+
+
+class FirstUse(TorchFunctionMode):
+    """Records the parameters in the order the forward first uses them."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.names, self.order = names, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        for leaf in tree_leaves((args, kwargs or {})):
+            name = self.names.get(id(leaf)) if isinstance(leaf, torch.Tensor) else None
+            if name is not None and name not in self.order:
+                self.order.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def attention_backend(model, backend):
+    saved = model.attention_backend
+    model.attention_backend = backend
+    try:
+        yield
+    finally:
+        model.attention_backend = saved
+
+
+def trace(model, seq_len):
+    """(training FLOPs per token, parameter names in the order the backward finishes their gradients) of one row of
+    seq_len tokens through the model (forward to the logits, then backward), on the meta device."""
+    params = {name: torch.empty_like(p, device="meta").requires_grad_(p.requires_grad)
+              for name, p in model.named_parameters()}
+    buffers = {name: torch.empty_like(b, device="meta") for name, b in model.named_buffers()}
+    idx = torch.zeros(1, seq_len, dtype=torch.long, device="meta")
+    first_use = FirstUse({id(t): name for name, t in params.items()})
+    with attention_backend(model, META_BACKEND), FlopCounterMode(display=False) as counter:
+        with first_use:
+            logits = functional_call(model, (params, buffers), (idx,))
+        logits.float().sum().backward()
+    flops = counter.get_total_flops()
+    unused = [name for name in params if name not in first_use.order]
+    return flops // seq_len, first_use.order[::-1] + unused
