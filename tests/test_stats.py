@@ -206,7 +206,8 @@ def test_pairs_needed_by_hand():
 
 def test_runs_needed_by_hand():
     # equal stds s and a difference 3 s: t = 3 sqrt(n / 2), df = 2 (n - 1).  n = 2: t = 3, df 2,
-    # p = 1 - 3 / sqrt(11) = 0.0955.  n = 3: t = sqrt(13.5), df 4, x = t / sqrt(t^2 + 4), p = 1 - x (3 - x^2) / 2 = 0.0214.
+    # p = 1 - 3 / sqrt(11) = 0.0955.  n = 3: t = sqrt(13.5), df 4, x = t / sqrt(t^2 + 4),
+    # p = 1 - x (3 - x^2) / 2 = 0.0214.
     assert runs_needed(3.0, 1.0, 1.0, alpha=0.1) == 2
     assert runs_needed(-3.0, 1.0, 1.0, alpha=0.05) == 3
     assert runs_needed(3.0, 1.0, 1.0, alpha=0.02) == 4
