@@ -2,21 +2,20 @@
 
     python -m records new --track gpt2-core --slug fp8-head runs/a runs/b runs/c runs/d runs/e
     python -m records validate records/gpt2-core/2026-11-21_fp8-head      # or: validate --all
-    python -m records compare --a runs/base_* --b runs/change_*            # run folders or record folders
+    python -m records compare --a runs/base_* --b runs/change_*            # paired by seed when it can
     python -m records leaderboard                                          # README table + records/leaderboard.html
 """
 
 import argparse
 import datetime
 import glob
-import json
 import os
 import shutil
 import sys
 import tempfile
 
-from records.record import TRACKS_FILE, RecordError, load_tracks, new_record, run_values, validate
-from records.stats import mean_std, welch_t_test
+from records.compare import compare
+from records.record import TRACKS_FILE, RecordError, load_tracks, new_record, validate
 
 RECORDS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -70,50 +69,8 @@ def cmd_validate(args):
     return max(report_validation(p, args.tracks) for p in paths)
 
 
-def load_runs(paths):
-    """Per-run values from run folders (results.json of a run) or record folders (their runs)."""
-    runs = []
-    for path in paths:
-        results_path = os.path.join(path, "results.json")
-        try:
-            with open(results_path) as f:
-                results = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise RecordError(f"{results_path}: cannot read ({e})") from None
-        if isinstance(results, dict) and "runs" in results:
-            if not isinstance(results["runs"], list) or not all(isinstance(run, dict) for run in results["runs"]):
-                raise RecordError(f"{results_path}: 'runs' is not a list of runs")
-            runs += results["runs"]
-        else:
-            runs.append(run_values(path))
-    return runs
-
-
 def cmd_compare(args):
-    a, b = load_runs(args.a), load_runs(args.b)
-    verdicts = refused = 0
-    for key, lower_is_better in (("training_time_s", True), (args.metric, args.metric != "core")):
-        xs, ys = [r[key] for r in a if r.get(key) is not None], [r[key] for r in b if r.get(key) is not None]
-        if len(xs) < 2 or len(ys) < 2:
-            print(f"{key}: needs at least 2 runs on each side (have {len(xs)} and {len(ys)})")
-            continue
-        constant = [f"{side} ({values[0]})" for side, values in (("A", xs), ("B", ys)) if len(set(values)) == 1]
-        if constant:  # identical runs (or one run counted twice): the t-test would claim certainty, t = +-inf
-            print(f"{key}: refused: every run of {' and '.join(constant)} has the same value; zero variance is "
-                  "not a measurement (are these copies of one run?)")
-            refused += 1
-            continue
-        test = welch_t_test(xs, ys)
-        (ma, sa), (mb, sb) = mean_std(xs), mean_std(ys)
-        better = test.p_less if not lower_is_better else test.p_greater  # H1: B better than A
-        verdict = ("B is better" if better < args.alpha else
-                   "B is worse" if (test.p_greater if not lower_is_better else test.p_less) < args.alpha else
-                   "no significant difference")
-        verdicts += verdict == "B is better"
-        print(f"{key}: A {ma:.6g} ± {sa:.3g} (n={len(xs)}), B {mb:.6g} ± {sb:.3g} (n={len(ys)}), B - A = "
-              f"{mb - ma:+.6g}; Welch t = {test.t:.3f}, df = {test.df:.1f}, p(two-sided) = {test.p_two_sided:.3g}, "
-              f"p(B better) = {better:.3g} -> {verdict} at p < {args.alpha}")
-    return 1 if refused else 0
+    return compare(args.a, args.b, args.metric, args.alpha, args.tracks)
 
 
 def cmd_leaderboard(args):
@@ -139,12 +96,21 @@ def main(argv=None):
     check.add_argument("paths", nargs="*")
     check.add_argument("--all", action="store_true", help="every record under records/")
     check.set_defaults(run=cmd_validate)
-    compare = commands.add_parser("compare", help="Welch's t-test between two sets of runs")
-    compare.add_argument("--a", nargs="+", required=True, help="baseline: run or record folders")
-    compare.add_argument("--b", nargs="+", required=True, help="change: run or record folders")
-    compare.add_argument("--metric", default="val_loss", choices=["val_loss", "val_bpb", "core"])
-    compare.add_argument("--alpha", type=float, default=0.01)
-    compare.set_defaults(run=cmd_compare)
+    versus = commands.add_parser(
+        "compare", help="is B better than A in the metric? paired t-test by seed, else Welch; time second",
+        description="Compares the metric of two arms of runs, each one recipe over several seeds. When both arms "
+                    "ran the same seeds the test is a paired t-test on the per-seed differences, else Welch's t-test; "
+                    "the report says which and why, gives the verdict at --alpha and the seeds the difference would "
+                    "need, then the training time (secondary; with a warning when it compares machines). Refuses "
+                    "(exit 1, one line) an arm whose runs differ in more than the seed and bookkeeping "
+                    "(records/compare.py SAME_MATH) or in code, a record that does not validate, and anything "
+                    "that leaves nothing to compare.")
+    versus.add_argument("--a", nargs="+", required=True, help="baseline: run folders (results.json) or record folders")
+    versus.add_argument("--b", nargs="+", required=True, help="change: run folders (results.json) or record folders")
+    versus.add_argument("--metric", default="val_loss", choices=["val_loss", "val_bpb", "core"],
+                     help="what is compared (core: higher is better; the others: lower)")
+    versus.add_argument("--alpha", type=float, default=0.01, help="significance level of the two-sided test")
+    versus.set_defaults(run=cmd_compare)
     board = commands.add_parser("leaderboard", help="regenerate the README table and records/leaderboard.html")
     board.add_argument("--readme", default=os.path.join(os.path.dirname(RECORDS_DIR), "README.md"))
     board.set_defaults(run=cmd_leaderboard)

@@ -1,4 +1,5 @@
-"""Dependency-free statistics for speedrun records: Student's t tail, one-sample and Welch t-tests (pinned to scipy)."""
+"""Dependency-free statistics for speedrun records: Student's t tail; one-sample, Welch and paired t-tests (pinned to
+scipy); how many runs a difference would need."""
 
 import math
 import statistics
@@ -122,3 +123,59 @@ def welch_t_test(a, b):
     df = (var_a + var_b) ** 2 / (var_a ** 2 / (n_a - 1) + var_b ** 2 / (n_b - 1))
     p_two_sided = min(1.0, 2.0 * student_t_sf(abs(t), df))
     return WelchResult(n_a, n_b, mean_a, mean_b, diff, t, df, p_two_sided, student_t_sf(-t, df), student_t_sf(t, df))
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    """A paired t-test of a vs b over n pairs (one per seed): the differences b - a have mean diff and sample std
+    std_diff; t = mean(a - b) / (std_diff / sqrt(n)) (scipy.stats.ttest_rel(a, b)'s sign), df = n - 1."""
+    n: int
+    diff: float
+    std_diff: float
+    t: float
+    df: float
+    p_two_sided: float
+
+
+def paired_t_test(a, b):
+    """PairedResult of the two-sided paired t-test: a[i] and b[i] are one pair (the same seed in both arms). It is
+    the one-sample t-test of the differences against 0, so the seed-to-seed spread that both arms share cancels.
+    Constant differences raise ValueError, as constant samples do in welch_t_test."""
+    if len(a) != len(b):
+        raise ValueError(f"a paired t-test needs pairs, got {len(a)} and {len(b)} values")
+    if len(a) < 2:
+        raise ValueError(f"a paired t-test needs at least 2 pairs, got {len(a)}")
+    n = len(a)
+    diff, std_diff = mean_std([y - x for x, y in zip(a, b)])
+    if std_diff == 0.0:
+        raise ValueError("every difference is the same (zero variance): the t-test is undefined")
+    t = -diff / (std_diff / math.sqrt(n))
+    return PairedResult(n, diff, std_diff, t, n - 1.0, min(1.0, 2.0 * student_t_sf(abs(t), n - 1)))
+
+
+def smallest_n(p_value_at, alpha, cap=1000):
+    """The smallest n in 2..cap with p_value_at(n) < alpha, or None when even cap is not enough."""
+    return next((n for n in range(2, cap + 1) if p_value_at(n) < alpha), None)
+
+
+def pairs_needed(diff, std_diff, alpha, cap=1000):
+    """Pairs a paired t-test needs to reach two-sided p < alpha if its differences kept this mean and std (a
+    point estimate: at that n about half of such experiments would reach it); None beyond cap or with no diff."""
+    if std_diff == 0.0:
+        raise ValueError("no spread in the differences: any n would do, which says nothing")
+    if diff == 0.0:
+        return None
+    effect = abs(diff) / std_diff
+    return smallest_n(lambda n: 2.0 * student_t_sf(effect * math.sqrt(n), n - 1), alpha, cap)
+
+
+def runs_needed(diff, std_a, std_b, alpha, cap=1000):
+    """Runs per arm Welch's t-test needs to reach two-sided p < alpha if the means and stds stayed as observed
+    (same caveat as pairs_needed); None beyond cap or with no diff."""
+    var = std_a ** 2 + std_b ** 2  # n x the squared standard error, with n runs in each arm
+    if var == 0.0:
+        raise ValueError("no spread in either arm: any n would do, which says nothing")
+    if diff == 0.0:
+        return None
+    df_per_run = var ** 2 / (std_a ** 4 + std_b ** 4)  # Welch-Satterthwaite df = (n - 1) x this
+    return smallest_n(lambda n: 2.0 * student_t_sf(abs(diff) / math.sqrt(var / n), (n - 1) * df_per_run), alpha, cap)

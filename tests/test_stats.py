@@ -1,14 +1,17 @@
 """records/stats.py against reference numbers.
 
 Every reference value below was computed with scipy 1.17.1 (numpy 2.4.6): scipy.stats.t.sf, scipy.stats.ttest_1samp
-and scipy.stats.ttest_ind(equal_var=False), and hard-coded here so the suite does not need scipy.
+and scipy.stats.ttest_ind(equal_var=False), and hard-coded here so the suite does not need scipy. The paired t-test's
+references (what scipy.stats.ttest_rel(a, b) returns) were derived by hand: t from the exact differences (fractions),
+p from the closed forms of Student's t for df 1 to 4 (PAIRED_REFERENCE), since scipy was not at hand.
 """
 
 import math
 
 import pytest
 
-from records.stats import mean_std, one_sample_t_test, student_t_sf, welch_t_test
+from records.stats import (mean_std, one_sample_t_test, paired_t_test, pairs_needed, runs_needed, student_t_sf,
+                           welch_t_test)
 
 REL = 1e-9
 
@@ -140,3 +143,74 @@ def test_welch_zero_variance():
         welch_t_test([3.28, 3.28], [3.28, 3.28])
     with pytest.raises(ValueError, match="a t-test needs at least 2 runs"):
         welch_t_test([3.28], VAL_LOSSES)
+
+
+# (a, b, t, two-sided p) of scipy.stats.ttest_rel(a, b): t = mean(a - b) / (std(a - b, ddof=1) / sqrt(n)), and
+# p = 2 P(T_{n-1} > |t|) by the closed forms, u = |t|:  df 1: 2 atan2(1, u) / pi;  df 2: 2 / (s (s + u)) with
+# s = sqrt(u^2 + 2);  df 3: (2 / pi) (atan2(1, v) - v / (1 + v^2)) with v = u / sqrt(3);  df 4: 1 - x (3 - x^2) / 2
+# with x = u / sqrt(u^2 + 4).
+PAIRED_REFERENCE = [
+    ([3.2811, 3.2795], [3.2764, 3.2769], 3.4761904761904763, 0.17832227547259108),
+    # the cosine schedule: B - A = -0.0077, -0.0071, -0.0082 per seed over bases that spread more than that
+    ([3.2851, 3.2790, 3.2905], [3.2774, 3.2719, 3.2823], 24.11055124460412, 0.0017158007604739416),
+    ([3.2802, 3.2811, 3.2795, 3.2808], [3.2777, 3.2773, 3.2785, 3.2777], 4.363743063142783, 0.022249916853357858),
+    ([3.2802, 3.2811, 3.2795, 3.2808, 3.2799], VAL_LOSSES_CLOSE, 1.3500247230326232, 0.24834372858223464),
+    ([3.2764, 3.2756, 3.2780], [3.2791, 3.2770, 3.2795], -4.4692865530186845, 0.04659268555020157),
+]
+
+
+@pytest.mark.parametrize("a, b, t, p", PAIRED_REFERENCE)
+def test_paired_t_test_matches_the_closed_forms_of_scipy_ttest_rel(a, b, t, p):
+    result = paired_t_test(a, b)
+    assert (result.n, result.df) == (len(a), len(a) - 1)
+    assert result.diff == pytest.approx(sum(b) / len(b) - sum(a) / len(a), rel=1e-9)
+    assert result.t == pytest.approx(t, rel=1e-9)
+    assert result.p_two_sided == pytest.approx(p, rel=1e-9)
+
+
+def test_paired_t_test_is_the_one_sample_test_of_the_differences():
+    b = [x - 0.0004 + 0.0003 * math.sin(i) for i, x in enumerate(VAL_LOSSES)]
+    paired = paired_t_test(VAL_LOSSES, b)
+    differences = [y - x for x, y in zip(VAL_LOSSES, b)]
+    one_sided = one_sample_t_test(differences, 0.0, "less")
+    assert paired.t == pytest.approx(-one_sided.t, rel=1e-12) and paired.std_diff == pytest.approx(one_sided.std)
+    assert paired.p_two_sided == pytest.approx(2 * one_sided.p_value, rel=1e-12)
+
+
+def test_paired_finds_the_consistent_difference_that_welch_misses():
+    a, b = PAIRED_REFERENCE[1][:2]  # the same seeds in both arms: each seed's base cancels in its difference
+    assert paired_t_test(a, b).p_two_sided < 0.01 < welch_t_test(a, b).p_two_sided
+
+
+def test_paired_t_test_refuses_unpaired_too_few_and_constant_differences():
+    with pytest.raises(ValueError, match="needs pairs"):
+        paired_t_test([3.28, 3.27], [3.28])
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        paired_t_test([3.28], [3.27])
+    with pytest.raises(ValueError, match="zero variance"):
+        paired_t_test([3.0, 4.0, 5.0], [3.5, 4.5, 5.5])
+
+
+def test_pairs_needed_by_hand():
+    # differences -0.010 and -0.006: mean -0.008, std 0.002 sqrt(2), so t = 2 sqrt(2) sqrt(n).  n = 2: t = 4, df 1,
+    # p = 2 atan2(1, 4) / pi = 0.156.  n = 3: t = sqrt(24), df 2, p = 2 / (sqrt(26) (sqrt(26) + sqrt(24))) = 0.0392.
+    diff, std = mean_std([-0.010, -0.006])
+    assert pairs_needed(diff, std, alpha=0.2) == 2
+    assert pairs_needed(diff, std, alpha=0.05) == 3
+    assert pairs_needed(diff, std, alpha=0.039) == 4
+    assert pairs_needed(0.0, std, alpha=0.05) is None  # no difference: no number of seeds shows one
+    assert pairs_needed(1e-9, 1.0, alpha=0.01, cap=50) is None
+    with pytest.raises(ValueError, match="no spread"):
+        pairs_needed(diff, 0.0, alpha=0.05)
+
+
+def test_runs_needed_by_hand():
+    # equal stds s and a difference 3 s: t = 3 sqrt(n / 2), df = 2 (n - 1).  n = 2: t = 3, df 2,
+    # p = 1 - 3 / sqrt(11) = 0.0955.  n = 3: t = sqrt(13.5), df 4, x = t / sqrt(t^2 + 4),
+    # p = 1 - x (3 - x^2) / 2 = 0.0214.
+    assert runs_needed(3.0, 1.0, 1.0, alpha=0.1) == 2
+    assert runs_needed(-3.0, 1.0, 1.0, alpha=0.05) == 3
+    assert runs_needed(3.0, 1.0, 1.0, alpha=0.02) == 4
+    assert runs_needed(0.0, 1.0, 1.0, alpha=0.05) is None
+    with pytest.raises(ValueError, match="no spread"):
+        runs_needed(1.0, 0.0, 0.0, alpha=0.05)
