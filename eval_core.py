@@ -36,21 +36,27 @@ that scores compare, odd cases included:
   (1 - 0.01 * baseline), with the random baseline in percent from eval_meta_data.csv; CORE is their mean.
 Relative paths in the run's config (tokenizer, val files) are taken from this checkout's folder (where training
 ran them from), so that CORE runs the same whatever the working directory.
+The model is built with the train_gpt.py the run ran (the source at the top of its log.txt): when that differs from
+this checkout's, the run's own source is imported (a line says so); weights that do not load strictly are refused
+with one line that names the run's commit to check out.
 
 Speed: every prompt of every task is scored in one pass, sorted by length into padded batches of at most
 --batch-tokens tokens, spread over the processes by token count; padding is never scored.
 """
 
 import argparse
+import atexit
 import csv
 import dataclasses
 import fcntl
+import importlib.util
 import json
 import math
 import os
 import random
 import shutil
 import sys
+import tempfile
 import time
 import urllib.request
 import zipfile
@@ -375,7 +381,7 @@ def core_score(tasks, accuracies):
 
 
 # -----------------------------------------------------------------------------
-# The model of a run
+# The model of a run, built with the train_gpt.py it ran
 
 
 def in_checkout(path):
@@ -384,18 +390,151 @@ def in_checkout(path):
     return os.path.join(os.path.dirname(os.path.abspath(train_gpt.__file__)), path)
 
 
+END_OF_SOURCE = "\n" + "=" * 100 + "\n"  # the line train_gpt.py writes under its source at the top of log.txt
+MAX_SOURCE_BYTES = 1 << 20             # a longer source part is refused: that is not a train_gpt.py log's top
+
+
+def run_source(run_dir):
+    """(the train_gpt.py source at the top of the run's log.txt, the `git:` line's dict under it, None) or (None,
+    None, why there is none). A bounded read: a log with no end of source in its first MAX_SOURCE_BYTES is refused."""
+    path = os.path.join(run_dir, "log.txt")
+    if not os.path.isfile(path):
+        return None, None, f"{run_dir} has no log.txt"
+    with open(path, "rb") as f:
+        head = f.read(MAX_SOURCE_BYTES + 64 * 1024)  # the source, its end line and the git line after it
+    source, found, rest = head.partition(END_OF_SOURCE.encode())
+    if not found and len(head) <= MAX_SOURCE_BYTES:  # the whole log, and no source in it
+        return None, None, f"{path} holds no train_gpt.py source (no line of 100 '=')"
+    if not found or len(source) > MAX_SOURCE_BYTES:
+        raise EvalError(f"{path}: no end of the train_gpt.py source (a line of 100 '=') in its first "
+                        f"{MAX_SOURCE_BYTES:,} bytes; this is not a log that train_gpt.py wrote")
+    try:
+        source = source.decode("utf-8")
+        git_line = rest.split(b"\n", 1)[0].decode("utf-8")
+        git = json.loads(git_line[len("git: "):]) if git_line.startswith("git: ") else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EvalError(f"{path}: the train_gpt.py source or the git line under it does not read ({e})") from None
+    return source, git if isinstance(git, dict) else {}, None
+
+
+def import_source(source, name="train_gpt_of_run"):
+    """A run's train_gpt.py as a module of its own (it imports this checkout's other modules). Its file stays in a
+    temporary folder until exit, for tracebacks and torch.compile."""
+    folder = tempfile.mkdtemp(prefix="eval_core_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = os.path.join(folder, f"{name}.py")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclass() looks its class's module up by name
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def state_mismatch(model, weights):
+    """What keeps `weights` from loading strictly into model, in a few words; None when nothing does."""
+    mine = model.state_dict()
+    shapes = [f"{k} {tuple(weights[k].shape)} saved, {tuple(v.shape)} here" for k, v in mine.items()
+              if k in weights and weights[k].shape != v.shape]
+    problems = [("missing key", [k for k in mine if k not in weights]),
+                ("unexpected key", [k for k in weights if k not in mine]), ("shape mismatch", shapes)]
+    return "; ".join(f"{what} {names[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+                     for what, names in problems if names) or None
+
+
+def model_from(module, checkpoint, tok):
+    """(model with the checkpoint's weights, its Config), built with `module` (train_gpt or a run's own copy): only
+    its Config dataclass and GPT(config, vocab_size, bos_id). ValueError says in a few words why it cannot be."""
+    try:
+        fields = dataclasses.fields(module.Config)
+        saved = checkpoint["config"]
+        config = module.Config(**{f.name: tuple(saved[f.name]) if isinstance(f.default, tuple) else saved[f.name]
+                                  for f in fields if f.name in saved})  # tuples may come back as lists
+        model = module.GPT(config, tok.vocab_size, tok.bos_id)
+    except Exception as e:  # the run's code may raise anything: it is named, not shown as a traceback
+        raise ValueError(in_words(e)) from None
+    mismatch = state_mismatch(model, checkpoint["model"])
+    if mismatch:
+        raise ValueError(mismatch)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as e:  # what state_mismatch does not look at
+        raise ValueError(in_words(e)) from None
+    return model, config
+
+
+def in_words(error):
+    """An exception as one line: its type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def notice(text):
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(text, flush=True)
+
+
+def model_of_run(run_dir, checkpoint, tok):
+    """(model, Config) built with the train_gpt.py the run ran, the source at the top of its log.txt: this
+    checkout's module when the text is the same, else the run's own source imported on its own. A model that does
+    not load the weights strictly is an EvalError; a log without source falls back to this checkout's code, with a
+    notice that the model code could not be checked."""
+    source, git, why_none = run_source(run_dir)
+    with open(train_gpt.__file__, encoding="utf-8") as f:
+        ours = f.read()
+    if source is not None and source != ours:
+        return model_of_own_source(run_dir, source, ours, git, checkpoint, tok)
+    path = os.path.join(run_dir, "checkpoint.pt")
+    try:
+        model, config = model_from(train_gpt, checkpoint, tok)
+    except ValueError as e:
+        if source is None:
+            raise EvalError(f"{path} does not load into this checkout's model ({e}), and {why_none}: evaluate it in "
+                            "a checkout of the code it was trained with") from None
+        raise EvalError(f"{path} does not load into the model of train_gpt.py ({e}), though this checkout's "
+                        f"train_gpt.py is the one {run_dir} logged: the checkpoint is not that run's") from None
+    if source is None:
+        notice(f"{why_none}: scoring with this checkout's train_gpt.py, whose model loads the checkpoint; the "
+               "model code could not be checked against the run's")
+    return model, config
+
+
+def model_of_own_source(run_dir, source, ours, git, checkpoint, tok):
+    """model_of_run for a run whose train_gpt.py differs from this checkout's; a refusal names its commit."""
+    commit = git.get("commit")
+    at = f"commit {commit[:12]}{' (dirty)' if git.get('dirty') else ''}" if commit else "an unknown commit"
+    try:
+        model, config = model_from(import_source(source), checkpoint, tok)
+    except (Exception, SystemExit) as e:  # import errors included; SystemExit: a script that exits on import
+        todo = [f"check out that commit (git checkout {commit[:12]})" if commit else
+                "check out the code it was trained with (its log.txt begins with it)"]
+        if commit and git.get("dirty"):
+            todo.append(f"apply its changes (git apply {os.path.join(run_dir, 'git.diff')})")
+        raise EvalError(f"{run_dir} was trained with train_gpt.py at {at} whose model does not load here "
+                        f"({e if isinstance(e, ValueError) else in_words(e)}); {', '.join(todo)} and evaluate "
+                        "again") from None
+    pairs = zip(source.splitlines() + [None], ours.splitlines() + [None])  # None: past the end of one of them
+    line = next((i for i, (a, b) in enumerate(pairs, 1) if a != b), None)
+    notice(f"scoring with the run's own train_gpt.py (it differs from this checkout's: the run's is at {at}, "
+           + (f"first difference at line {line})" if line else "same lines, other line ends)"))
+    return model, config
+
+
 def load_run(run_dir, device):
-    """(model, its Config, tokenizer) from runs/<run_id>/checkpoint.pt (weights_only: nothing is unpickled)."""
+    """(model, its Config, tokenizer) from runs/<run_id>/checkpoint.pt (weights_only: nothing is unpickled), the
+    model built with the code the run was trained with (model_of_run)."""
     path = os.path.join(run_dir, "checkpoint.pt")
     if not os.path.isfile(path):
         raise EvalError(f"{path}: no checkpoint; train with train_gpt.py (it saves one at the end unless "
                         "--save_final=false)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    saved = dict(state["config"], adam_betas=tuple(state["config"]["adam_betas"]))
-    config = train_gpt.Config(**{f.name: saved[f.name] for f in dataclasses.fields(train_gpt.Config) if f.name in saved})
-    tok = load_tokenizer(in_checkout(config.tokenizer))
-    model = train_gpt.GPT(config, tok.vocab_size, tok.bos_id)
-    model.load_state_dict(state["model"])
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    tok = load_tokenizer(in_checkout(checkpoint["config"]["tokenizer"]))
+    model, config = model_of_run(run_dir, checkpoint, tok)
     return model.to(device).eval(), config, tok
 
 

@@ -9,6 +9,7 @@ prompts must be cut from the left).
 
 import csv
 import hashlib
+import importlib.util
 import io
 import json
 import math
@@ -670,6 +671,164 @@ def test_max_per_task_cuts_every_task(run_copy, bundle, cpu_only):
     report = json.loads((run_copy / "results.json").read_text())["core"]
     assert [(r["task"], r["examples"]) for r in report["tasks"]] == [("jeopardy", 11), ("copa", 11)]
     assert report["max_per_task"] == 11 and report["val_bpb"] is None and report["samples"] == []
+
+
+# -----------------------------------------------------------------------------
+# The model code a run was trained with: the train_gpt.py source at the top of its log.txt
+
+END_OF_SOURCE = "\n" + "=" * 100 + "\n"
+RELU2, GELU = "F.relu(self.fc(x)).square()", "F.gelu(self.fc(x))"
+GATE = "        self.proj = Linear(4 * dim, dim)\n"  # MLP.__init__'s last line: a parameter added after it
+OTHER_BRANCH = {"commit": "abc123def4567890abc123def4567890abc12345", "dirty": True, "diff_sha256": "0" * 64}
+
+
+def rewrite_log(run, edit=None, git=OTHER_BRANCH):
+    """The run's log.txt with edit(source) at its top (edit None: no source at all) and git as its git line."""
+    source, found, rest = (run / "log.txt").read_text().partition(END_OF_SOURCE)
+    assert found and source == (REPO / "train_gpt.py").read_text()  # what training wrote: this checkout's
+    rest = f"git: {json.dumps(git)}\n" + rest.split("\n", 1)[1]
+    (run / "log.txt").write_text(rest if edit is None else edit(source) + END_OF_SOURCE + rest)
+
+
+def add_weight(run, name="blocks.0.mlp.gate.weight"):
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    checkpoint["model"][name] = torch.zeros(128, 32)
+    torch.save(checkpoint, run / "checkpoint.pt")
+
+
+def model_built_by_hand(source, run, tok, tmp_path):
+    """The run's model from `source` imported as a module of the test's own, without eval_core."""
+    (tmp_path / "by_hand.py").write_text(source)
+    spec = importlib.util.spec_from_file_location("by_hand", tmp_path / "by_hand.py")
+    module = sys.modules["by_hand"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    saved = dict(checkpoint["config"], adam_betas=tuple(checkpoint["config"]["adam_betas"]))
+    model = module.GPT(module.Config(**saved), tok.vocab_size, tok.bos_id)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
+
+
+def losses_and_exact(model, tasks, tok):
+    sequences = eval_core.build_sequences(tasks, tok, SEQ_LEN)
+    return eval_core.score_sequences(model, sequences, tok.bos_id, 1024, 0, 1, CPU, NO_AUTOCAST, SEQ_LEN,
+                                     progress=False)
+
+
+def test_a_run_whose_logged_source_is_this_checkouts_is_built_with_train_gpt_without_a_word(trained, capsys):
+    source = (trained[0] / "log.txt").read_text().partition(END_OF_SOURCE)[0]
+    assert source == (REPO / "train_gpt.py").read_text()
+    model, config, _ = eval_core.load_run(str(trained[0]), CPU)
+    assert type(model).__module__ == type(config).__module__ == "train_gpt"
+    assert capsys.readouterr().out == ""
+
+
+def test_a_run_trained_with_another_activation_is_scored_with_its_own_train_gpt(run_copy, bundle, tasks, tok, model,
+                                                                              cpu_only, capsys, tmp_path):
+    rewrite_log(run_copy, lambda source: source.replace(RELU2, GELU))
+    source = (run_copy / "log.txt").read_text().partition(END_OF_SOURCE)[0]
+    assert source.count(GELU) == 1
+    gelu = model_built_by_hand(source, run_copy, tok, tmp_path)
+    evaluated, _, _ = eval_core.load_run(str(run_copy), CPU)
+    line = next(i for i, text in enumerate((REPO / "train_gpt.py").read_text().splitlines(), 1) if RELU2 in text)
+    assert capsys.readouterr().out == ("scoring with the run's own train_gpt.py (it differs from this checkout's: the "
+                                       f"run's is at commit abc123def456 (dirty), first difference at line {line})\n")
+    assert type(evaluated).__module__ == "train_gpt_of_run" and evaluated.windows == gelu.windows
+    some = [t for t in tasks if t.label in ("copa", "winograd")]
+    assert torch.equal(losses_and_exact(evaluated, some, tok), losses_and_exact(gelu, some, tok))
+    assert not torch.allclose(losses_and_exact(evaluated, some, tok), losses_and_exact(model, some, tok))
+    main(["--run-dir", str(run_copy), "--bundle", bundle, "--tasks", "copa,winograd", "--bpb-tokens", "0",
+          "--no-samples"])
+    sequences = eval_core.build_sequences(some, tok, SEQ_LEN)
+    chosen = eval_core.predictions(some, sequences, losses_and_exact(gelu, some, tok))
+    core, _ = eval_core.core_score(some, [eval_core.accuracy(t, c) for t, c in zip(some, chosen)])
+    assert json.loads((run_copy / "results.json").read_text())["core"]["core"] == core
+
+
+@pytest.mark.parametrize("case", ["unimportable, with an added parameter", "an added parameter the weights lack"])
+def test_a_run_whose_own_train_gpt_does_not_load_here_is_refused_in_one_line_naming_its_commit(run_copy, bundle,
+                                                                                              cpu_only, case):
+    if case.startswith("unimportable"):
+        add_weight(run_copy)  # trained with the gate; its code needs a module this checkout lacks
+        rewrite_log(run_copy, lambda s: "import module_of_another_branch\n" + s.replace(GATE, GATE + GATE.replace(
+            "self.proj = Linear(4 * dim, dim)", "self.gate = Linear(dim, 4 * dim)")))
+        why = "ModuleNotFoundError: No module named 'module_of_another_branch'"
+    else:
+        rewrite_log(run_copy, lambda s: s.replace(GATE, GATE + "        self.gate = Linear(dim, 4 * dim)\n"))
+        why = "missing key blocks.0.mlp.gate.weight and 1 more"
+    with pytest.raises(SystemExit) as exc:
+        main(["--run-dir", str(run_copy), "--bundle", bundle, "--bpb-tokens", "0", "--no-samples"])
+    assert exc.value.code == (f"error: {run_copy} was trained with train_gpt.py at commit abc123def456 (dirty) whose "
+                              f"model does not load here ({why}); check out that commit (git checkout abc123def456), "
+                              f"apply its changes (git apply {run_copy / 'git.diff'}) and evaluate again")
+    assert not (run_copy / "core.csv").exists()
+
+
+def test_the_refusal_is_one_line_on_stderr_without_a_traceback(run_copy, bundle):
+    add_weight(run_copy)
+    rewrite_log(run_copy, lambda s: "import module_of_another_branch\n" + s, dict(OTHER_BRANCH, dirty=False))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, str(REPO / "eval_core.py"), "--run-dir", str(run_copy), "--bundle", bundle],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr == (f"error: {run_copy} was trained with train_gpt.py at commit abc123def456 whose model does "
+                           "not load here (ModuleNotFoundError: No module named 'module_of_another_branch'); check out "
+                           "that commit (git checkout abc123def456) and evaluate again\n")
+
+
+@pytest.mark.parametrize("change, why", [
+    ("weight", "unexpected key blocks.0.mlp.gate.weight"),
+    ("width", "shape mismatch embed.weight (512, 32) saved, (512, 64) here and 10 more")])
+def test_weights_that_do_not_fit_this_checkouts_model_are_refused_in_one_line(run_copy, bundle, cpu_only, change,
+                                                                            why):
+    if change == "weight":
+        add_weight(run_copy)
+    else:
+        checkpoint = torch.load(run_copy / "checkpoint.pt", weights_only=True)
+        checkpoint["config"]["model_dim"] = 64
+        torch.save(checkpoint, run_copy / "checkpoint.pt")
+    with pytest.raises(SystemExit) as exc:
+        main(["--run-dir", str(run_copy), "--bundle", bundle, "--bpb-tokens", "0", "--no-samples"])
+    assert exc.value.code == (f"error: {run_copy / 'checkpoint.pt'} does not load into the model of train_gpt.py "
+                              f"({why}), though this checkout's train_gpt.py is the one {run_copy} logged: the "
+                              "checkpoint is not that run's")
+
+
+@pytest.mark.parametrize("log", ["without source", "missing"])
+def test_a_run_whose_log_has_no_source_is_scored_with_this_checkouts_code_with_a_notice(run_copy, tasks, tok, model,
+                                                                                        capsys, log):
+    if log == "missing":
+        (run_copy / "log.txt").unlink()
+        why = f"{run_copy} has no log.txt"
+    else:
+        rewrite_log(run_copy, None)
+        why = f"{run_copy / 'log.txt'} holds no train_gpt.py source (no line of 100 '=')"
+    evaluated, _, _ = eval_core.load_run(str(run_copy), CPU)
+    assert capsys.readouterr().out == (f"{why}: scoring with this checkout's train_gpt.py, whose model loads the "
+                                       "checkpoint; the model code could not be checked against the run's\n")
+    some = [t for t in tasks if t.label == "copa"]
+    assert torch.equal(losses_and_exact(evaluated, some, tok), losses_and_exact(model, some, tok))
+
+
+def test_a_run_whose_log_has_no_source_and_whose_weights_do_not_fit_is_refused(run_copy):
+    rewrite_log(run_copy, None)
+    add_weight(run_copy)
+    with pytest.raises(EvalError) as exc:
+        eval_core.load_run(str(run_copy), CPU)
+    assert str(exc.value) == (f"{run_copy / 'checkpoint.pt'} does not load into this checkout's model (unexpected key "
+                              f"blocks.0.mlp.gate.weight), and {run_copy / 'log.txt'} holds no train_gpt.py source (no "
+                              "line of 100 '='): evaluate it in a checkout of the code it was trained with")
+
+
+@pytest.mark.parametrize("top", ["no end line", "a longer source"])
+def test_a_log_whose_source_part_passes_one_megabyte_is_refused_after_a_bounded_read(run_copy, top):
+    junk = "#" * 99 + "\n"
+    log = junk * 12_000 + (END_OF_SOURCE.lstrip("\n") if top == "a longer source" else "") + "git: {}\n"
+    (run_copy / "log.txt").write_text(log)
+    with pytest.raises(EvalError) as exc:
+        eval_core.load_run(str(run_copy), CPU)
+    assert str(exc.value) == (f"{run_copy / 'log.txt'}: no end of the train_gpt.py source (a line of 100 '=') in its "
+                              "first 1,048,576 bytes; this is not a log that train_gpt.py wrote")
 
 
 # -----------------------------------------------------------------------------
