@@ -70,7 +70,12 @@ import yaml
 from tqdm import tqdm
 
 import train_gpt
+from data.shards import read_header
 from data.tokenizer import TokenizerError, load_tokenizer, sha256_file
+from harness.config import ConfigError
+from harness.data import find_files, load_tokenizer_info, load_val_tokens
+from harness.device import autocast_for, init_distributed
+from harness.evaluate import evaluate
 
 BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 DEFAULT_BUNDLE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "speedrun")
@@ -155,6 +160,11 @@ class Task:
 
 def load_tasks(bundle, max_per_task=None, labels=None):
     """The bundle's tasks, each with its rows shuffled (seed 1337) and cut to max_per_task."""
+    missing = [name for name in ("core.yaml", "eval_meta_data.csv", "eval_data")
+               if not os.path.exists(os.path.join(bundle, name))]
+    if missing:
+        raise EvalError(f"{bundle} is not an unpacked eval bundle (no {', '.join(missing)}); point --bundle at the "
+                        "folder that holds core.yaml, or leave it out to download the bundle")
     with open(os.path.join(bundle, "core.yaml")) as f:
         specs = yaml.safe_load(f)["icl_tasks"]
     with open(os.path.join(bundle, "eval_meta_data.csv"), newline="") as f:
@@ -578,7 +588,7 @@ def bpb_val_tokens(config, bpb_tokens):
         raise EvalError(f"--bpb-tokens={count:,} is less than one row of the run's seq_len {config.seq_len}: pass "
                         f"--bpb-tokens={config.seq_len} or more, or 0 to skip bits per byte")
     pattern = in_checkout(config.val_files)
-    held = sum(train_gpt.read_header(path) for path in train_gpt.find_files(pattern, "validation"))
+    held = sum(read_header(path) for path in find_files(pattern, "validation"))
     need = rows * config.seq_len + 1
     if need > held:
         most = (held - 1) // config.seq_len * config.seq_len
@@ -586,7 +596,7 @@ def bpb_val_tokens(config, bpb_tokens):
                         f"{config.seq_len}, +1), and the val shards {pattern} hold {held:,}: "
                         + (f"pass --bpb-tokens={most} or less (0 skips bits per byte)" if most > 0 else
                            "pass --bpb-tokens=0 to skip bits per byte"))
-    return train_gpt.load_val_tokens(pattern, count, config.seq_len)
+    return load_val_tokens(pattern, count, config.seq_len)
 
 
 def evaluate_run(args, rank=0, world=1, device=torch.device("cpu")):
@@ -596,7 +606,7 @@ def evaluate_run(args, rank=0, world=1, device=torch.device("cpu")):
     forward, backend = scoring_forward(model, args.attention, args.compile, device)
     if rank == 0:
         print(f"attention {backend}, compiled {forward is not model}")
-    autocast = train_gpt.autocast_for(device)
+    autocast = autocast_for(device)
     bundle, zip_sha256 = (args.bundle, None) if args.bundle else fetch_bundle(args.bundle_dir, args.bundle_url)
     labels = list(dict.fromkeys(label for label in args.tasks.split(",") if label)) or None
     tasks = load_tasks(bundle, args.max_per_task, labels)
@@ -610,9 +620,9 @@ def evaluate_run(args, rank=0, world=1, device=torch.device("cpu")):
 
     val_loss = val_bpb = None
     if val is not None:
-        info = train_gpt.load_tokenizer_info(in_checkout(config.tokenizer))
+        info = load_tokenizer_info(in_checkout(config.tokenizer))
         bpb_config = dataclasses.replace(config, val_tokens=len(val) - 1)
-        val_loss, val_bpb = train_gpt.evaluate(forward, val, info["token_bytes"], bpb_config, rank, world, device,
+        val_loss, val_bpb = evaluate(forward, val, info["token_bytes"], bpb_config, rank, world, device,
                                                autocast)
     model.attention_backend = "sdpa"  # one prompt at a time, every length: no compile, no block masks
     samples = greedy_samples(model, tok, max_len, device, autocast) if rank == 0 and args.samples else []
@@ -678,10 +688,10 @@ def main(argv=None):
         parser.error("--max-per-task must be at least 1")
     if args.bpb_tokens is not None and args.bpb_tokens < 0:
         parser.error("--bpb-tokens must be 0 (skip bits per byte) or more")
-    rank, world, device = train_gpt.init_distributed(train_gpt.Config())
+    rank, world, device = init_distributed(train_gpt.Config())
     try:
         evaluate_run(args, rank, world, device)
-    except (EvalError, train_gpt.ConfigError, TokenizerError) as e:
+    except (EvalError, ConfigError, TokenizerError) as e:
         sys.exit(f"error: {e}")
     except torch.OutOfMemoryError:
         batch_tokens = args.batch_tokens or default_batch_tokens(device)

@@ -309,6 +309,83 @@ def commit_definitions(source, names):
     return namespace
 
 
+def is_merged(commit, repo):
+    """Whether a commit is an ancestor of the checkout's HEAD: code already reviewed and merged, the only code from a
+    record's commit that validate runs."""
+    return subprocess.run(["git", "merge-base", "--is-ancestor", commit, "HEAD"], capture_output=True,
+                          cwd=repo).returncode == 0
+
+
+def literal_at_commit(commit, repo, path, name):
+    """A top-level constant (a literal: dict, set, ...) of a file at a commit, read without running anything."""
+    shown = subprocess.run(["git", "show", f"{commit}:{path}"], capture_output=True, cwd=repo)
+    if shown.returncode != 0:
+        return None
+    for node in ast.parse(shown.stdout.decode("utf-8")).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    return None
+
+
+# Run in a copy of the record's commit (the harness counts FLOPs from the model, on the meta device): the count of
+# each (config, vocab) read from stdin, as JSON on stdout.
+COUNT_SCRIPT = """
+import dataclasses, json, sys
+import train_gpt
+from harness.trace import flops_per_token
+fields = {f.name for f in dataclasses.fields(train_gpt.Config)}
+counts = []
+for config, vocab in json.load(sys.stdin):
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in fields}
+    counts.append(flops_per_token(train_gpt, train_gpt.Config(**config), vocab))
+print(json.dumps(counts))
+"""
+_COUNTS = {}  # (commit, config, vocab) -> FLOPs per token: a commit's code counts the same every time
+
+
+def count_at_commit(commit, repo, requests):
+    """FLOPs per token of each (config dict, vocab) with the model code of a merged commit, counted by that commit's
+    harness in a copy of its tree (git archive), in a process of its own."""
+    keys = [(commit, json.dumps(config, sort_keys=True), vocab) for config, vocab in requests]
+    todo = [(config, vocab) for (config, vocab), key in zip(requests, keys) if key not in _COUNTS]
+    if todo:
+        import io
+        import sys
+        import tarfile
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = subprocess.run(["git", "archive", "--format=tar", commit], capture_output=True, cwd=repo, check=True)
+            with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+                tar.extractall(tmp, filter="data")
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            done = subprocess.run([sys.executable, "-c", COUNT_SCRIPT], input=json.dumps(todo), capture_output=True,
+                                  text=True, cwd=tmp, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no output")
+        for (config, vocab), count in zip(todo, json.loads(done.stdout)):
+            _COUNTS[(commit, json.dumps(config, sort_keys=True), vocab)] = int(count)
+    return [_COUNTS[key] for key in keys]
+
+
+def commit_formula(source, commit, repo):
+    """How the record's commit counts: FLOPs per token (a function of a config namespace and the vocab), its peak
+    FLOP/s table and the options a resume may change. A commit whose train_gpt.py has the formula (before the
+    harness) gives its definitions; a later one counts from the model with its own harness."""
+    if "def flops_per_token(" in source:
+        return commit_definitions(source, ["flops_per_token", "PEAK_BF16_FLOPS", RESUMABLE])
+    count = lambda config, vocab: count_at_commit(commit, repo, [(vars(config), vocab)])[0]
+    return {"flops_per_token": count, "counts": lambda requests: count_at_commit(commit, repo, requests),
+            "PEAK_BF16_FLOPS": literal_at_commit(commit, repo, "harness/runlog.py", "PEAK_BF16_FLOPS"),
+            RESUMABLE: literal_at_commit(commit, repo, "harness/checkpoint.py", RESUMABLE)}
+
+
+def code_files_changed(diff_path):
+    """The .py files a `git diff` changes (read as text)."""
+    with open(diff_path, encoding="utf-8", errors="replace") as f:
+        return sorted({line.split(" b/", 1)[1] for line in f if line.startswith("diff --git ") and " b/" in line
+                       and line.rstrip().endswith(".py")})
+
+
 def apply_diff(source, diff_path):
     """train_gpt.py with the train_gpt.py part of a `git diff HEAD` applied, or None when it does not apply."""
     import tempfile
@@ -553,6 +630,11 @@ def check_run(run, log, ctx, fail):
             if diff_sha != git.get("diff_sha256"):
                 fail(diff_path, f"sha256 {diff_sha[:12]} is not the log's diff_sha256 {str(git.get('diff_sha256'))[:12]}")
                 return None
+            changed = code_files_changed(diff_path)
+            if changed:  # the count would run the diff's code, which validate never runs
+                fail(diff_path, f"changes code ({', '.join(changed)}): FLOPs are counted only with committed code; "
+                                "commit the change, run again and make the record from that commit")
+                return None
             committed = apply_diff(committed, diff_path)
             if committed is None:
                 fail(diff_path, f"does not apply to train_gpt.py at commit {record['commit'][:12]}")
@@ -699,15 +781,17 @@ def check_record(path, tracks_file, repo, failures, notes):
     if source is None:
         fail(results_path, f"commit {record['commit']} is not in this repository ({repo}): the logs' source and "
                            "FLOPs cannot be checked; records are made from pushed commits")
+    merged = source is not None and is_merged(record["commit"], repo)
+    if source is not None and not merged:
+        fail(results_path, f"commit {record['commit'][:12]} is not merged into this checkout's HEAD: validate runs "
+                           "no code of a commit before it is reviewed and merged (its FLOPs count); merge it, or "
+                           "check out the branch that holds it, and validate again")
     try:
-        formula = commit_definitions(source, ["flops_per_token", "PEAK_BF16_FLOPS", RESUMABLE]) if source else None
+        formula = commit_formula(source, record["commit"], repo) if merged else None
     except Exception as e:
         formula = None
         fail(results_path, f"train_gpt.py at commit {record['commit'][:12]} has no usable FLOPs formula "
                            f"({type(e).__name__}: {e})")
-    if formula is not None and "flops_per_token" not in formula:
-        fail(results_path, f"train_gpt.py at commit {record['commit'][:12]} defines no flops_per_token")
-        formula = None
     ctx = {"record": record, "track": track, "results_path": results_path, "source": source, "formula": formula,
            "resumable": set((formula or {}).get(RESUMABLE, ()))}
 
