@@ -69,3 +69,10 @@ def trace(model, seq_len):
     flops = counter.get_total_flops()
     unused = [name for name in params if name not in first_use.order]
     return flops // seq_len, first_use.order[::-1] + unused
+
+
+def flops_per_token(recipe, config, vocab_size):
+    """Training FLOPs per token of a recipe's model at a config, built on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = recipe.GPT(config, vocab_size, bos_id=0)
+    return trace(model, config.seq_len)[0]
