@@ -22,8 +22,9 @@ META_BACKEND = "meta"  # model.attention_backend during the pass: attention call
 
 def span_attention(q, k, v, window):
     """What attention over the last `window` keys costs, as matmuls (q, k, v: [B, T, heads, head_dim]); the values
-    are meaningless (meta tensors)."""
-    span = min(window, k.size(1))
+    are meaningless (meta tensors). Keys beyond the queries' length (a learned sink, memory tokens) are in every
+    query's span."""
+    span = min(window, q.size(1)) + max(k.size(1) - q.size(1), 0)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     scores = q @ k[:, :, :span].mT             # [B, heads, T, span]
     return (scores @ v[:, :, :span]).transpose(1, 2)
