@@ -6,27 +6,29 @@
 
 THE MODEL (arithmetic, not a measurement). The shapes are the presets' (depth 12: gpt2-small-fineweb, 524,288
 tokens a step; depth 24: gpt2-core, 1,048,576), built on the meta device, and the buckets are the ones
-train_gpt.build_optimizers makes. Compute is the model FLOPs of a step over world x peak x --mfu. A collective of S
-bytes (NCCL's "size": the whole buffer) takes latency + S x factor / bus bandwidth, with nccl-tests' factors
-(doc/PERFORMANCE.md in NVIDIA/nccl-tests): all-reduce 2(n-1)/n, reduce-scatter and all-gather (n-1)/n,
-broadcast 1. Element-wise passes cost their bytes over --hbm-bw; Newton-Schulz costs its FLOPs over peak x
---ns-mfu, or its kernel launches x --launch-us when that is longer (eager, one matrix at a time). One stream
-computes and one communicates; NCCL's own use of the SMs is not charged.
+harness.loop.build_optimizer makes from train_gpt.py's parameter table. Compute is the model FLOPs of a step
+(harness/trace.py's count) over world x peak x --mfu. A collective of S bytes (NCCL's "size": the whole buffer)
+takes latency + S x factor / bus bandwidth, with nccl-tests' factors (doc/PERFORMANCE.md in NVIDIA/nccl-tests):
+all-reduce 2(n-1)/n, reduce-scatter and all-gather (n-1)/n, broadcast 1. Element-wise passes cost their bytes
+over --hbm-bw; Newton-Schulz costs its FLOPs over peak x --ns-mfu, or its kernel launches x --launch-us when that
+is longer (eager, one matrix at a time). One stream computes and one communicates; NCCL's own use of the SMs is
+not charged.
 - today (the design before the sharded optimizer): after the backward, one fp32 all-reduce per parameter, a
-  divide pass, the whole unfused AdamW and Muon's momentum on every process, Muon's orthogonalization on every
-  world-th matrix one at a time, then one fp32 broadcast per matrix; nothing overlaps.
-- new (train_gpt.ShardedOptimizer): the reduce-scatters go out in the buckets' order, each when the last backward
-  has finished the bucket; after the backward, each bucket's shard update (fused AdamW, or Muon with each stack of
-  same-shape matrices in one compiled call) waits for its reduce-scatter, then its all-gather goes out; the step
-  ends with the Muon updates applied and the gradient buffers zeroed. When the backward finishes a bucket depends
-  on how the model runs, so there are two lines:
+  divide pass, the whole unfused AdamW and Muon's momentum on every process (Muon's parameters: those whose row
+  of train_gpt.parameter_table says "muon"), Muon's orthogonalization on every world-th matrix one at a time,
+  then one fp32 broadcast per matrix; nothing overlaps.
+- new (harness/optim.py, ShardedOptimizer): the reduce-scatters go out in the buckets' order, each when the last
+  backward has finished the bucket; after the backward, each bucket's shard update (fused AdamW, or Muon with
+  each stack of same-shape matrices in one compiled call) waits for its reduce-scatter, then its all-gather goes
+  out; the step ends with the Muon updates applied and the gradient buffers zeroed. When the backward finishes a
+  bucket depends on how the model runs, so there are two lines:
   "overlapped": eager autograd (or a compile per block: a backward node per block). The backward runs the head,
     the blocks from the last, each value-embedding table right after its block (GPT.forward looks it up there),
-    the token embedding last; a bucket is finished when the backward has done its last parameter's block, each
-    block taking an equal share of the last micro-step's backward (that share of the matmul FLOPs). The token
-    embedding and scalars' bucket goes out at the end.
-  "whole-model compile": train_gpt's torch.compile of the whole model on the GPU is one autograd node, whose
-    backward hands out every gradient at once at its end (speedups.py, Communication): every reduce-scatter
+    the token embedding last; a bucket is finished when the backward has done its last parameter's block (a
+    block's scalars are its own), each block taking an equal share of the last micro-step's backward (that share
+    of the matmul FLOPs). The token embedding's bucket goes out at the end.
+  "whole-model compile": the harness's torch.compile of the whole model on the GPU is one autograd node, whose
+    backward hands out every gradient at once at its end (harness/comm.py, Communication): every reduce-scatter
     starts after the backward, and only the optimizer math overlaps the communication.
 Defaults: bus bandwidth 350 GB/s, latency 20 us per collective. An H100 SXM's NVLink 4 moves 450 GB/s each way
 (NVIDIA's 900 GB/s bidirectional); nccl-tests' all-reduce on 8xH100 SXM reports a bus bandwidth of about 450-480
@@ -44,16 +46,22 @@ import time
 
 import torch
 
-import speedups
 import train_gpt
+from harness.comm import Comm, step_traffic
+from harness.config import parse_args
+from harness.device import autocast_for, init_distributed, synchronize
+from harness.loop import build_optimizer
+from harness.optim import ElementShard, assign
+from harness.trace import flops_per_token
 
 PRESETS = {12: "gpt2-small-fineweb", 24: "gpt2-core"}
 VOCABS = {12: 50257, 24: 32768}  # GPT-2's tokenizer, nanochat's 32k
 
 
 def shape_config(depth, args):
-    config = train_gpt.parse_args([f"--preset={PRESETS[depth]}", "--fused_adam=false", f"--bucket_mb={args.bucket_mb}",
-                                   f"--reduce_dtype={args.reduce_dtype}", f"--muon_split_qkv={args.muon_split_qkv}"])
+    config = parse_args(train_gpt.Config, train_gpt.PRESETS, [
+        f"--preset={PRESETS[depth]}", "--fused_adam=false", f"--bucket_mb={args.bucket_mb}",
+        f"--reduce_dtype={args.reduce_dtype}", f"--muon_split_qkv={args.muon_split_qkv}"])
     config.depth = depth
     return config
 
@@ -66,7 +74,13 @@ def plan(config, vocab, world, bf16_embeddings=False):
         for table in [model.embed, *model.value_embeds]:
             table.to(torch.bfloat16)
     accum = config.total_batch_tokens // (world * config.device_batch * config.seq_len)
-    return model, train_gpt.build_optimizers(model, config, speedups.Comm(0, world), max(accum, 1))
+    return model, build_optimizer(train_gpt, model, config, Comm(0, world), max(accum, 1))
+
+
+def muon_matrices(model, config):
+    """Muon's parameters: those whose row of train_gpt.parameter_table gives the update rule "muon"."""
+    assigned = assign(model, train_gpt.parameter_table(config, model), train_gpt.UPDATE_RULES)
+    return [p for p, (_, row) in assigned.items() if row.update == "muon"]
 
 
 def collective(nbytes, factor, args):
@@ -85,7 +99,7 @@ def ns_flops(count, rows, cols, steps):
 def model_today(model, config, world, backward_end, args):
     """Seconds after the backward, and the optimizer state per process (bytes), of the design before."""
     params = list(model.parameters())
-    matrices = train_gpt.hidden_matrices(model)
+    matrices = muon_matrices(model, config)
     n_all, n_muon = sum(p.numel() for p in params), sum(p.numel() for p in matrices)
     n_adam = n_all - n_muon
     t = sum(collective(4 * p.numel(), 2 * (world - 1) / world, args) for p in params)  # one all-reduce each
@@ -111,18 +125,18 @@ def model_new(model, opt, config, world, backward_start, backward_end, args, ove
     per_block = sum(p.numel() for p in model.blocks[0].parameters() if p.ndim == 2)
     names = {p: n for n, p in model.named_parameters()}
 
-    def block_of(name):  # the block whose backward gives the parameter its gradient (None: the head; -1: the end)
+    def block_of(name):  # the block whose backward gives the parameter its gradient (blocks: the head; -1: the end)
         if name.startswith("blocks."):
             return int(name.split(".")[1])
         if name.startswith("value_embeds."):  # right after its block's (GPT.forward looks it up in the block loop)
             return model.value_layers[int(name.split(".")[1])]
-        return None if name == "head.weight" else -1
+        return blocks if name == "head.weight" else -1
 
     def ready(bucket):  # when the last backward has finished the bucket's gradients (share of matmul FLOPs)
         if not overlap:
             return backward_end
-        layers = [block_of(names[p]) for p in bucket.params]
-        done = head if layers == [None] else head + (blocks - max(0, min(layers))) * per_block
+        first_block = min(block_of(names[p]) for p in bucket.params)  # the backward reaches it last
+        done = head + (blocks - max(0, first_block)) * per_block
         return backward_start + (backward_end - backward_start) * done / (head + blocks * per_block)
 
     comm_free, compute_free, state, elementwise = 0.0, backward_end, [0] * world, 0
@@ -134,7 +148,7 @@ def model_new(model, opt, config, world, backward_start, backward_end, args, ove
     gathered = []
     for bucket, shard, done in zip(opt.buckets, opt.shards, reduced):
         layout = bucket.layout
-        if isinstance(shard, train_gpt.AdamWShard):
+        if isinstance(shard, ElementShard):
             work = passes((8 + 28) * layout.shard, args)  # divide, fused AdamW (p, g, m, v in; p, m, v out)
             for r in range(world):  # AdamW state: only the real elements of each process's slice
                 lo, hi = r * layout.shard, (r + 1) * layout.shard
@@ -162,7 +176,7 @@ def model_new(model, opt, config, world, backward_start, backward_end, args, ove
 def modelled(depth, args, out):
     config = shape_config(depth, args)
     vocab = VOCABS[depth]
-    flops = train_gpt.flops_per_token(config, vocab) * config.total_batch_tokens
+    flops = flops_per_token(train_gpt, config, vocab) * config.total_batch_tokens
     compute = flops / (args.world * 989.5e12 * args.mfu)
     accum = config.total_batch_tokens // (args.world * config.device_batch * config.seq_len)
     backward_start = compute - compute / max(accum, 1) * 2 / 3  # the last micro-step's backward: 2/3 of it
@@ -171,12 +185,12 @@ def modelled(depth, args, out):
     new, new_state = model_new(model, opt, config, args.world, backward_start, compute, args)
     whole, _ = model_new(model, opt, config, args.world, backward_start, compute, args, overlap=False)
     params = sum(p.numel() for p in model.parameters())
-    traffic = speedups.step_traffic([b.layout for b in opt.buckets], [b.reduce_dtype for b in opt.buckets],
-                                    [s.values.dtype if isinstance(s, train_gpt.AdamWShard) else torch.bfloat16
-                                     for s in opt.shards], args.world)
+    traffic = step_traffic([b.layout for b in opt.buckets], [b.reduce_dtype for b in opt.buckets],
+                           [s.values.dtype if isinstance(s, ElementShard) else torch.bfloat16 for s in opt.shards],
+                           args.world)
     out(f"depth {depth} ({PRESETS[depth]}: {params / 1e6:,.0f} M parameters, {config.total_batch_tokens:,} tokens a "
         f"step, {args.world} GPUs): compute {1000 * compute:.1f} ms a step (model FLOPs at {args.mfu:.0%} MFU)")
-    out(f"  today: {len(list(model.parameters())) + 1} all-reduces + {len(train_gpt.hidden_matrices(model))} "
+    out(f"  today: {len(list(model.parameters())) + 1} all-reduces + {len(muon_matrices(model, config))} "
         f"broadcasts, {1000 * today:.1f} ms after the backward = {today / (compute + today):.1%} of the step; "
         f"optimizer state {today_state / 2**30:.2f} GiB a process")
     out(f"  new:   {len(opt.buckets)} buckets ({traffic['reduce_scatter'][1] / 2**20:,.0f} MiB reduce-scattered in "
@@ -194,7 +208,7 @@ def measure(depth, args, out):
     """Times the optimizer step (after a synchronized backward) of today's design and the new one on this
     machine's processes, and a whole step (forward, backward, optimizer) of the new one, on random tokens."""
     from tests.comm_reference import ReferenceOptimizer
-    rank, world, device = train_gpt.init_distributed(train_gpt.Config())
+    rank, world, device = init_distributed(train_gpt.Config())
     config = shape_config(depth, args) if not args.tiny else train_gpt.Config(
         depth=2, model_dim=32, head_dim=16, seq_len=64, device_batch=2, total_batch_tokens=128 * world,
         bucket_mb=args.bucket_mb)
@@ -209,20 +223,21 @@ def measure(depth, args, out):
         model = train_gpt.GPT(config, vocab).to(device)
         forward = torch.compile(model) if use_compile else model
         opt = (ReferenceOptimizer(model, config, rank, world) if design == "today" else
-               train_gpt.build_optimizers(model, config, speedups.Comm(rank, world), accum, use_compile))
+               build_optimizer(train_gpt, model, config, Comm(rank, world), accum, use_compile))
+        opt.set_schedule(1.0, momentum=config.muon_momentum)  # the peak lr and momentum, for either design
         step_times, opt_times = [], []
         for step in range(args.warmup + args.steps):
-            train_gpt.synchronize(device)
+            synchronize(device)
             t0 = time.perf_counter()
             for _ in range(accum):
                 idx = torch.randint(0, vocab, (config.device_batch, config.seq_len + 1), device=device)
-                with train_gpt.autocast_for(device):
+                with autocast_for(device):
                     loss = forward(idx[:, :-1], idx[:, 1:])
                 (loss / accum).backward()
-            train_gpt.synchronize(device)
+            synchronize(device)
             t1 = time.perf_counter()
             opt.step()
-            train_gpt.synchronize(device)
+            synchronize(device)
             t2 = time.perf_counter()
             if step >= args.warmup:
                 step_times.append(t2 - t0)

@@ -24,15 +24,16 @@ import eval_core
 import train_gpt
 from bench.record import record
 from data.tokenizer import byte_tokenizer, gpt2_tokenizer, load_tokenizer
+from harness.device import autocast_for, resolve_device, synchronize
 from tests.core_fixture import write_bundle
 from tests.core_reference import reference_predictions
 
 
 def timed(fn, device):
-    train_gpt.synchronize(device)
+    synchronize(device)
     t0 = time.perf_counter()
     out = fn()
-    train_gpt.synchronize(device)
+    synchronize(device)
     return out, time.perf_counter() - t0
 
 
@@ -63,8 +64,8 @@ def main():
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
-    device = train_gpt.resolve_device(train_gpt.Config())
-    autocast = train_gpt.autocast_for(device)
+    device = resolve_device(train_gpt.Config())
+    autocast = autocast_for(device)
     if args.run_dir:
         model, config, tok = eval_core.load_run(args.run_dir, device)
     else:

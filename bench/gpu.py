@@ -275,6 +275,7 @@ def part_sdpa_kernels(out, smoke, device_name):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import train_gpt
+    from harness.device import synchronize
     device = torch.device(device_name if device_name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     B, H, T, D = (1, 2, 128, 16) if smoke else (4, 6, 2048, 128)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -282,11 +283,11 @@ def part_sdpa_kernels(out, smoke, device_name):
     idx[:, ::700 if not smoke else 50] = 0  # documents of 700 tokens
     window = T // 4
     masks = train_gpt.attention_masks(idx, [window, T], 0, "sdpa")
-    cases = {"causal": None, "window_and_docs": masks[window], "docs": masks[T]}
+    cases = {"causal": (None, T), "window_and_docs": (masks[window], window), "docs": (masks[T], T)}  # mask, window
     qkv = [torch.randn(B, T, H, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
 
-    def step(mask, backend="sdpa"):
-        y = train_gpt.attention(*qkv, mask, backend)
+    def step(mask, size, backend="sdpa"):  # size: the mask's window (what FLOPs are counted over)
+        y = train_gpt.attention(*qkv, mask, size, backend)
         y.sum().backward()
 
     def milliseconds(fn, repeats=3 if smoke else 10):
@@ -294,15 +295,15 @@ def part_sdpa_kernels(out, smoke, device_name):
             fn()
         times = []
         for _ in range(repeats):
-            train_gpt.synchronize(device)
+            synchronize(device)
             t0 = time.perf_counter()
             fn()
-            train_gpt.synchronize(device)
+            synchronize(device)
             times.append(1000 * (time.perf_counter() - t0))
         return statistics.median(times)
     figures = {"shape": [B, H, T, D], "dtype": str(dtype), "window": window, "cases": {}}
     json_path = os.path.join(out, "sdpa_kernels.json")
-    for case, mask in cases.items():
+    for case, (mask, size) in cases.items():
         result = {"works": [], "fails": {}, "ms": {}}
         for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
                         SDPBackend.MATH):
@@ -310,17 +311,17 @@ def part_sdpa_kernels(out, smoke, device_name):
                 warnings.simplefilter("always")
                 try:
                     with sdpa_kernel([backend]):
-                        result["ms"][backend.name] = milliseconds(lambda: step(mask))
+                        result["ms"][backend.name] = milliseconds(lambda: step(mask, size))
                     result["works"].append(backend.name)
                 except RuntimeError as e:
                     reasons = [str(w.message).splitlines()[0] for w in caught] or [str(e).splitlines()[0]]
                     result["fails"][backend.name] = "; ".join(dict.fromkeys(reasons))[:500]
-        result["ms"]["default"] = milliseconds(lambda: step(mask))
+        result["ms"]["default"] = milliseconds(lambda: step(mask, size))
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA] if device.type == "cuda"
                      else [ProfilerActivity.CPU]) as prof:
-            step(mask)
-            train_gpt.synchronize(device)
+            step(mask, size)
+            synchronize(device)
         names = sorted({e.key for e in prof.key_averages()})
         result["kernels"] = [n for n in names if re.search(r"flash|fmha|efficient|cudnn|attention|softmax|bmm", n,
                                                            re.I)][:30]
@@ -337,7 +338,7 @@ def part_sdpa_kernels(out, smoke, device_name):
         compiled = torch.compile(train_gpt.attention)
         for case, size in (("window_and_docs", window), ("docs", T)):
             try:
-                ms = milliseconds(lambda: compiled(*qkv, flex_masks[size], "flex").sum().backward())
+                ms = milliseconds(lambda: compiled(*qkv, flex_masks[size], size, "flex").sum().backward())
                 figures["cases"][case]["ms"]["flex_compiled"] = ms
                 print(f"{case}: compiled FlexAttention {ms:.2f} ms", flush=True)
             except Exception as e:  # a failure here is a result, beside the SDPA figures already written

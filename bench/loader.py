@@ -18,6 +18,8 @@ import torch
 import train_gpt
 from bench.record import record
 from data.shards import read_shard
+from harness.config import parse_args
+from harness.data import DataLoader, load_tokenizer_info
 
 
 def document_lengths(tokens, bos_id):
@@ -60,10 +62,9 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-record", action="store_true")
     args, rest = parser.parse_known_args()
-    config = train_gpt.parse_args(rest)
-    tokenizer = train_gpt.load_tokenizer_info(config.tokenizer)
-    loader = train_gpt.DataLoader(config.train_files, config.seq_len, 1, 0, 1, 0, torch.device("cpu"),
-                                  tokenizer["vocab_size"])
+    config = parse_args(train_gpt.Config, train_gpt.PRESETS, rest)
+    tokenizer = load_tokenizer_info(config.tokenizer)
+    loader = DataLoader(config.train_files, config.seq_len, 1, 0, 1, 0, torch.device("cpu"), tokenizer["vocab_size"])
     total = sum(loader.shard_tokens)
     row = config.seq_len + 1
     bos_aligned = best_fit = 0

@@ -1,5 +1,5 @@
 """Peak memory of the soft-capped cross-entropy, forward and backward: the plain loss of GPT.forward against
-speedups.py's chunked one (--loss=chunked), for one micro-batch of hidden states and a head.
+harness/speedups.py's chunked one (--loss=chunked), for one micro-batch of hidden states and a head.
 
     python -m bench.loss_memory --rows=8192 --dim=256 --vocab=32768 --chunk=1024
 
@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-import speedups
+from harness.speedups import chunked_softcapped_cross_entropy
 
 CAP = 15.0
 
@@ -32,7 +32,7 @@ def plain(h, w, targets, vocab):
 
 
 def chunked(h, w, targets, vocab, chunk):
-    return speedups.chunked_softcapped_cross_entropy(h, w, targets, CAP, vocab, chunk).mean()
+    return chunked_softcapped_cross_entropy(h, w, targets, CAP, vocab, chunk).mean()
 
 
 def resident_bytes(key):

@@ -27,6 +27,11 @@ import torch
 import train_gpt
 from bench.record import record
 from data.shards import write_shard
+from harness.config import parse_args
+from harness.data import load_tokenizer_info
+from harness.device import resolve_device, synchronize
+from harness.loop import Trainer, check_config
+from harness.runlog import environment, peak_flops
 
 
 # Config fields the summary's shape shows already; those that say what data, how long and where to; and values fed
@@ -66,7 +71,7 @@ def profile_step(trainer, step, num_steps, device, rows=20):
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         trainer.step(step, num_steps)
-        train_gpt.synchronize(device)
+        synchronize(device)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     averages = prof.key_averages()
     top = sorted(averages, key=lambda e: getattr(e, key), reverse=True)[:rows]
@@ -80,31 +85,32 @@ def measure(config, args, device):
             tokenizer = synthetic_data(tmp, args.vocab)
             config.train_files, config.val_files = f"{tmp}/train_*.bin", f"{tmp}/val_*.bin"
         else:
-            tokenizer = train_gpt.load_tokenizer_info(config.tokenizer)
-        train_gpt.check_config(config, 1, device)
-        trainer = train_gpt.Trainer(config, tokenizer, 0, 1, device)
+            tokenizer = load_tokenizer_info(config.tokenizer)
+        check_config(train_gpt, config, 1, device)
+        trainer = Trainer(train_gpt, config, tokenizer, 0, 1, device)
         num_steps = args.warmup + args.steps
         times = []
         for step in range(num_steps):
-            train_gpt.synchronize(device)
+            synchronize(device)
             t0 = time.perf_counter()
             loss, _ = trainer.step(step, num_steps)
             loss.item()
-            train_gpt.synchronize(device)
+            synchronize(device)
             times.append(time.perf_counter() - t0)
             print(f"step {step + 1}/{num_steps}: {1000 * times[-1]:.1f} ms", flush=True)
         profile = profile_step(trainer, num_steps - 1, num_steps, device) if args.profile else None
         trainer.loader.close()
     timed = times[args.warmup:]
     step_s = statistics.median(timed)
-    flops = train_gpt.flops_per_token(config, tokenizer["vocab_size"])
-    peak = train_gpt.peak_flops(config, device)
+    flops = trainer.flops_per_token  # harness/trace.py's count, as the run's log has it
+    peak = peak_flops(config, device)
     dim, heads, _ = train_gpt.derived(config)
     figures = {
         "fits": True, "tokens_per_s": config.total_batch_tokens / step_s, "step_ms": 1000 * step_s,
         "step_ms_min": 1000 * min(timed), "timed_steps": len(timed), "first_step_s": times[0],
         "mfu": flops * config.total_batch_tokens / step_s / peak if peak else None, "peak_flops": peak or None,
-        "flops_per_token": flops, "fp8": trainer.fp8, "compiled": "blocks" if config.compile == "blocks" else trainer.forward is not trainer.model,
+        "flops_per_token": flops, "fp8": trainer.fp8,
+        "compiled": "blocks" if config.compile == "blocks" else trainer.forward is not trainer.model,
         "attention": trainer.model.attention_backend, "depth": config.depth, "width": dim, "heads": heads,
         "head_dim": config.head_dim, "seq_len": config.seq_len, "vocab": tokenizer["vocab_size"],
         "total_batch_tokens": config.total_batch_tokens, "device_batch": config.device_batch,
@@ -131,7 +137,7 @@ def summary_line(f, device):
     line = (f"{shape}: {f['tokens_per_s']:,.0f} tok/s, step {f['step_ms']:.1f} ms (median of {f['timed_steps']}; min "
             f"{f['step_ms_min']:.1f}), MFU {mfu} of "
             f"{f['peak_flops'] or 0:.4g} FLOP/s, {f['flops_per_token']:,} FLOPs/token, peak memory {memory}, first "
-            f"step (compile) {f['first_step_s']:.1f} s, device {train_gpt.environment(device, 1)['gpu'] or 'cpu'}")
+            f"step (compile) {f['first_step_s']:.1f} s, device {environment(device, 1)['gpu'] or 'cpu'}")
     return shape, line
 
 
@@ -146,8 +152,8 @@ def main():
     parser.add_argument("--json", default="", help="write the figures to this file as JSON")
     parser.add_argument("--no-record", action="store_true")
     args, rest = parser.parse_known_args()
-    config = train_gpt.parse_args(rest)
-    device = train_gpt.resolve_device(config)
+    config = parse_args(train_gpt.Config, train_gpt.PRESETS, rest)
+    device = resolve_device(config)
     try:
         figures, profile = measure(config, args, device)
     except torch.cuda.OutOfMemoryError as e:
