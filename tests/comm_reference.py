@@ -1,6 +1,7 @@
 """The plain reference for the sharded optimizer (the design before it): every gradient all-reduced on its own,
-AdamW over whole parameters, Muon one matrix at a time. Tests compare ShardedOptimizer with it; bench.comm times it
-as "today's design"."""
+AdamW over whole parameters, Muon one matrix at a time. It re-implements the baseline recipe's parameter grouping
+(train_gpt.parameter_table), so the tests that compare ShardedOptimizer with it are marked baseline; bench.comm
+times it as "today's design"."""
 
 import torch
 import torch.distributed as dist
@@ -23,7 +24,7 @@ class ReferenceOptimizer:
                                       betas=config.adam_betas, eps=config.adam_eps, weight_decay=0.0, fused=fused)
         for group in self.adam.param_groups:
             group["initial_lr"] = group["lr"]
-        self.matrices = train_gpt.hidden_matrices(model)
+        self.matrices = [p for p in model.blocks.parameters() if p.ndim == 2]  # the hidden matrices: Muon's
         self.momentum = [torch.zeros_like(p) for p in self.matrices]
         self.matrix_lr, self.muon_momentum = config.matrix_lr, config.muon_momentum
 

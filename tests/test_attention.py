@@ -5,6 +5,8 @@ import pytest
 import torch
 
 import train_gpt
+from harness.config import ConfigError
+from harness.device import compile_by_block
 from train_gpt import Config, attention, attention_masks
 
 BOS = 0
@@ -27,7 +29,7 @@ def test_flex_attention_equals_sdpa(window, documents):
     outputs = {}
     for backend in ("sdpa", "flex"):
         masks = attention_masks(idx, [window], BOS if documents else None, backend)
-        outputs[backend] = attention(q, k, v, masks[window], backend)
+        outputs[backend] = attention(q, k, v, masks[window], window, backend)
     assert torch.allclose(outputs["flex"], outputs["sdpa"], atol=1e-5)
 
 
@@ -73,7 +75,7 @@ def test_a_document_does_not_see_the_one_before_it(backend):
 
 
 def test_doc_mask_needs_the_bos_id():
-    with pytest.raises(train_gpt.ConfigError, match="--doc_mask needs the BOS id"):
+    with pytest.raises(ConfigError, match="--doc_mask needs the BOS id"):
         train_gpt.GPT(Config(depth=1, model_dim=16, head_dim=16, seq_len=8, doc_mask=True), 64)
 
 
@@ -114,7 +116,7 @@ def test_compiled_flex_model_trains_without_graph_breaks_or_recompiles_as_docume
 
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
 def test_model_compiled_block_by_block_trains_like_eager_without_graph_breaks_or_recompiles(backend, monkeypatch):
-    """train_gpt.compile_by_block (--compile=blocks; aot_eager here, Inductor on GPUs): the attention masks (for
+    """harness.device.compile_by_block (--compile=blocks; aot_eager here, Inductor on GPUs): the attention masks (for
     FlexAttention, create_block_mask) are made in their own compiled function and handed to the compiled blocks.
     Loss and gradients equal eager SDPA's as the documents move, in a graph per kind of block (window, value
     embedding) plus the masks' and the head's, with no graph break and no recompile after the first step."""
@@ -125,7 +127,7 @@ def test_model_compiled_block_by_block_trains_like_eager_without_graph_breaks_or
     counters.clear()
     gpt = model(backend)
     kinds = {(block.attn.window, block.attn.value_mix is not None) for block in gpt.blocks}
-    train_gpt.compile_by_block(gpt, backend="aot_eager")
+    compile_by_block(gpt, backend="aot_eager")
     for step, idx in enumerate(moving_documents(steps=3)):
         with torch._dynamo.config.patch(error_on_recompile=step > 0):
             loss = gpt(idx, idx)
@@ -155,7 +157,7 @@ def test_blocks_compiled_apart_stay_compiled_through_evaluation_batches():
     config = Config(depth=4, model_dim=32, head_dim=16, seq_len=64, short_window=16, doc_mask=True)
     gpt = train_gpt.GPT(config, 64, bos_id=BOS)
     assert len({(block.attn.window, block.attn.value_mix is not None) for block in gpt.blocks}) == 3
-    train_gpt.compile_by_block(gpt, backend="aot_eager")
+    compile_by_block(gpt, backend="aot_eager")
     idx = tokens(B=4)
     gpt(idx, idx).backward()
     with torch.no_grad():

@@ -30,10 +30,10 @@ def test_train_benchmark_prints_throughput_on_synthetic_tokens(monkeypatch, caps
 
 
 def test_the_settings_named_are_the_non_default_switches_not_data_paths_or_learning_rates():
-    import train_gpt
-    assert bench.train.settings(train_gpt.parse_args([])) == {}
-    config = train_gpt.parse_args(["--reduce_dtype=bf16", "--doc_mask=true", "--muon_split_qkv=true", "--seed=3",
-                                   "--matrix_lr=0.1", "--train_files=x/*.bin", "--depth=4", "--fp8"])
+    from tests.helpers import config_of
+    assert bench.train.settings(config_of()) == {}
+    config = config_of("--reduce_dtype=bf16", "--doc_mask=true", "--muon_split_qkv=true", "--seed=3",
+                       "--matrix_lr=0.1", "--train_files=x/*.bin", "--depth=4", "--fp8")
     assert bench.train.settings(config) == {"doc_mask": True, "muon_split_qkv": True, "reduce_dtype": "bf16"}
 
 

@@ -8,6 +8,8 @@ import json
 import pytest
 
 import train_gpt
+from harness.checkpoint import RESUMABLE_CHANGES
+from harness.runlog import RESULTS_SCHEMA
 from records.__main__ import main as records_main
 from records.compare import SAME_MATH, diff_stats
 from records.stats import paired_t_test, welch_t_test
@@ -27,7 +29,7 @@ def write_run(folder, seed, val_loss, time_s=20.0, git=CLEAN, env=CPU, diff=None
     config = train_gpt.Config(**{**train_gpt.PRESETS["tiny"], "preset": "tiny", "seed": seed,
                                  "run_id": folder.name, "out_dir": str(folder.parent), **settings})
     results = {
-        "schema_version": train_gpt.RESULTS_SCHEMA, "run_id": folder.name, "status": "done", "preset": "tiny",
+        "schema_version": RESULTS_SCHEMA, "run_id": folder.name, "status": "done", "preset": "tiny",
         "seed": seed, "config": dataclasses.asdict(config), "params": 1_188_992, "vocab_size": 4096,
         "total_batch_tokens": 2048, "steps": 150, "tokens": 307_200, "model_flops_per_token": 2_285_568,
         "model_flops": 702_126_489_600, "hardware_flops": None, "mfu": None, "training_time_s": time_s,
@@ -202,9 +204,9 @@ def test_runs_may_differ_in_bookkeeping(tmp_path, capsys):
     assert status == 0 and "settings: the arms ran the same code and settings" in out
 
 
-def test_the_same_keys_as_train_gpts_resumable_changes_are_ignored():
+def test_the_same_keys_as_a_resumes_changes_are_ignored():
     # the options a resumed run may change are those that do not change the math; the seed and the preset's name
-    assert SAME_MATH == train_gpt.RESUMABLE_CHANGES | {"seed", "preset"}
+    assert SAME_MATH == RESUMABLE_CHANGES | {"seed", "preset"}
     assert SAME_MATH <= {field.name for field in dataclasses.fields(train_gpt.Config)}
 
 

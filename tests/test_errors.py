@@ -12,8 +12,10 @@ import torch
 
 from data.tokenize import main as tokenize_main
 from data.tokenizer import main as tokenizer_main
+import harness.loop
+import train_gpt
 from records.__main__ import main as records_main
-from train_gpt import main
+from tests.helpers import check_config, main
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = dict(depth=2, model_dim=32, head_dim=16, seq_len=64, short_window=16, device_batch=2,
@@ -72,20 +74,17 @@ def test_bad_option_fails_with_one_line_before_any_run_folder(tmp_path, changes,
     ("cuda", "flex", "false", True), ("cuda", "flex", "true", False), ("cuda", "flex", "auto", False),
     ("cuda", "sdpa", "false", False), ("cpu", "flex", "false", False)])
 def test_eager_flex_attention_on_cuda_gets_a_one_line_notice_not_an_error(capsys, device, attention, compile, notice):
-    import train_gpt
-    train_gpt.check_config(train_gpt.Config(attention=attention, compile=compile), 1, torch.device(device))
+    check_config(train_gpt.Config(attention=attention, compile=compile), 1, torch.device(device))
     expected = ("notice: --attention=flex without --compile materializes every attention score (slow, memory-hungry); "
                 "use --compile=true, or --attention=sdpa\n") if notice else ""
     assert capsys.readouterr().out == expected
 
 
 def test_running_out_of_gpu_memory_says_which_options_need_less(tmp_path, monkeypatch):
-    import train_gpt
-
     def out_of_memory(*args):  # what the CUDA allocator raises, anywhere in the run
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 6.14 GiB. GPU 0 has a total capacity of "
                                      "79.19 GiB of which 2.03 GiB is free.\nIf reserved but unallocated memory ...")
-    monkeypatch.setattr(train_gpt, "train", out_of_memory)
+    monkeypatch.setattr(harness.loop, "train", out_of_memory)
     text = fails_with(lambda: main(argv(tmp_path, device_batch=4, val_batch=8)),
                       "out of GPU memory (Tried to allocate 6.14 GiB; peak allocated ")
     assert "at --device_batch=4 (--val_batch=8 in evaluation): lower --device_batch to a divisor of it" in text

@@ -1,4 +1,4 @@
-"""FP8 matmuls (speedups.py) on the CPU: the quantization numerics, the autograd wiring, what backward keeps, no
+"""FP8 matmuls (harness/speedups.py) on the CPU: the quantization numerics, the autograd wiring, what backward keeps, no
 graph break under compile, and a tiny run that learns like full precision.
 
 torch 2.13 has a CPU torch._scaled_mm (it accepts layouts CUDA rejects: the layout rules are checked by the GPU
@@ -11,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import speedups
 import train_gpt
+from harness import speedups
+from harness.device import enable_fp8
+from harness.speedups import E4M3, E5M2
 from tests.test_train import losses, options, run, shards  # noqa: F401  (fixtures)
-from speedups import E4M3, E5M2
 
 both_paths = pytest.mark.parametrize("emulated", [False, True], ids=["scaled_mm", "emulated"])
 
@@ -163,7 +164,7 @@ def tiny_fp8_model():
     for block in model.blocks:  # non-zero output projections, so that every Linear gets a gradient
         torch.nn.init.normal_(block.attn.proj.weight, std=0.05)
         torch.nn.init.normal_(block.mlp.proj.weight, std=0.05)
-    train_gpt.enable_fp8(model, torch.device("cpu"))
+    enable_fp8(model, torch.device("cpu"))
     return model
 
 

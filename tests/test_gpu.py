@@ -9,9 +9,9 @@ The GPU machine has no rustbpe, so these tests train nothing: their tokenizer is
 import pytest
 import torch
 
-import speedups
 import train_gpt
 from data.tokenizer import byte_tokenizer, save_tokenizer
+from harness import speedups
 from tests.test_train import losses, options, run, shards  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import train_gpt
+from tests.helpers import config_of, main, train
 from tests.test_train import argv, options, shards  # noqa: F401  (fixtures)
-from train_gpt import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +26,7 @@ def folder_bytes(folder):
 
 
 def test_resuming_a_finished_evaluated_run_keeps_every_file_as_it_is(options, tmp_path, capsys):
-    train_gpt.train(train_gpt.parse_args(argv(options)))
+    train(config_of(*argv(options)))
     run_dir = tmp_path / "runs" / "run"
     results = json.loads((run_dir / "results.json").read_text())
     results["core"] = {"core": 0.125, "tasks": []}  # as eval_core.py adds it
@@ -42,12 +41,12 @@ def test_resuming_a_finished_evaluated_run_keeps_every_file_as_it_is(options, tm
 def test_a_run_killed_after_its_final_checkpoint_only_validates_on_resume(options, tmp_path):
     """Stopped at a target val loss: the final checkpoint knows, so a resume (results.json not yet written when
     the process died) neither trains past the target nor changes the result."""
-    whole = train_gpt.train(train_gpt.parse_args(argv(options, steps=8, val_every=2, target_val_loss=100.0)))
+    whole = train(config_of(*argv(options, steps=8, val_every=2, target_val_loss=100.0)))
     assert whole["status"] == "target_reached" and whole["steps"] == 2
     run_dir = tmp_path / "runs" / "run"
     (run_dir / "results.json").unlink()
-    resumed = train_gpt.train(train_gpt.parse_args(argv(options, steps=8, val_every=2, target_val_loss=100.0,
-                                                        resume=run_dir / "checkpoint.pt")))
+    resumed = train(config_of(*argv(options, steps=8, val_every=2, target_val_loss=100.0,
+                                    resume=run_dir / "checkpoint.pt")))
     assert resumed["status"] == "target_reached" and resumed["steps"] == 2
     assert resumed["val_loss"] == whole["val_loss"] and resumed["training_time_s"] == whole["training_time_s"]
 

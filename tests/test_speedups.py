@@ -1,5 +1,5 @@
-"""speedups.py's chunked soft-capped cross-entropy against the plain loss of GPT.forward, bf16 embedding tables,
-and a training loop that reads the loss only when it logs it (all on the CPU)."""
+"""harness/speedups.py's chunked soft-capped cross-entropy against the plain loss of GPT.forward, bf16 embedding
+tables, and a training loop that reads the loss only when it logs it (all on the CPU)."""
 
 import re
 
@@ -7,8 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import speedups
+import harness.loop
 import train_gpt
+from harness import speedups
+from harness.config import ConfigError
+from tests.helpers import build_optimizer, check_config, main, recipe_step
 from tests.test_train import argv, log_lines, losses, options, run, shards  # noqa: F401  (fixtures)
 
 
@@ -106,7 +109,7 @@ def test_gpt_with_the_chunked_loss_compiles_without_a_graph_break():
         torch.testing.assert_close(p.grad, eager[name], rtol=1e-4, atol=1e-7, msg=name)
 
 
-def test_bf16_embedding_tables_start_from_the_fp32_draw_and_train_with_adamw():
+def test_bf16_embedding_tables_start_from_the_fp32_draw_and_train():
     fp32, bf16 = tiny_model(), tiny_model(embed_dtype="bf16")
     tables = lambda model: [model.embed, *model.value_embeds]
     assert len(tables(bf16)) == 2  # the token embedding and one value embedding at depth 2
@@ -116,13 +119,15 @@ def test_bf16_embedding_tables_start_from_the_fp32_draw_and_train_with_adamw():
     idx = torch.randint(0, 200, (3, 32))
     loss = bf16(idx, idx)
     assert loss.dtype == torch.float32 and loss.item() == pytest.approx(fp32(idx, idx).item(), rel=1e-2)
-    config = train_gpt.Config(depth=2, model_dim=32, head_dim=16, seq_len=32, short_window=8, embed_dtype="bf16")
-    optimizer = train_gpt.build_optimizers(bf16, config, speedups.Comm())
+    config = train_gpt.Config(depth=2, model_dim=32, head_dim=16, seq_len=32, short_window=8, embed_dtype="bf16",
+                              device_batch=len(idx))
+    optimizer = build_optimizer(bf16, config)  # from here on the parameters are views of its flat buffers
     before = [t.weight.detach().clone() for t in tables(bf16)]
-    loss = bf16(idx, idx)  # after build_optimizers: the parameters are now views of its flat buffers
-    loss.backward()
-    assert all(t.weight.grad.dtype == torch.bfloat16 for t in tables(bf16))
-    optimizer.step()
+    gradient_dtypes = []
+    for table in tables(bf16):
+        table.weight.register_post_accumulate_grad_hook(lambda p: gradient_dtypes.append(p.grad.dtype))
+    loss, _ = recipe_step(bf16, optimizer, config, idx, idx)  # the recipe's step: its update rules
+    assert gradient_dtypes == [torch.bfloat16] * 2
     for table, old in zip(tables(bf16), before):
         assert table.weight.dtype == torch.bfloat16 and torch.isfinite(table.weight).all()
         assert not torch.equal(table.weight, old)
@@ -131,8 +136,8 @@ def test_bf16_embedding_tables_start_from_the_fp32_draw_and_train_with_adamw():
 
 def test_bad_loss_options_are_refused_early():
     for bad in (dict(loss="fused"), dict(loss="chunked", loss_chunk=0), dict(embed_dtype="fp16")):
-        with pytest.raises(train_gpt.ConfigError, match="--loss=|--embed_dtype="):
-            train_gpt.check_config(train_gpt.Config(depth=2, **bad), 1)
+        with pytest.raises(ConfigError, match="--loss=|--loss_chunk=|--embed_dtype="):
+            check_config(train_gpt.Config(depth=2, **bad), 1)
 
 
 # -----------------------------------------------------------------------------
@@ -142,13 +147,13 @@ def test_bad_loss_options_are_refused_early():
 def test_the_loss_is_read_only_at_log_steps_and_the_windows_sum_to_the_training_time(options, monkeypatch):
     _, every = run(options, run_id="every", steps=7)
     steps_done, syncs = [0], []
-    real_step = train_gpt.Trainer.step
+    real_step = harness.loop.Trainer.step
 
     def counted_step(self, step, num_steps):
         steps_done[0] += 1
         return real_step(self, step, num_steps)
-    monkeypatch.setattr(train_gpt.Trainer, "step", counted_step)
-    monkeypatch.setattr(train_gpt, "synchronize", lambda device: syncs.append(steps_done[0]))
+    monkeypatch.setattr(harness.loop.Trainer, "step", counted_step)
+    monkeypatch.setattr(harness.loop, "synchronize", lambda device: syncs.append(steps_done[0]))
     results, lines = run(options, run_id="sparse", steps=7, log_every=3, warmup_timing_steps=1)
     warmup = 1
     timed_syncs = {count - warmup for count in syncs if count > warmup}
@@ -166,7 +171,7 @@ def test_a_loss_that_turns_non_finite_between_reads_is_caught_at_the_next_read_n
     messages = {}
     for log_every in (1, 5):
         with pytest.raises(SystemExit) as exc:
-            train_gpt.main(argv(options, run_id=f"nan{log_every}", log_every=log_every, **diverge))
+            main(argv(options, run_id=f"nan{log_every}", log_every=log_every, **diverge))
         messages[log_every] = str(exc.value.code)
     first_bad = {k: int(re.match(r"error: step (\d+): train loss is (nan|inf)", m).group(1)) for k, m in messages.items()}
     assert first_bad[5] == first_bad[1] < 5, messages  # the same step, found at the read after step 5
