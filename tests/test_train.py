@@ -16,11 +16,20 @@ import numpy as np
 import pytest
 import torch
 
+import harness.checkpoint
+import harness.evaluate
+import harness.loop
 import train_gpt
-from data.shards import read_tokenizer_sha256, write_shard
+from data.shards import ShardError, read_shard, read_tokenizer_sha256, write_shard
 from data.tokenize import tokenize_corpus
 from data.tokenizer import sha256_file
-from train_gpt import Config, DataLoader, main
+from harness.config import ConfigError
+from harness.data import DataLoader, load_tokenizer_info, load_val_tokens
+from harness.evaluate import evaluate, val_totals
+from harness.runlog import peak_flops
+from harness.trace import flops_per_token
+from tests.helpers import config_of, main, train
+from train_gpt import Config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,8 +56,8 @@ def argv(options, **changes):
 
 def run(options, **changes):
     """Runs train_gpt in this process; returns (results or None, the log's step lines as dicts)."""
-    config = train_gpt.parse_args(argv(options, **changes))
-    results = train_gpt.train(config)
+    config = config_of(*argv(options, **changes))
+    results = train(config)
     return results, log_lines(Path(config.out_dir) / config.run_id / "log.txt")
 
 
@@ -56,12 +65,12 @@ def run(options, **changes):
 def as_a_crash():
     """--stop_after leaves with a checkpoint of its last step; a crash leaves only the last --save_every one. Within
     this, a stop leaves as a crash would: a save at a step that is not a multiple of --save_every is skipped."""
-    real = train_gpt.save_checkpoint
+    real = harness.checkpoint.save_checkpoint
 
     def periodic_only(path, model, optimizer, loader, progress, config, rank=0):
         if "status" in progress or (config.save_every and progress["step"] % config.save_every == 0):
             real(path, model, optimizer, loader, progress, config, rank)
-    with mock.patch.object(train_gpt, "save_checkpoint", periodic_only):
+    with mock.patch.object(harness.loop, "save_checkpoint", periodic_only):
         yield
 
 
@@ -87,9 +96,9 @@ def losses(lines, key="train_loss"):
                                         ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA GeForce RTX 4090", None)])
 def test_peak_flops_follows_the_device_name_and_the_override(monkeypatch, name, peak):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-    assert train_gpt.peak_flops(Config(), torch.device("cuda")) == peak  # MFU against the card's own peak
-    assert train_gpt.peak_flops(Config(peak_flops=1e15), torch.device("cuda")) == 1e15
-    assert train_gpt.peak_flops(Config(), torch.device("cpu")) is None
+    assert peak_flops(Config(), torch.device("cuda")) == peak  # MFU against the card's own peak
+    assert peak_flops(Config(peak_flops=1e15), torch.device("cuda")) == 1e15
+    assert peak_flops(Config(), torch.device("cpu")) is None
 
 
 def test_tiny_run_learns_and_writes_a_record_ready_log_and_results(options, corpus, tmp_path):
@@ -103,6 +112,9 @@ def test_tiny_run_learns_and_writes_a_record_ready_log_and_results(options, corp
     saved = json.loads((tmp_path / "runs" / "run" / "results.json").read_text())
     assert saved["schema_version"] == 1 and saved["status"] == "finished" and saved["steps"] == 30
     assert saved["tokens"] == 30 * 256 and saved["model_flops"] == saved["model_flops_per_token"] * 30 * 256
+    # the FLOPs are those of the model trained (counted from it: tests/test_flops.py), in the log's model line too
+    assert saved["model_flops_per_token"] == flops_per_token(train_gpt, config_of(*argv(options)), saved["vocab_size"])
+    assert f"; {saved['model_flops_per_token']:,} FLOPs/token;" in log
     assert saved["val_loss"] == pytest.approx(losses(lines, "val_loss")[30])
     assert 0 < saved["val_bpb"] < saved["val_loss"] * 2
     assert saved["mfu"] is None and saved["hardware_flops"] is None  # no peak FLOPs for a CPU
@@ -156,12 +168,12 @@ def test_a_run_stopped_with_a_checkpoint_resumes_from_the_bare_file_name_in_its_
 def test_a_resumed_run_reports_the_times_of_the_whole_run(options, monkeypatch):
     """Training, warm-up, evaluation and wall time all add up over the starts of a run: each step takes 0.3 s more
     here, so the wall time of the second start alone would be less than the training time of both."""
-    real_step = train_gpt.Trainer.step
+    real_step = harness.loop.Trainer.step
 
     def slow_step(self, step, num_steps):
         time.sleep(0.3)
         return real_step(self, step, num_steps)
-    monkeypatch.setattr(train_gpt.Trainer, "step", slow_step)
+    monkeypatch.setattr(harness.loop.Trainer, "step", slow_step)
     run(options, run_id="cut", stop_after=3)
     results, _ = run(options, run_id="cut", resume=str(Path(options["out_dir"]) / "cut" / "checkpoint.pt"))
     assert results["training_time_s"] >= 6 * 0.3 and results["warmup_time_s"] >= 2 * 0.3  # one warm-up step a start
@@ -202,18 +214,18 @@ def test_a_log_line_cut_short_is_dropped_when_the_run_resumes(options, tmp_path)
 
 
 def test_the_last_step_is_saved_once_when_save_every_divides_the_steps(options, monkeypatch):
-    real, saved = train_gpt.save_checkpoint, []
+    real, saved = harness.checkpoint.save_checkpoint, []
 
     def counting(path, model, optimizer, loader, progress, config, rank=0):
         saved.append((progress["step"], progress.get("status")))
         real(path, model, optimizer, loader, progress, config, rank)
-    monkeypatch.setattr(train_gpt, "save_checkpoint", counting)
+    monkeypatch.setattr(harness.loop, "save_checkpoint", counting)
     run(options, run_id="saves", save_every=3)  # 6 steps
     assert saved == [(3, None), (6, "finished")]
 
 
 def test_a_run_that_left_no_checkpoint_is_not_told_to_resume(options, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_gpt, "save_checkpoint", lambda *args: None)  # as if killed before its first save
+    monkeypatch.setattr(harness.loop, "save_checkpoint", lambda *args: None)  # as if killed before its first save
     run(options, run_id="cut", stop_after=2)
     with pytest.raises(SystemExit) as exc:
         main(argv(options, run_id="cut"))
@@ -265,12 +277,12 @@ def test_a_second_run_into_the_same_folder_is_refused_and_the_first_is_kept(opti
 def test_timing_excludes_validation(options, monkeypatch):
     """Each validation moves the clock on by 100 s (a fake clock, so a busy machine cannot fail the test): none of
     it may land in the training time."""
-    real_totals, real_clock, skipped = train_gpt.val_totals, time.perf_counter, [0.0]
+    real_totals, real_clock, skipped = val_totals, time.perf_counter, [0.0]
 
     def slow_val_totals(*args, **kwargs):
         skipped[0] += 100.0
         return real_totals(*args, **kwargs)
-    monkeypatch.setattr(train_gpt, "val_totals", slow_val_totals)
+    monkeypatch.setattr(harness.evaluate, "val_totals", slow_val_totals)
     monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + skipped[0])
     results, lines = run(options, steps=4, val_every=1)
     assert len(losses(lines, "val_loss")) == 4 and results["eval_time_s"] >= 400.0
@@ -300,7 +312,7 @@ def test_a_loss_or_weights_that_are_not_finite_stop_the_run_naming_the_step_and_
 
 
 def make_loader(shards, tokenizer_dir, rank=0, world=1, rows_per_step=8, seq_len=64, seed=0, pattern=None):
-    vocab = train_gpt.load_tokenizer_info(str(tokenizer_dir))["vocab_size"]
+    vocab = load_tokenizer_info(str(tokenizer_dir))["vocab_size"]
     return DataLoader(pattern or f"{shards}/train_*.bin", seq_len, rows_per_step, rank, world, seed,
                       torch.device("cpu"), vocab)
 
@@ -318,7 +330,7 @@ def test_rows_are_consecutive_slices_that_cover_every_shard_once_per_epoch(shard
         assert inputs.shape == (8, 64) and (inputs[:, 1:] == targets[:, :-1]).all()
     expected, total, targets_covered = [], 0, 0
     for path in loader.files:
-        tokens = np.asarray(train_gpt.read_shard(path))
+        tokens = np.asarray(read_shard(path))
         rows = (len(tokens) - 1) // 64
         expected += [tuple(tokens[k * 64:k * 64 + 65].tolist()) for k in range(rows)]
         total, targets_covered = total + len(tokens), targets_covered + rows * 64
@@ -364,13 +376,13 @@ def test_a_position_in_other_shards_is_refused_naming_the_change(shards, tokeniz
     state = loader.state_dict()
     pattern = copy_shards(shards, tmp_path / "more", "train")
     last = sorted((tmp_path / "more").glob("train_*.bin"))[-1]
-    write_shard(tmp_path / "more" / "train_999999.bin", np.asarray(train_gpt.read_shard(last)))
-    with pytest.raises(train_gpt.ConfigError, match=rf"the training shards changed since the checkpoint \("
+    write_shard(tmp_path / "more" / "train_999999.bin", np.asarray(read_shard(last)))
+    with pytest.raises(ConfigError, match=rf"the training shards changed since the checkpoint \("
                                                     rf"{len(loader.files)} shards then, {len(loader.files) + 1} now\)"):
         make_loader(shards, tokenizer_dir, pattern=pattern).load_state_dict(state)
-    write_shard(last, np.asarray(train_gpt.read_shard(last))[:-100])  # the same names, one shard shorter
+    write_shard(last, np.asarray(read_shard(last))[:-100])  # the same names, one shard shorter
     os.remove(tmp_path / "more" / "train_999999.bin")
-    with pytest.raises(train_gpt.ConfigError, match=rf"\({last.name} \([\d,]+ tokens\) then, {last.name} "
+    with pytest.raises(ConfigError, match=rf"\({last.name} \([\d,]+ tokens\) then, {last.name} "
                                                     r"\([\d,]+ tokens\) now\); resume with the shards it was made"):
         make_loader(shards, tokenizer_dir, pattern=pattern).load_state_dict(state)
 
@@ -387,7 +399,7 @@ def test_the_seed_sets_the_order(shards, tokenizer_dir):
 def test_a_step_mixes_rows_from_all_over_the_shard(shards, tokenizer_dir):
     """Shuffled rows: a step's rows are not neighbours (which would all come from one or two documents)."""
     loader = make_loader(shards, tokenizer_dir)
-    first = np.asarray(train_gpt.read_shard(loader.files[loader.shard_order(0)[0]]))
+    first = np.asarray(read_shard(loader.files[loader.shard_order(0)[0]]))
     starts = {tuple(first[k * 64:k * 64 + 64].tolist()): k for k in range((len(first) - 1) // 64)}
     positions = sorted(starts[tuple(row.tolist())] for row in loader.next_batch()[0])
     assert positions[-1] - positions[0] > 8 * 4
@@ -405,7 +417,7 @@ def test_a_run_logs_the_fraction_of_tokens_used_and_the_epoch(options, tmp_path)
 
 
 def test_seq_len_longer_than_every_shard_is_refused_when_the_loader_is_made(shards, tokenizer_dir):
-    with pytest.raises(train_gpt.ConfigError, match="no shard holds a row of --seq_len \\+ 1 = 100001 tokens"):
+    with pytest.raises(ConfigError, match="no shard holds a row of --seq_len \\+ 1 = 100001 tokens"):
         make_loader(shards, tokenizer_dir, seq_len=100_000)
 
 
@@ -415,12 +427,12 @@ def test_a_shard_with_a_token_outside_the_vocab_is_named_before_it_reaches_the_e
     loader = make_loader(None, tokenizer_dir, rows_per_step=8, pattern=f"{tmp_path}/train_*.bin")
     first, later = (loader.files[i] for i in loader.shard_order(0)[:2])
     write_shard(later, np.r_[np.arange(999) % 300, 4000])  # same length, the last token out of the vocab of 512
-    with pytest.raises(train_gpt.ShardError, match=f"{re.escape(later)}: token id 4000 is outside the tokenizer's "
+    with pytest.raises(ShardError, match=f"{re.escape(later)}: token id 4000 is outside the tokenizer's "
                                                    "vocab of 512; the shard is corrupt"):
         for _ in range(10):  # the background thread reaches the shard in the third step and hands the error over
             loader.next_batch()
     write_shard(first, np.r_[4000, np.arange(999) % 300])
-    with pytest.raises(train_gpt.ShardError, match="token id 4000"):  # the first shard: at once
+    with pytest.raises(ShardError, match="token id 4000"):  # the first shard: at once
         make_loader(None, tokenizer_dir, pattern=f"{tmp_path}/train_*.bin")
 
 
@@ -444,7 +456,7 @@ def copy_shards(source, dest, prefix, keep_identity=True, manifest=False):
     """Copies prefix_*.bin shards; without keep_identity, as llm.c would have written them (no tokenizer)."""
     dest.mkdir(exist_ok=True)
     for path in sorted(Path(source).glob(f"{prefix}_*.bin")):
-        tokens = np.asarray(train_gpt.read_shard(path))
+        tokens = np.asarray(read_shard(path))
         write_shard(dest / path.name, tokens, tokenizer_sha256=read_tokenizer_sha256(path) if keep_identity else None)
     if manifest:
         (dest / "tokenize.json").write_bytes((Path(source) / "tokenize.json").read_bytes())
@@ -482,9 +494,9 @@ def test_shards_that_record_no_tokenizer_are_accepted_with_a_notice(options, tmp
 
 
 def test_val_loss_does_not_depend_on_the_batch_or_the_world_size(options):
-    config = train_gpt.parse_args(argv(options))
-    info = train_gpt.load_tokenizer_info(config.tokenizer)
-    val = train_gpt.load_val_tokens(config.val_files, config.val_tokens, config.seq_len)
+    config = config_of(*argv(options))
+    info = load_tokenizer_info(config.tokenizer)
+    val = load_val_tokens(config.val_files, config.val_tokens, config.seq_len)
     assert len(val) == 2048 + 1
     torch.manual_seed(0)
     model = train_gpt.GPT(config, info["vocab_size"])
@@ -494,7 +506,7 @@ def test_val_loss_does_not_depend_on_the_batch_or_the_world_size(options):
 
     def totals(world, val_batch):
         cfg = dataclasses.replace(config, val_batch=val_batch)
-        return sum(train_gpt.val_totals(model, val, info["token_bytes"], cfg, r, world, torch.device("cpu"), off)
+        return sum(val_totals(model, val, info["token_bytes"], cfg, r, world, torch.device("cpu"), off)
                    for r in range(world))
     reference = totals(1, 32)
     assert reference[1] == 2048 and reference[3] > 2048  # every val token counted once, with its bytes
@@ -503,8 +515,8 @@ def test_val_loss_does_not_depend_on_the_batch_or_the_world_size(options):
 
 
 def test_bits_per_byte_counts_bytes_of_targets_and_leaves_out_specials(options):
-    config = train_gpt.parse_args(argv(options))
-    info = train_gpt.load_tokenizer_info(config.tokenizer)
+    config = config_of(*argv(options))
+    info = load_tokenizer_info(config.tokenizer)
     assert info["token_bytes"][info["bos_id"]] == 0
     vocab = info["vocab_size"]
 
@@ -513,7 +525,7 @@ def test_bits_per_byte_counts_bytes_of_targets_and_leaves_out_specials(options):
             return torch.full(targets.shape, math.log(vocab))
     val = torch.tensor([info["bos_id"], 300, 301, info["bos_id"], 302])  # targets: 300 301 BOS 302
     cfg = dataclasses.replace(config, seq_len=4)
-    loss, bpb = train_gpt.evaluate(Uniform(), val, info["token_bytes"], cfg, 0, 1, torch.device("cpu"),
+    loss, bpb = evaluate(Uniform(), val, info["token_bytes"], cfg, 0, 1, torch.device("cpu"),
                                    torch.autocast("cpu", enabled=False))
     nbytes = sum(int(info["token_bytes"][t]) for t in (300, 301, 302))
     assert loss == pytest.approx(math.log(vocab))
@@ -521,26 +533,19 @@ def test_bits_per_byte_counts_bytes_of_targets_and_leaves_out_specials(options):
 
 
 # -----------------------------------------------------------------------------
-# FLOPs, horizon, schedule
-
-
-def test_flops_per_token_against_a_hand_count():
-    config = Config(depth=2, model_dim=128, head_dim=64, seq_len=256, window_pattern="SL", short_window=64)
-    per_layer = 128 * 3 * 128 + 128 * 128 + 128 * 512 + 512 * 128  # qkv, proj, mlp in, mlp out
-    head = 128 * 512  # vocab 500, padded to 512
-    attention = 12 * 2 * 64 * 64 + 12 * 2 * 64 * 256  # 2 heads of 64; windows 64 (S) and 256 (L, the last)
-    assert train_gpt.flops_per_token(config, 500) == 6 * (2 * per_layer + head) + attention == 3_244_032
+# Horizon and schedule (FLOPs: tests/test_flops.py)
 
 
 def test_horizon_from_steps_ratio_or_flops_budget():
     config = Config(total_batch_tokens=1000)
-    assert train_gpt.num_training_steps(dataclasses.replace(config, steps=7), 10_000, 5e9) == 7
-    assert train_gpt.num_training_steps(dataclasses.replace(config, tokens_per_param=8), 10_000, 5e9) == 80
-    assert train_gpt.num_training_steps(dataclasses.replace(config, flops_budget=1.2e11), 10_000, 5e9) == 24
-    with pytest.raises(train_gpt.ConfigError, match="no horizon"):
-        train_gpt.num_training_steps(config, 10_000, 5e9)
+    assert harness.loop.num_training_steps(dataclasses.replace(config, steps=7), 10_000, 5e9) == 7
+    assert harness.loop.num_training_steps(dataclasses.replace(config, tokens_per_param=8), 10_000, 5e9) == 80
+    assert harness.loop.num_training_steps(dataclasses.replace(config, flops_budget=1.2e11), 10_000, 5e9) == 24
+    with pytest.raises(ConfigError, match="no horizon"):
+        harness.loop.num_training_steps(config, 10_000, 5e9)
 
 
+@pytest.mark.baseline
 def test_lr_schedule_of_a_short_run_whose_warm_up_and_warm_down_overlap_never_jumps():
     config = Config(warmup_steps=40, warmdown_frac=0.65, final_lr_frac=0.05)  # warm-down from step 21 of 60
     lr = [train_gpt.lr_multiplier(s, 60, config) for s in range(60)]
@@ -551,6 +556,7 @@ def test_lr_schedule_of_a_short_run_whose_warm_up_and_warm_down_overlap_never_ju
     assert lr[-1] == pytest.approx(1 / 39 + 38 / 39 * 0.05)
 
 
+@pytest.mark.baseline
 def test_lr_schedule_warms_up_holds_and_warms_down():
     config = Config(warmup_steps=10, warmdown_frac=0.5, final_lr_frac=0.1)
     lr = [train_gpt.lr_multiplier(s, 100, config) for s in range(101)]
@@ -559,6 +565,7 @@ def test_lr_schedule_warms_up_holds_and_warms_down():
     assert all(a >= b for a, b in zip(lr[10:], lr[11:]))
 
 
+@pytest.mark.baseline
 def test_muon_orthogonalizes():
     G = torch.randn(64, 32)
     X = train_gpt.orthogonalize(G, steps=5).float()
@@ -605,12 +612,13 @@ def test_shards_from_another_tokenizer_are_refused(options, corpus, tmp_path):
 
 
 def test_presets_and_overrides():
-    config = train_gpt.parse_args(["--preset=tiny", "--steps=3", "--value_embeds=false", "--adam_betas=0.9,0.99"])
+    config = config_of("--preset=tiny", "--steps=3", "--value_embeds=false", "--adam_betas=0.9,0.99")
     assert (config.depth, config.steps, config.value_embeds, config.adam_betas) == (2, 3, False, (0.9, 0.99))
     assert train_gpt.derived(Config(depth=20))[:2] == (1280, 10)  # 64 x 20, heads of 128
     assert train_gpt.derived(Config(depth=9, head_dim=128))[0] == 640  # 576 rounded up to a multiple of 128
 
 
+@pytest.mark.baseline  # exactly the baseline's graphs (any recipe: the test below)
 def test_compiled_model_trains_like_the_eager_one(options):
     """torch.compile (used on GPUs by default) on CPU: the same losses as eager, within float tolerance."""
     from torch._dynamo.utils import counters
@@ -622,6 +630,38 @@ def test_compiled_model_trains_like_the_eager_one(options):
     # one graph for training (compiled in the warm-up step, reused by every step after the reset), one for
     # evaluation, and one for Muon's Newton-Schulz (every stack: tall, wide, of one); no graph breaks, no recompiles
     assert counters["stats"]["unique_graphs"] == 3 and not counters["graph_break"], dict(counters)
+
+
+def test_a_compiled_run_compiles_in_its_first_step_and_first_validation_only(options, monkeypatch):
+    """No recompile during training: whatever the recipe compiles (the model, its update rules' compiled functions)
+    is compiled in the first step and evaluation's graphs in the first validation; every step and validation after
+    reuses them, and the losses are eager's. torch.compile runs with the aot_eager backend here: Dynamo's tracing
+    and guards as on a GPU, without Inductor's code generation."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    _, eager = run(options, run_id="eager", val_every=2)
+    graphs, real_compile = CompileCounterWithBackend("aot_eager"), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda *args, **kwargs: real_compile(*args, **{**kwargs, "backend": graphs}))
+    calls = []  # (what, graphs compiled before the call, and after it)
+
+    def counted(what, real):
+        def call(*args, **kwargs):
+            before = graphs.frame_count
+            out = real(*args, **kwargs)
+            calls.append((what, before, graphs.frame_count))
+            return out
+        return call
+    monkeypatch.setattr(harness.loop.Trainer, "step", counted("step", harness.loop.Trainer.step))
+    monkeypatch.setattr(harness.loop, "evaluate", counted("validation", harness.loop.evaluate))
+    torch._dynamo.reset()
+    _, compiled = run(options, run_id="compiled", val_every=2, warmup_timing_steps=2, compile="true")
+    steps, validations = ([c for c in calls if c[0] == what] for what in ("step", "validation"))
+    assert len(steps) == 2 + 6 and len(validations) == 3
+    assert steps[0][2] > steps[0][1] == 0  # compiling: the first step compiled something
+    assert all(after == before for _, before, after in steps[1:] + validations[1:]), calls
+    assert graphs.frame_count == calls[-1][2]  # and nothing compiled between the calls either
+    for key in ("train_loss", "val_loss"):
+        for step, loss in losses(eager, key).items():
+            assert losses(compiled, key)[step] == pytest.approx(loss, rel=1e-4), (key, step)
 
 
 def test_help_lists_every_option_and_preset(capsys):
