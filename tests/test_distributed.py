@@ -14,9 +14,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import speedups
 import train_gpt
+from harness.comm import Comm, step_traffic
+from harness.data import load_tokenizer_info
+from harness.device import compile_by_block, compile_dynamic
+from harness.optim import ElementShard, MatrixShard
 from tests.comm_reference import ReferenceOptimizer
+from tests.helpers import build_optimizer, config_of, main, recipe_step, trainer as make_trainer
 from tests.test_train import argv, log_lines, losses, options, run, shards  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +33,7 @@ def free_port():
 
 
 def tiny_config(options, **changes):  # noqa: F811
-    return train_gpt.parse_args(argv(options, **changes))
+    return config_of(*argv(options, **changes))
 
 
 def randomize(model, seed=1):
@@ -44,20 +48,21 @@ def randomize(model, seed=1):
 # The math: the sharded optimizer against the plain reference, one process
 
 
+@pytest.mark.baseline  # the reference re-implements the baseline's parameter groups
 @pytest.mark.parametrize("fused", [False, True])
 def test_sharded_optimizer_matches_the_plain_reference(options, fused):  # noqa: F811
     config = tiny_config(options, fused_adam=str(fused).lower(), bucket_mb=0)  # bucket_mb=0: a bucket per matrix
-    info = train_gpt.load_tokenizer_info(config.tokenizer)
+    info = load_tokenizer_info(config.tokenizer)
     models = [train_gpt.GPT(config, info["vocab_size"]) for _ in range(2)]
     for model in models:
         randomize(model)
-    sharded = train_gpt.build_optimizers(models[0], config, speedups.Comm())
+    sharded = build_optimizer(models[0], config)
     reference = ReferenceOptimizer(models[1], config, fused=fused)
     torch.manual_seed(2)
     for step in range(3):
         idx = torch.randint(0, info["vocab_size"], (2, config.seq_len + 1))
         for model, opt in ((models[0], sharded), (models[1], reference)):
-            opt.set_schedule(0.5 + step / 4, 0.9)
+            opt.set_schedule(0.5 + step / 4, momentum=0.9)
             model(idx[:, :-1], idx[:, 1:]).backward()
             opt.step()
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
@@ -65,11 +70,12 @@ def test_sharded_optimizer_matches_the_plain_reference(options, fused):  # noqa:
         assert torch.equal(a, b), (name, (a - b).abs().max())
 
 
+@pytest.mark.baseline  # Muon's Newton-Schulz, in exactly one graph
 def test_stacked_orthogonalization_matches_one_matrix_at_a_time_in_one_compiled_graph():
     from torch._dynamo.testing import CompileCounterWithBackend
     torch._dynamo.reset()
     graphs = CompileCounterWithBackend("aot_eager")
-    compiled = train_gpt.compile_newton_schulz(backend=graphs)
+    compiled = compile_dynamic(train_gpt.newton_schulz, backend=graphs)
     torch.manual_seed(0)
     # square (first: equal sizes must not be taken to be equal), tall and wide stacks, and stacks of one: the
     # layouts Muon meets at any depth and number of processes, in any order
@@ -83,16 +89,17 @@ def test_stacked_orthogonalization_matches_one_matrix_at_a_time_in_one_compiled_
     assert graphs.frame_count == 1  # no recompile for tall, wide or square, for strides, or for a stack of one
 
 
+@pytest.mark.baseline  # Muon on the fused qkv
 def test_muon_split_qkv_orthogonalizes_q_k_and_v_separately(options):  # noqa: F811
     config = tiny_config(options, muon_split_qkv="true")
     model = train_gpt.GPT(config, 512)
     randomize(model)
-    opt = train_gpt.build_optimizers(model, config, speedups.Comm())
+    opt = build_optimizer(model, config)
     qkv = model.blocks[0].attn.qkv.weight
     before = qkv.detach().clone()
     model(torch.randint(0, 512, (2, 65))[:, :-1], torch.randint(0, 512, (2, 64))).backward()
     grad = qkv.grad.clone()
-    opt.set_schedule(1.0, 0.0)  # no momentum: the update is the orthogonalized gradient
+    opt.set_schedule(1.0, momentum=0.0)  # no momentum: the update is the orthogonalized gradient
     opt.step()
     update = (before - qkv.detach()) / config.matrix_lr
     for part in range(3):  # each 32 x 32 block of the 96 x 32 matrix is an orthogonalized matrix (scale 1)
@@ -101,29 +108,33 @@ def test_muon_split_qkv_orthogonalizes_q_k_and_v_separately(options):  # noqa: F
         assert torch.allclose(update[rows], expected, atol=1e-3)
 
 
-def test_buckets_follow_the_backward_and_every_parameter_is_in_one(options):  # noqa: F811
+@pytest.mark.baseline  # the baseline's parameter names, update rules and bucket order
+def test_buckets_of_the_baseline_follow_its_backward(options):  # noqa: F811
+    """Every parameter in one bucket is tests/test_optim.py's (any recipe); here, the baseline's buckets by name."""
     config = tiny_config(options, depth=4, bucket_mb=0)
     model = train_gpt.GPT(config, 512)
-    opt = train_gpt.build_optimizers(model, config, speedups.Comm())
+    opt = build_optimizer(model, config)
     assert model.value_layers == [1, 3]
-    block = lambda i: [f"blocks.{i}.mlp.proj.weight", f"blocks.{i}.mlp.fc.weight", f"blocks.{i}.attn.proj.weight",
-                       f"blocks.{i}.attn.qkv.weight"]
+    block = lambda i, value_mix: [f"blocks.{i}.mlp.proj.weight", f"blocks.{i}.mlp.fc.weight",
+                                  f"blocks.{i}.attn.proj.weight", *[f"blocks.{i}.attn.value_mix"] * value_mix,
+                                  f"blocks.{i}.attn.qkv.weight"]
     # each value-embedding table right after its block's matrices (it is ready there: see the test below)
-    expected = ["head.weight", *block(3), "value_embeds.1.weight", *block(2), *block(1), "value_embeds.0.weight",
-                *block(0)]
-    assert opt.names[:-1] == [[name] for name in expected]
-    assert opt.names[-1] == ["embed.weight", "blocks.1.attn.value_mix", "blocks.3.attn.value_mix"]  # last: the rest
+    expected = ["head.weight", *block(3, True), "value_embeds.1.weight", *block(2, False), *block(1, True),
+                "value_embeds.0.weight", *block(0, False), "embed.weight"]
+    assert opt.names == [[name] for name in expected]
     kinds = [type(s).__name__ for s in opt.shards]
-    assert kinds == ["MuonShard" if name.startswith("blocks.") else "AdamWShard" for name in expected] + ["AdamWShard"]
-    assert sorted(n for names in opt.names for n in names) == sorted(n for n, _ in model.named_parameters())
+    assert kinds == ["MatrixShard" if name.endswith("weight") and name.startswith("blocks.") else "ElementShard"
+                     for name in expected]
     config = tiny_config(options, depth=4)
-    one_bucket = train_gpt.build_optimizers(train_gpt.GPT(config, 512), config, speedups.Comm())
-    assert len(one_bucket.muon) == 1  # the default bucket size holds all matrices of a tiny model
-    # that bucket is complete at block 0's qkv: both tables are ready before it
-    assert [names[0] for names in one_bucket.names] == ["head.weight", "value_embeds.1.weight", "value_embeds.0.weight",
-                                                        "blocks.3.mlp.proj.weight", "embed.weight"]
+    one_bucket = build_optimizer(train_gpt.GPT(config, 512), config)
+    # the default bucket size holds all matrices of a tiny model, and all the rest: a bucket per update rule,
+    # the matrices' complete at block 0's qkv, the rest's at the token embedding
+    assert [type(s) for s in one_bucket.shards] == [MatrixShard, ElementShard]
+    assert [(names[0], names[-1]) for names in one_bucket.names] == [
+        ("blocks.3.mlp.proj.weight", "blocks.0.attn.qkv.weight"), ("head.weight", "embed.weight")]
 
 
+@pytest.mark.baseline  # the baseline's value embeddings
 def test_value_embeddings_looked_up_in_their_block_change_only_when_their_gradients_are_ready(options):  # noqa: F811
     """GPT.forward looks each value embedding up inside the block loop: the loss and gradients are bitwise those of
     looking every table up before the loop (the code before), but autograd, which runs the ready node made last in
@@ -176,26 +187,30 @@ def test_buckets_launch_once_each_in_their_order_eager_and_compiled(options, com
     events = []  # parameter names as their gradients are ready, bucket indices as they launch
     for p in model.parameters():  # before the buckets' hooks: a gradient's event comes before the launch it makes
         p.register_post_accumulate_grad_hook(lambda p: events.append(names[p]))
-    comm = speedups.Comm()
-    opt = train_gpt.build_optimizers(model, config, comm)
+    comm = Comm()
+    opt = build_optimizer(model, config, comm)
     index = {bucket.grads.data_ptr(): i for i, bucket in enumerate(opt.buckets)}
     reduce_scatter = comm.reduce_scatter
     comm.reduce_scatter = lambda output, input: events.append(index[input.data_ptr()]) or reduce_scatter(output, input)
     forward = torch.compile(model, backend="aot_eager") if compiled is True else model
     if compiled == "blocks":
-        train_gpt.compile_by_block(model, backend="aot_eager")
+        compile_by_block(model, backend="aot_eager")
+    producers = {}  # the autograd node that hands each parameter its gradient
+
+    def forward_and_find_producers(*args):
+        loss = forward(*args)
+        nodes, seen = [loss.grad_fn], set()
+        while nodes:
+            node = nodes.pop()
+            for child, _ in node.next_functions if node not in seen else []:
+                if child is not None and hasattr(child, "variable"):
+                    producers[names[child.variable]] = node
+                elif child is not None:
+                    nodes.append(child)
+            seen.add(node)
+        return loss
     idx = torch.randint(0, 512, (2, config.seq_len + 1))
-    loss = forward(idx[:, :-1], idx[:, 1:])
-    producers, nodes, seen = {}, [loss.grad_fn], set()  # the autograd node that hands each parameter its gradient
-    while nodes:
-        node = nodes.pop()
-        for child, _ in node.next_functions if node not in seen else []:
-            if child is not None and hasattr(child, "variable"):
-                producers[names[child.variable]] = node
-            elif child is not None:
-                nodes.append(child)
-        seen.add(node)
-    loss.backward()
+    recipe_step(forward_and_find_producers, opt, config, idx[:, :-1], idx[:, 1:])  # the recipe's own step
     launches = [e for e in events if isinstance(e, int)]
     assert launches == list(range(len(opt.buckets))), events
     if compiled is True:
@@ -207,8 +222,8 @@ def test_buckets_launch_once_each_in_their_order_eager_and_compiled(options, com
             assert set(opt.names[bucket]) <= set(events[:at]), events
             if not compiled:  # at the very gradient that completes it
                 assert events[at - 1] in opt.names[bucket], events
-        table_launch = events.index(opt.names.index(["value_embeds.1.weight"]))
-        assert table_launch < events.index("blocks.2.mlp.proj.weight")  # during the backward, before block 2's
+        block0 = min(k for k, e in enumerate(events) if isinstance(e, str) and e.startswith("blocks.0."))
+        assert events.index(0) < block0, events  # during the backward: before the first block's gradients
     if compiled == "blocks":  # a compiled block hands out its gradients together, in an order of its graph's own
         for i in range(len(model.blocks)):
             block_nodes = {node for name, node in producers.items() if name.startswith(f"blocks.{i}.")}
@@ -220,7 +235,6 @@ def test_buckets_launch_once_each_in_their_order_eager_and_compiled(options, com
             mine = [int(n.split(".")[1]) for n in opt.names[bucket] if n.startswith("blocks.")]
             if len(mine) == len(opt.names[bucket]):  # launched before a gradient of the blocks below arrives
                 assert all(i is None or i >= min(mine) for i in block_of[:at]), (bucket, events)
-    opt.step()
 
 
 # -----------------------------------------------------------------------------
@@ -233,8 +247,8 @@ def train_steps(rank, world, port, config, out, steps):
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    info = train_gpt.load_tokenizer_info(config.tokenizer)
-    trainer = train_gpt.Trainer(config, info, rank, world, torch.device("cpu"))
+    info = load_tokenizer_info(config.tokenizer)
+    trainer = make_trainer(config, info, rank, world)
     for p in trainer.model.parameters():
         assert p.grad is not None  # views of the gradient buckets from the start
     result = {"losses": []}
@@ -248,9 +262,9 @@ def train_steps(rank, world, port, config, out, steps):
             result["params"] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
             result["full_state"] = opt.full_state_dict()
     reduce_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[config.reduce_dtype]
-    result["expected"] = speedups.step_traffic(
+    result["expected"] = step_traffic(
         [b.layout for b in opt.buckets], [reduce_dtype] * len(opt.buckets),
-        [s.values.dtype if isinstance(s, train_gpt.AdamWShard) else torch.bfloat16 for s in opt.shards], world)
+        [(s.values if isinstance(s, ElementShard) else s.updates).dtype for s in opt.shards], world)
     result["state_bytes"] = opt.state_bytes()
     if rank == 0:
         torch.save(result, out)
@@ -282,14 +296,16 @@ def test_one_two_and_four_processes_train_alike_and_communicate_by_the_formula(o
                 assert (p - one).norm() <= 0.05 * one.norm(), (world, name)
             else:  # AdamW's first step turns a near-zero gradient's rounding into up to ~lr x 1e-3 (seen: 6e-6)
                 assert torch.allclose(p, one, rtol=1e-5, atol=1e-5), (world, name)
-        for part in ("adam", "muon"):  # the gathered state of the first step, parameter by parameter
-            for name, value in result["full_state"][part].items():
-                for key in value:
-                    assert torch.allclose(value[key], runs[1]["full_state"][part][name][key], rtol=1e-4, atol=1e-7)
+        # the gathered state of the first step, parameter by parameter (the same names and keys on any world size)
+        state, one_state = result["full_state"]["state"], runs[1]["full_state"]["state"]
+        assert result["full_state"]["steps"] == 1 and state.keys() == one_state.keys(), world
+        for name, value in state.items():
+            assert value.keys() == one_state[name].keys(), (world, name)
+            for key in value:
+                assert torch.allclose(value[key], one_state[name][key], rtol=1e-4, atol=1e-7), (world, name, key)
         # what a step sends: one reduce-scatter and one all-gather per bucket, one all-reduce of the loss
         assert result["traffic"] == {k: v for k, v in result["expected"].items() if v[0]}, world
-    assert runs[1]["traffic"]["reduce_scatter"][0] == 1 + 8 + 1 + 1  # head; 8 matrices (bucket_mb=0: one each); the
-    # value-embedding table; the rest
+    assert runs[1]["traffic"]["reduce_scatter"][0] == len(runs[1]["params"])  # bucket_mb=0: a bucket per parameter
     # gradients sent (and summed) in bf16: half the reduce-scatter bytes, the losses within bf16 rounding
     bf16 = train_on(2, dataclasses.replace(config, reduce_dtype="bf16"), tmp_path)
     assert bf16["traffic"] == {k: v for k, v in bf16["expected"].items() if v[0]}
@@ -338,23 +354,25 @@ def test_an_old_checkpoint_is_refused_with_a_message(options, tmp_path):  # noqa
     state["optimizers"] = state.pop("optimizer")  # the per-process form before the sharded optimizer
     torch.save(state, checkpoint)
     with pytest.raises(SystemExit, match="predates the sharded optimizer"):
-        train_gpt.main(argv(options, run_id="old", steps=2, resume=checkpoint))
+        main(argv(options, run_id="old", steps=2, resume=checkpoint))
 
 
+@pytest.mark.baseline  # AdamW with the baseline's embedding lr (any rule: tests/test_optim.py)
 def test_bf16_parameters_keep_fp32_adamw_state_and_math(options):  # noqa: F811
     """A bf16 table (issue 10's switch makes them) is updated through fp32: fp32 moments, fp32 math, one rounding."""
     config = tiny_config(options)
     model = train_gpt.GPT(config, 512)
     randomize(model)
     model.embed.to(torch.bfloat16)
-    opt = train_gpt.build_optimizers(model, config, speedups.Comm())
+    opt = build_optimizer(model, config)
     start = model.embed.weight.detach().float()
     model.embed.weight.grad.copy_(torch.randn(model.embed.weight.shape))  # (a CPU forward would need autocast)
     grad = model.embed.weight.grad.float()
+    opt.set_schedule(1.0, momentum=config.muon_momentum)
     opt.step()  # no backward, no hooks: every bucket is reduced right here
     assert model.embed.weight.dtype == torch.bfloat16
-    states = [st for s in opt.adam for st in s.adam.state.values()]
-    assert states and all(st["exp_avg"].dtype == torch.float32 for st in states)
+    state = opt.full_state_dict()["state"]["embed.weight"]
+    assert state.keys() == {"exp_avg", "exp_avg_sq"} and all(t.dtype == torch.float32 for t in state.values())
     expected = start.clone().requires_grad_()
     expected.grad = grad
     adam_lr = config.embed_lr * (model.embed.embedding_dim / 768) ** -0.5
@@ -378,7 +396,7 @@ def test_comm_benchmark_models_both_designs_and_measures_on_one_cpu_process(caps
 def test_gradients_replaced_behind_the_buckets_back_fail_loudly(options):  # noqa: F811
     config = tiny_config(options)
     model = train_gpt.GPT(config, 512)
-    opt = train_gpt.build_optimizers(model, config, speedups.Comm())
+    opt = build_optimizer(model, config)
     model.zero_grad(set_to_none=True)  # the usual PyTorch idiom would leave the buckets empty
     with pytest.raises(RuntimeError, match="no longer its view of the gradient bucket"):
         model(torch.randint(0, 512, (2, 64)), torch.randint(0, 512, (2, 64))).backward()  # the hooks check
