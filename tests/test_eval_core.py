@@ -641,7 +641,8 @@ def test_core_runs_from_any_working_directory_with_the_configs_relative_paths(tr
     evaluated from another folder: the paths are taken from the checkout, and the results are those of the run."""
     checkout = tmp_path / "checkout"
     (checkout / "data").mkdir(parents=True)
-    for source in [*REPO.glob("*.py"), *(REPO / "data").glob("*.py")]:
+    (checkout / "harness").mkdir()
+    for source in [*REPO.glob("*.py"), *(REPO / "data").glob("*.py"), *(REPO / "harness").glob("*.py")]:
         shutil.copy(source, checkout / source.relative_to(REPO))
     shutil.copytree(tokenizer_dir, checkout / "data" / "tokenizers" / "tok")
     (checkout / "data" / "tokens").mkdir()
@@ -677,8 +678,17 @@ def test_max_per_task_cuts_every_task(run_copy, bundle, cpu_only):
 # The model code a run was trained with: the train_gpt.py source at the top of its log.txt
 
 END_OF_SOURCE = "\n" + "=" * 100 + "\n"
-RELU2, GELU = "F.relu(self.fc(x)).square()", "F.gelu(self.fc(x))"
-GATE = "        self.proj = Linear(4 * dim, dim)\n"  # MLP.__init__'s last line: a parameter added after it
+# Another branch's train_gpt.py, made of this one's whatever its model: code appended to the source that gives the
+# blocks another function of the same weights, or a weight more in every block's MLP
+OTHER_FUNCTION = ("\n\n_block_forward = Block.forward\n\n\n"
+                  "def _block_forward_of_another_branch(self, x, *args):\n"
+                  "    return _block_forward(self, torch.tanh(x), *args)\n\n\n"
+                  "Block.forward = _block_forward_of_another_branch\n")
+ADDED_GATE = ("\n\n_block_init = Block.__init__\n\n\n"
+              "def _block_init_of_another_branch(self, dim, *args, **kwargs):\n"
+              "    _block_init(self, dim, *args, **kwargs)\n"
+              "    self.mlp.gate = nn.Linear(dim, 4 * dim, bias=False)\n\n\n"
+              "Block.__init__ = _block_init_of_another_branch\n")
 OTHER_BRANCH = {"commit": "abc123def4567890abc123def4567890abc12345", "dirty": True, "diff_sha256": "0" * 64}
 
 
@@ -723,24 +733,24 @@ def test_a_run_whose_logged_source_is_this_checkouts_is_built_with_train_gpt_wit
     assert capsys.readouterr().out == ""
 
 
-def test_a_run_trained_with_another_activation_is_scored_with_its_own_train_gpt(run_copy, bundle, tasks, tok, model,
-                                                                              cpu_only, capsys, tmp_path):
-    rewrite_log(run_copy, lambda source: source.replace(RELU2, GELU))
+def test_a_run_trained_with_another_model_function_is_scored_with_its_own_train_gpt(run_copy, bundle, tasks, tok,
+                                                                                  model, cpu_only, capsys, tmp_path):
+    rewrite_log(run_copy, lambda source: source + OTHER_FUNCTION)
     source = (run_copy / "log.txt").read_text().partition(END_OF_SOURCE)[0]
-    assert source.count(GELU) == 1
-    gelu = model_built_by_hand(source, run_copy, tok, tmp_path)
+    assert source.endswith(OTHER_FUNCTION)
+    theirs = model_built_by_hand(source, run_copy, tok, tmp_path)
     evaluated, _, _ = eval_core.load_run(str(run_copy), CPU)
-    line = next(i for i, text in enumerate((REPO / "train_gpt.py").read_text().splitlines(), 1) if RELU2 in text)
+    line = len((REPO / "train_gpt.py").read_text().splitlines()) + 1  # the first line appended
     assert capsys.readouterr().out == ("scoring with the run's own train_gpt.py (it differs from this checkout's: the "
                                        f"run's is at commit abc123def456 (dirty), first difference at line {line})\n")
-    assert type(evaluated).__module__ == "train_gpt_of_run" and evaluated.windows == gelu.windows
+    assert type(evaluated).__module__ == "train_gpt_of_run" and evaluated.windows == theirs.windows
     some = [t for t in tasks if t.label in ("copa", "winograd")]
-    assert torch.equal(losses_and_exact(evaluated, some, tok), losses_and_exact(gelu, some, tok))
+    assert torch.equal(losses_and_exact(evaluated, some, tok), losses_and_exact(theirs, some, tok))
     assert not torch.allclose(losses_and_exact(evaluated, some, tok), losses_and_exact(model, some, tok))
     main(["--run-dir", str(run_copy), "--bundle", bundle, "--tasks", "copa,winograd", "--bpb-tokens", "0",
           "--no-samples"])
     sequences = eval_core.build_sequences(some, tok, SEQ_LEN)
-    chosen = eval_core.predictions(some, sequences, losses_and_exact(gelu, some, tok))
+    chosen = eval_core.predictions(some, sequences, losses_and_exact(theirs, some, tok))
     core, _ = eval_core.core_score(some, [eval_core.accuracy(t, c) for t, c in zip(some, chosen)])
     assert json.loads((run_copy / "results.json").read_text())["core"]["core"] == core
 
@@ -750,11 +760,10 @@ def test_a_run_whose_own_train_gpt_does_not_load_here_is_refused_in_one_line_nam
                                                                                               cpu_only, case):
     if case.startswith("unimportable"):
         add_weight(run_copy)  # trained with the gate; its code needs a module this checkout lacks
-        rewrite_log(run_copy, lambda s: "import module_of_another_branch\n" + s.replace(GATE, GATE + GATE.replace(
-            "self.proj = Linear(4 * dim, dim)", "self.gate = Linear(dim, 4 * dim)")))
+        rewrite_log(run_copy, lambda s: "import module_of_another_branch\n" + s + ADDED_GATE)
         why = "ModuleNotFoundError: No module named 'module_of_another_branch'"
     else:
-        rewrite_log(run_copy, lambda s: s.replace(GATE, GATE + "        self.gate = Linear(dim, 4 * dim)\n"))
+        rewrite_log(run_copy, lambda s: s + ADDED_GATE)
         why = "missing key blocks.0.mlp.gate.weight and 1 more"
     with pytest.raises(SystemExit) as exc:
         main(["--run-dir", str(run_copy), "--bundle", bundle, "--bpb-tokens", "0", "--no-samples"])
@@ -778,15 +787,19 @@ def test_the_refusal_is_one_line_on_stderr_without_a_traceback(run_copy, bundle)
 
 @pytest.mark.parametrize("change, why", [
     ("weight", "unexpected key blocks.0.mlp.gate.weight"),
-    ("width", "shape mismatch embed.weight (512, 32) saved, (512, 64) here and 10 more")])
+    ("width", "shape mismatch embed.weight (512, 32) saved, (512, 64) here and {more} more")])
 def test_weights_that_do_not_fit_this_checkouts_model_are_refused_in_one_line(run_copy, bundle, cpu_only, change,
                                                                             why):
     if change == "weight":
         add_weight(run_copy)
     else:
+        import train_gpt
         checkpoint = torch.load(run_copy / "checkpoint.pt", weights_only=True)
         checkpoint["config"]["model_dim"] = 64
         torch.save(checkpoint, run_copy / "checkpoint.pt")
+        wider = train_gpt.GPT(train_gpt.Config(**dict(checkpoint["config"], adam_betas=(0.8, 0.95))), 512).state_dict()
+        changed = [name for name, saved in checkpoint["model"].items() if wider[name].shape != saved.shape]
+        why = why.format(more=len(changed) - 1)  # every weight whose shape follows the width, but the one named
     with pytest.raises(SystemExit) as exc:
         main(["--run-dir", str(run_copy), "--bundle", bundle, "--bpb-tokens", "0", "--no-samples"])
     assert exc.value.code == (f"error: {run_copy / 'checkpoint.pt'} does not load into the model of train_gpt.py "
@@ -1015,7 +1028,9 @@ def test_bpb_tokens_beyond_the_val_shards_fail_before_any_scoring_naming_the_opt
     with pytest.raises(SystemExit) as exc:
         main(["--run-dir", str(run_copy), "--bundle", bundle, "--bpb-tokens", bpb_tokens])
     val = train_gpt.Config(**{**torch.load(run_copy / "checkpoint.pt", weights_only=True)["config"]}).val_files
-    held = sum(train_gpt.read_header(path) for path in train_gpt.find_files(val, "validation"))
+    from data.shards import read_header
+    from harness.data import find_files
+    held = sum(read_header(path) for path in find_files(val, "validation"))
     assert exc.value.code == "error: " + says.format(val=val, held=held, most=(held - 1) // 64 * 64)
     assert (run_copy / "results.json").read_text() == before and not (run_copy / "core.csv").exists()
 

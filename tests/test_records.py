@@ -69,14 +69,20 @@ def data_identity(shards, tokenizer_dir, corpus, val_tokens=2048, seq_len=64):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, shards, tokenizer_dir, corpus):  # noqa: F811
-    """Three tiny runs (seeds 0-2), and a git repository where commit A holds the train_gpt.py that made them and
-    commit B another one; the runs are relabelled as made at commit A from a clean tree, and their data lines
-    are checked against the files' identity computed here."""
+    """Three tiny runs (seeds 0-2), and a git repository where commit A holds the code that made them (train_gpt.py,
+    the harness it runs on and the data package the harness reads shards with) and commit B another train_gpt.py;
+    the runs are relabelled as made at commit A from a clean tree, and their data lines are checked against the
+    files' identity computed here."""
     root = tmp_path_factory.mktemp("records")
     repo = root / "repo"
     repo.mkdir()
     git(repo, "init", "-q")
+    for package in ("harness", "data"):
+        (repo / package).mkdir()
+        for path in (REPO / package).glob("*.py"):
+            (repo / package / path.name).write_text(path.read_text())
     (repo / "train_gpt.py").write_text((REPO / "train_gpt.py").read_text())
+    (repo / "README.md").write_text("# the checkout\n")  # not code: a tree whose only change is here may validate
     commit_a = commit_all(repo, "A")
     (repo / "train_gpt.py").write_text((REPO / "train_gpt.py").read_text() + "# a change\n")
     commit_b = commit_all(repo, "B")
@@ -326,20 +332,25 @@ def lines_of(record, name="seed0"):
     return (record / "logs" / f"{name}.txt").read_text().splitlines()
 
 
+def diff_of(repo, path, addition):
+    """`git diff HEAD` of the tree with a line added to a file (the tree is put back)."""
+    (repo / path).write_text((repo / path).read_text() + addition)
+    diff = subprocess.run(["git", "-C", str(repo), "diff", "HEAD"], capture_output=True, check=True).stdout
+    git(repo, "checkout", "-q", path)
+    return diff
+
+
 def test_a_log_from_a_modified_tree_needs_its_diff_and_the_diff_must_be_the_one_it_ran(runs, tmp_path):
+    """A tree whose uncommitted change is not code (here the README) validates with the diff it logged beside its
+    log; a diff that changes code is refused (FLOPs are counted only by committed code)."""
     repo = runs["repo"]
-    (repo / "train_gpt.py").write_text((repo / "train_gpt.py").read_text() + "# tried locally\n")
-    diff = subprocess.run(["git", "-C", str(repo), "diff", "HEAD"], capture_output=True).stdout
-    git(repo, "checkout", "-q", "train_gpt.py")
+    git(repo, "checkout", "-q", runs["b"])  # leaves the repository as it was (B checked out)
+    diff = diff_of(repo, "README.md", "tried locally\n")
     dirs = copy_runs(runs, tmp_path)
     for d in dirs:
-        git(repo, "checkout", "-q", runs["b"])  # leaves the repository as it was (B checked out)
         relabel(d, runs["b"], dirty=True, diff_sha256=hashlib.sha256(diff).hexdigest())
-    # the logs hold A's source; B + the diff is B's source plus a comment: they must hold that instead
-    dirty_source = (REPO / "train_gpt.py").read_text() + "# a change\n# tried locally\n"
-    for d in dirs:
-        replace_source(d / "log.txt", dirty_source)
-    record = make(runs, tmp_path, dirs=dirs)
+        replace_source(d / "log.txt", (REPO / "train_gpt.py").read_text() + "# a change\n")  # B's: the diff
+    record = make(runs, tmp_path, dirs=dirs)                                                # changes no code
     problems = failures(runs, record)
     assert len(problems) == 3 and all("written from a modified tree" in p and "seed" in p.split(":")[0] for p in problems)
     for d in ("seed0", "seed1", "seed2"):
@@ -348,6 +359,15 @@ def test_a_log_from_a_modified_tree_needs_its_diff_and_the_diff_must_be_the_one_
     (record / "logs" / "seed1.diff").write_bytes(diff.replace(b"tried locally", b"tried elsewhere"))
     (problem,) = failures(runs, record)
     assert problem.startswith(str(record / "logs" / "seed1.diff")) and "is not the log's diff_sha256" in problem
+    code = diff_of(repo, "train_gpt.py", "# tried locally\n")
+    for d in ("seed0", "seed1", "seed2"):
+        (record / "logs" / f"{d}.diff").write_bytes(code)
+        edit_log(record / "logs" / f"{d}.txt", lambda l: l.replace(hashlib.sha256(diff).hexdigest(),
+                                                                   hashlib.sha256(code).hexdigest()))
+    problems = failures(runs, record)
+    assert len(problems) == 3 and all(p.startswith(str(record / "logs")) and p.split(": ", 1)[1] == (
+        "changes code (train_gpt.py): FLOPs are counted only with committed code; commit the change, run again and "
+        "make the record from that commit") for p in problems), problems
 
 
 @pytest.mark.parametrize("edited, message", [
@@ -385,7 +405,11 @@ def test_a_faster_step_with_its_running_totals_edited_still_fails(runs, tmp_path
 
     edit_log(record / "logs" / "seed0.txt", faster)
     (problem,) = failures(runs, record)
-    assert "the validation at step 4" in problem and "does not follow the step lines" in problem
+    # which true total catches it first depends on how the run's times round in the log: the validation line's
+    # train_time_ms to 1 ms, the done line's training_time to 10 ms
+    assert problem.startswith(str(record / "logs" / "seed0.txt")) and (
+        ("the validation at step 4" in problem and "does not follow the step lines" in problem) or
+        ("the done line's training_time" in problem and "is not the sum of the step times" in problem)), problem
 
 
 def test_a_step_time_edited_without_its_tok_per_s_fails(runs, tmp_path):
@@ -531,21 +555,19 @@ def test_a_core_score_that_is_not_the_mean_of_its_tasks_fails(runs, tmp_path):
     assert "is not the mean centered accuracy of its tasks" in problem
 
 
-def test_flops_are_counted_with_the_formula_of_the_records_commit(runs, tmp_path):
-    """Commit C doubles flops_per_token and imports a module that does not exist: a record made at C passes when
-    it claims C's count (today's formula is not used, and C's module is never imported), and fails with today's."""
+def test_flops_are_counted_with_the_code_of_the_records_commit(runs, tmp_path):
+    """Commit C's harness counts twice the model's FLOPs: a record made at C passes when it claims C's count (C's
+    own code counts, in a copy of its tree, not this checkout's), and fails with today's."""
     repo = runs["repo"]
-    today = (REPO / "train_gpt.py").read_text()
-    assert "    return 6 * matmul_params + attention_flops\n" in today
-    changed = today.replace("    return 6 * matmul_params + attention_flops\n",
-                            "    return 2 * (6 * matmul_params + attention_flops)\n").replace(
-        "import numpy as np\n", "import numpy as np\nimport no_such_module_anywhere\n")
-    (repo / "train_gpt.py").write_text(changed)
+    trace_source = (repo / "harness" / "trace.py").read_text()
+    count = "    return trace(model, config.seq_len)[0]\n"
+    assert trace_source.count(count) == 1  # flops_per_token's last line
+    (repo / "harness" / "trace.py").write_text(trace_source.replace(count, "    return 2 * trace(model, config.seq_len)[0]\n"))
     commit_c = commit_all(repo, "C")
     dirs = copy_runs(runs, tmp_path)
     for d in dirs:
         relabel(d, commit_c)
-        replace_source(d / "log.txt", changed)
+        replace_source(d / "log.txt", (repo / "train_gpt.py").read_text())  # C's train_gpt.py is B's
     record = make(runs, tmp_path, dirs=dirs)  # results.json and the log claim today's count
     problems = failures(runs, record)
     assert sum("recomputed from the config with the formula of the record's commit" in p for p in problems) == 3
@@ -561,6 +583,28 @@ def test_flops_are_counted_with_the_formula_of_the_records_commit(runs, tmp_path
     track = next(t for t in tracks["tracks"] if t["id"] == "below")
     (record / "statistics.md").write_text(statistics_markdown(track, data))
     assert failures(runs, record) == []
+
+
+def test_a_record_of_a_commit_not_merged_into_head_runs_none_of_its_code(runs, tmp_path):
+    """validate runs a commit's code (its FLOPs count) only once the commit is merged into HEAD: a record made on a
+    side branch whose train_gpt.py would leave a file when imported fails, saying so, and none of its code runs."""
+    repo = runs["repo"]
+    head = git(repo, "rev-parse", "HEAD")
+    imported = tmp_path / "imported"
+    git(repo, "checkout", "-q", runs["a"])
+    source = (repo / "train_gpt.py").read_text() + f"\nopen({str(imported)!r}, 'w').close()\n"
+    (repo / "train_gpt.py").write_text(source)
+    side = commit_all(repo, "a side branch")
+    git(repo, "checkout", "-q", head)
+    dirs = copy_runs(runs, tmp_path)
+    for d in dirs:
+        relabel(d, side)
+        replace_source(d / "log.txt", source)
+    record = make(runs, tmp_path, dirs=dirs)
+    problems = failures(runs, record)
+    assert problems and any(p.startswith(str(record / "results.json")) and f"commit {side[:12]} is not merged into this "
+                            "checkout's HEAD" in p for p in problems), problems
+    assert not imported.exists()
 
 
 def test_identical_metrics_in_every_run_fail_the_target_test(runs, tmp_path):
