@@ -48,8 +48,9 @@ def traced_flops_per_token(config, vocab_size):
 def recipe_step(forward, optimizer, config, inputs, targets, step=0, num_steps=1):
     """One step of the recipe's own train_step on this batch (its schedule, micro-steps and optimizer call), for a
     test that holds its own model (`forward`) and optimizer: a stand-in trainer with what train_step reads."""
+    loader = types.SimpleNamespace(next_batch=lambda: (inputs, targets))
     trainer = types.SimpleNamespace(
-        config=config, device=inputs.device, optimizer=optimizer, forward=forward, model=forward,
-        loader=types.SimpleNamespace(next_batch=lambda: (inputs, targets)), accum_steps=len(inputs) // config.device_batch,
-        autocast=contextlib.nullcontext(), mean_over_processes=lambda total: total, rank=0, world=1)
+        config=config, device=inputs.device, optimizer=optimizer, forward=forward, model=forward, loader=loader,
+        accum_steps=len(inputs) // config.device_batch, autocast=contextlib.nullcontext(),
+        mean_over_processes=lambda total: total, rank=0, world=1)
     return train_gpt.train_step(trainer, step, num_steps)

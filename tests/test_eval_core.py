@@ -684,11 +684,11 @@ OTHER_FUNCTION = ("\n\n_block_forward = Block.forward\n\n\n"
                   "def _block_forward_of_another_branch(self, x, *args):\n"
                   "    return _block_forward(self, torch.tanh(x), *args)\n\n\n"
                   "Block.forward = _block_forward_of_another_branch\n")
-ADDED_GATE = ("\n\n_block_init = Block.__init__\n\n\n"
-              "def _block_init_of_another_branch(self, dim, *args, **kwargs):\n"
-              "    _block_init(self, dim, *args, **kwargs)\n"
-              "    self.mlp.gate = nn.Linear(dim, 4 * dim, bias=False)\n\n\n"
-              "Block.__init__ = _block_init_of_another_branch\n")
+ADDED_WEIGHT = ("\n\n_block_init = Block.__init__\n\n\n"
+                "def _block_init_of_another_branch(self, dim, *args, **kwargs):\n"
+                "    _block_init(self, dim, *args, **kwargs)\n"
+                "    self.mlp.other_branch = nn.Linear(dim, 4 * dim, bias=False)\n\n\n"
+                "Block.__init__ = _block_init_of_another_branch\n")
 OTHER_BRANCH = {"commit": "abc123def4567890abc123def4567890abc12345", "dirty": True, "diff_sha256": "0" * 64}
 
 
@@ -700,7 +700,7 @@ def rewrite_log(run, edit=None, git=OTHER_BRANCH):
     (run / "log.txt").write_text(rest if edit is None else edit(source) + END_OF_SOURCE + rest)
 
 
-def add_weight(run, name="blocks.0.mlp.gate.weight"):
+def add_weight(run, name="blocks.0.mlp.other_branch.weight"):
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
     checkpoint["model"][name] = torch.zeros(128, 32)
     torch.save(checkpoint, run / "checkpoint.pt")
@@ -760,11 +760,11 @@ def test_a_run_whose_own_train_gpt_does_not_load_here_is_refused_in_one_line_nam
                                                                                               cpu_only, case):
     if case.startswith("unimportable"):
         add_weight(run_copy)  # trained with the gate; its code needs a module this checkout lacks
-        rewrite_log(run_copy, lambda s: "import module_of_another_branch\n" + s + ADDED_GATE)
+        rewrite_log(run_copy, lambda s: "import module_of_another_branch\n" + s + ADDED_WEIGHT)
         why = "ModuleNotFoundError: No module named 'module_of_another_branch'"
     else:
-        rewrite_log(run_copy, lambda s: s + ADDED_GATE)
-        why = "missing key blocks.0.mlp.gate.weight and 1 more"
+        rewrite_log(run_copy, lambda s: s + ADDED_WEIGHT)
+        why = "missing key blocks.0.mlp.other_branch.weight and 1 more"
     with pytest.raises(SystemExit) as exc:
         main(["--run-dir", str(run_copy), "--bundle", bundle, "--bpb-tokens", "0", "--no-samples"])
     assert exc.value.code == (f"error: {run_copy} was trained with train_gpt.py at commit abc123def456 (dirty) whose "
@@ -786,7 +786,7 @@ def test_the_refusal_is_one_line_on_stderr_without_a_traceback(run_copy, bundle)
 
 
 @pytest.mark.parametrize("change, why", [
-    ("weight", "unexpected key blocks.0.mlp.gate.weight"),
+    ("weight", "unexpected key blocks.0.mlp.other_branch.weight"),
     ("width", "shape mismatch embed.weight (512, 32) saved, (512, 64) here and {more} more")])
 def test_weights_that_do_not_fit_this_checkouts_model_are_refused_in_one_line(run_copy, bundle, cpu_only, change,
                                                                             why):
@@ -829,7 +829,7 @@ def test_a_run_whose_log_has_no_source_and_whose_weights_do_not_fit_is_refused(r
     with pytest.raises(EvalError) as exc:
         eval_core.load_run(str(run_copy), CPU)
     assert str(exc.value) == (f"{run_copy / 'checkpoint.pt'} does not load into this checkout's model (unexpected key "
-                              f"blocks.0.mlp.gate.weight), and {run_copy / 'log.txt'} holds no train_gpt.py source (no "
+                              f"blocks.0.mlp.other_branch.weight), and {run_copy / 'log.txt'} holds no train_gpt.py source (no "
                               "line of 100 '='): evaluate it in a checkout of the code it was trained with")
 
 

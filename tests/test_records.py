@@ -562,7 +562,8 @@ def test_flops_are_counted_with_the_code_of_the_records_commit(runs, tmp_path):
     trace_source = (repo / "harness" / "trace.py").read_text()
     count = "    return trace(model, config.seq_len)[0]\n"
     assert trace_source.count(count) == 1  # flops_per_token's last line
-    (repo / "harness" / "trace.py").write_text(trace_source.replace(count, "    return 2 * trace(model, config.seq_len)[0]\n"))
+    doubled = trace_source.replace(count, "    return 2 * trace(model, config.seq_len)[0]\n")
+    (repo / "harness" / "trace.py").write_text(doubled)
     commit_c = commit_all(repo, "C")
     dirs = copy_runs(runs, tmp_path)
     for d in dirs:
