@@ -380,6 +380,7 @@ def test_bf16_parameters_keep_fp32_adamw_state_and_math(options):  # noqa: F811
     assert torch.equal(model.embed.weight.detach(), expected.detach().bfloat16())
 
 
+@pytest.mark.baseline  # its "today" design is tests/comm_reference.py's plain optimizer of the baseline's groups
 def test_comm_benchmark_models_both_designs_and_measures_on_one_cpu_process(capsys):
     import bench.comm
     bench.comm.main(["--depth", "12", "24", "--no-record", "--measure", "--tiny", "--warmup=1", "--steps=2"])
