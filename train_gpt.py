@@ -53,7 +53,7 @@ class Config:
     loss_chunk: int = option(4096, at_least=1)  # rows per chunk with --loss=chunked
     value_embeds: bool = True     # token embeddings mixed into the attention values of every other layer
     embed_dtype: str = option("fp32", choices=("fp32", "bf16"))  # the token and value embedding tables (bf16: half
-                                  # the memory and gradient traffic; AdamW then keeps its state in bf16 too)
+                                  # the memory and gradient traffic; the update rules still see fp32 and keep fp32 state)
     doc_mask: bool = False        # attend only within the document (documents start at BOS)
     attention: str = option("auto", choices=("auto", "sdpa", "flex"))  # flex: FlexAttention; auto: flex when
                                   # compiling on CUDA, else sdpa

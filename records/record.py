@@ -382,8 +382,8 @@ def commit_formula(source, commit, repo):
 def code_files_changed(diff_path):
     """The .py files a `git diff` changes (read as text)."""
     with open(diff_path, encoding="utf-8", errors="replace") as f:
-        return sorted({line.split(" b/", 1)[1] for line in f if line.startswith("diff --git ") and " b/" in line
-                       and line.rstrip().endswith(".py")})
+        heads = [line.rstrip("\n") for line in f if line.startswith("diff --git ") and " b/" in line]
+    return sorted({head.split(" b/", 1)[1] for head in heads if head.endswith(".py")})
 
 
 def apply_diff(source, diff_path):
@@ -793,7 +793,7 @@ def check_record(path, tracks_file, repo, failures, notes):
         fail(results_path, f"train_gpt.py at commit {record['commit'][:12]} has no usable FLOPs formula "
                            f"({type(e).__name__}: {e})")
     ctx = {"record": record, "track": track, "results_path": results_path, "source": source, "formula": formula,
-           "resumable": set((formula or {}).get(RESUMABLE, ()))}
+           "resumable": set((formula or {}).get(RESUMABLE) or ())}
 
     runs, logs, replays = record["runs"], {}, {}
     for i, run in enumerate(runs):
