@@ -105,6 +105,9 @@ class Config:
     fp8: bool = False             # FP8 matmuls in the large Linears while training (Hopper/Ada; else a notice)
     device: str = "auto"
     peak_flops: float = 0.0       # dense bf16 FLOP/s per device for MFU; 0: looked up from the GPU's name
+    dry_run: bool = False         # print the run's plan (memory per GPU, steps, FLOPs, modelled time) and stop
+    gpu: str = option("H100", choices=("H100", "H200", "A100"))  # --dry_run: the GPU to plan for
+    world: int = option(0, at_least=0)  # --dry_run: GPUs to plan for (0: this command's, WORLD_SIZE or 1)
     wandb: str = option("", choices=("", "online", "offline"))  # log to wandb
     preset: str = ""
 
