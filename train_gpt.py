@@ -3,6 +3,7 @@ each parameter gets, the update rules, the schedule, the training step; then one
 
     python train_gpt.py --preset=tiny                                # CPU smoke test, under a minute
     python train_gpt.py --preset=gpt2-core --depth=20                # one GPU
+    python train_gpt.py --preset=gpt2-core --dry_run --world=8      # its plan on 8 GPUs, without a GPU
     torchrun --standalone --nproc_per_node=8 train_gpt.py --preset=gpt2-small-fineweb
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 train_gpt.py --preset=...
 

@@ -48,7 +48,8 @@ CALIBRATION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 
 def vocab_of(config):
-    """(vocab size, BOS id, where they came from): tokenizer.json only (not the ranks), else the preset's known vocab."""
+    """(vocab size, BOS id, where they came from): tokenizer.json only (not the ranks), else the preset's known
+    vocab."""
     path = os.path.join(config.tokenizer, "tokenizer.json")
     try:
         with open(path) as f:
@@ -118,8 +119,8 @@ def static_bytes(model, optimizer):
                      {**weights, **gradients})
     buffers = storages([t for shard in optimizer.shards for t in vars(shard).values()],
                        {**weights, **gradients, **state})
-    return {name: sum(kind.values()) for name, kind in
-            (("weights", weights), ("gradients", gradients), ("optimizer state", state), ("optimizer buffers", buffers))}
+    kinds = (("weights", weights), ("gradients", gradients), ("optimizer state", state), ("optimizer buffers", buffers))
+    return {name: sum(kind.values()) for name, kind in kinds}
 
 
 def plan_world(recipe, config, vocab, bos_id, world, ready_order):
@@ -367,12 +368,14 @@ def report(p):
         ("exact", "gradients", "the buckets' flat buffers and their reduce buffers"),
         ("exact", "optimizer state", f"the update rules' state, sharded over {world} as the engine shards it"),
         ("exact", "optimizer buffers", "Muon's gathered bf16 directions, fp32 work copies"))]
+    compiled = config.compile != "false"  # auto compiles on CUDA
     memory += [("modelled", "saved activations", gb(p["activations"]),
-                f"+-{ACTIVATION_ERROR:.0%}: one micro-batch's eager forward, bf16 autocast emulated, fused attention; "
-                "a compiled run (--compile auto on CUDA) usually keeps less, not modelled"
+                f"+-{ACTIVATION_ERROR:.0%} (assumed): one micro-batch's eager forward, bf16 autocast emulated, fused "
+                "attention" + (f"; --compile={config.compile} compiles on a GPU, whose graph usually keeps less: not "
+                               "modelled, this is eager's figure" if compiled else "")
                 + ("; --fp8 not modelled (bf16's figure)" if config.fp8 else "")),
-               ("modelled", "transient", gb(p["transient"]), f"the {config.loss} loss's backward (Newton-Schulz "
-                f"after the backward: {gb(p['optimizer_transient'])})")]
+               ("modelled", "transient", gb(p["transient"]), f"+-50% (rough): the {config.loss} loss's backward "
+                f"(Newton-Schulz after the backward: {gb(p['optimizer_transient'])})")]
     largest = p["largest_batch"]
     return [
         f"dry run: --preset={config.preset or '(none)'} on {world} x {gpu} (planned: no GPU used, the model on the "
@@ -401,8 +404,8 @@ def report(p):
         f"[modelled] training {hours[0]:.2f} h wall-clock ({hours[1]:.2f}-{hours[2]:.2f}), {hours[0] * world:.1f} "
         f"GPU-hours; compile, warm-up steps and evaluation not included",
         f"verdict: {p['verdict']} on {gpu} at --device_batch={config.device_batch} (peak {gb(p['peak'])} of "
-        f"{spec['memory'] / 1e9:g} GB, modelled); training about {hours[0]:.2f} h on {world} x {gpu} (modelled, "
-        f"{p['calibration'].split(' (')[0]})",
+        f"{spec['memory'] / 1e9:g} GB, modelled{', activations as eager' if compiled else ''}); training about "
+        f"{hours[0]:.2f} h on {world} x {gpu} (modelled, {p['calibration'].split(' (')[0]})",
     ]
 
 
