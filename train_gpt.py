@@ -3,6 +3,7 @@ each parameter gets, the update rules, the schedule, the training step; then one
 
     python train_gpt.py --preset=tiny                                # CPU smoke test, under a minute
     python train_gpt.py --preset=gpt2-core --depth=20                # one GPU
+    python train_gpt.py --preset=gpt2-core --dry_run --world=8      # its plan on 8 GPUs, without a GPU
     torchrun --standalone --nproc_per_node=8 train_gpt.py --preset=gpt2-small-fineweb
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 train_gpt.py --preset=...
 
@@ -105,6 +106,9 @@ class Config:
     fp8: bool = False             # FP8 matmuls in the large Linears while training (Hopper/Ada; else a notice)
     device: str = "auto"
     peak_flops: float = 0.0       # dense bf16 FLOP/s per device for MFU; 0: looked up from the GPU's name
+    dry_run: bool = False         # print the run's plan (memory per GPU, steps, FLOPs, modelled time) and stop
+    gpu: str = option("H100", choices=("H100", "H200", "A100"))  # --dry_run: the GPU to plan for
+    world: int = option(0, at_least=0)  # --dry_run: GPUs to plan for (0: this command's, WORLD_SIZE or 1)
     wandb: str = option("", choices=("", "online", "offline"))  # log to wandb
     preset: str = ""
 

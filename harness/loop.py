@@ -370,6 +370,9 @@ def main(recipe, argv=None):
     except ConfigError as e:
         sys.exit(f"error: {e}")
     try:
+        if getattr(config, "dry_run", False):  # the plan only: no GPU, no data, the model on the meta device
+            from harness.dryrun import dry_run
+            return dry_run(recipe, config)
         rank, world, device = init_distributed(config)
         train(recipe, config, rank, world, device)
     except (ConfigError, ShardError, FloatingPointError, CheckpointError) as e:

@@ -1,0 +1,177 @@
+"""The dry run (harness/dryrun.py, `python train_gpt.py --dry_run`): its exact figures are the real engine's tensors,
+its activation model agrees with a real forward, and both GPU presets plan on this CPU in seconds without
+allocating the model."""
+
+import json
+import math
+import time
+
+import pytest
+import torch
+
+import train_gpt
+from harness import dryrun
+from harness.comm import Comm, element_layout, matrix_layout
+from harness.optim import assign, bucket_plan
+from harness.trace import trace
+from tests.helpers import build_optimizer, config_of, main, recipe_step
+
+VOCAB = 300  # padded to 384: the embedding tables' rows are not the vocab
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A small config's arguments, with a tokenizer folder that holds only tokenizer.json (all a dry run reads)."""
+    folder = tmp_path_factory.mktemp("tokenizer")
+    (folder / "tokenizer.json").write_text(json.dumps({"vocab_size": VOCAB, "bos_token": "<|bos|>",
+                                                       "special_tokens": {"<|bos|>": VOCAB - 1}}))
+    return ("--depth=3", "--model_dim=64", "--head_dim=16", "--seq_len=32", "--short_window=8", "--device_batch=2",
+            "--total_batch_tokens=256", "--fused_adam=false", "--steps=5", f"--tokenizer={folder}")
+
+
+def storage_sum(tensors):
+    """Bytes of the distinct storages of real tensors."""
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+def tensors_of(obj):
+    return [t for t in vars(obj).values() if isinstance(t, torch.Tensor)]
+
+
+def real_engine(config, steps=1):
+    """A real model on the CPU and its real ShardedOptimizer (world 1) after `steps` steps of the recipe."""
+    torch.manual_seed(0)
+    model = train_gpt.GPT(config, VOCAB, 0)
+    rows = config.total_batch_tokens // config.seq_len
+    optimizer = build_optimizer(model, config, Comm(0, 1), accum_steps=rows // config.device_batch)
+    for step in range(steps):
+        tokens = torch.randint(0, VOCAB, (rows, config.seq_len + 1))
+        recipe_step(model, optimizer, config, tokens[:, :-1], tokens[:, 1:], step, 10)
+    return model, optimizer
+
+
+@pytest.mark.parametrize("extra", [(), ("--embed_dtype=bf16",), ("--reduce_dtype=bf16", "--muon_split_qkv")])
+def test_static_figures_equal_the_real_optimizers_tensors_after_a_step_at_world_1(extra, small):
+    config = config_of(*small, *extra)
+    model, optimizer = real_engine(config)
+    weights = [*model.parameters(), *model.buffers()]
+    gradients = [t for b in optimizer.buckets for t in (b.grads, b.received, b.mean)]
+    everything = weights + gradients + [t for s in optimizer.shards for t in tensors_of(s)] + \
+        [t for b in optimizer.buckets for t in tensors_of(b)] + \
+        [t for s in optimizer.shards for *_, state in s.states() for t in state.values()]
+
+    _, order = trace(dryrun.meta_model(train_gpt, config, VOCAB, 0), config.seq_len)
+    meta_model, meta_optimizer = dryrun.plan_rank(train_gpt, config, VOCAB, 0, 1, 0, order)
+    planned = dryrun.static_bytes(meta_model, meta_optimizer)
+    assert all(p.device.type == "meta" for p in meta_model.parameters())
+    assert planned["weights"] == storage_sum(weights)
+    assert storage_sum(weights + gradients) == storage_sum(weights) + storage_sum(gradients)  # nothing shared
+    assert planned["gradients"] == storage_sum(gradients)
+    assert planned["optimizer state"] == optimizer.state_bytes() > 0
+    assert sum(planned.values()) == storage_sum(everything)
+
+
+def layout_figures(config, world):
+    """Per rank, what the layouts of harness/comm.py give on the real shapes (the recipe's AdamW: two fp32 values an
+    element of the rank's slice; Muon: one fp32 momentum an element of its whole matrices), independently of the
+    dry run's walk over the engine's tensors."""
+    with torch.device("meta"):
+        model = train_gpt.GPT(config, VOCAB, 0)
+    _, order = trace(model, config.seq_len)
+    assigned = assign(model, train_gpt.parameter_table(config, model), train_gpt.UPDATE_RULES)
+    reduce_size = {"fp32": 4, "bf16": 2}[config.reduce_dtype]
+    ranks = [dict.fromkeys(("weights", "gradients", "optimizer state", "optimizer buffers"), 0) for _ in range(world)]
+    load = [0] * world
+    for rank_figures in ranks:
+        rank_figures["weights"] += sum(b.numel() * b.element_size() for b in model.buffers())
+    for update, params in bucket_plan(list(model.parameters()), assigned, train_gpt.UPDATE_RULES, order,
+                                      config.bucket_mb):
+        shapes, size = [tuple(p.shape) for p in params], params[0].element_size()
+        elements = update == "adamw"
+        layout = element_layout(shapes, world) if elements else \
+            matrix_layout(shapes, world, [assigned[p][1].parts for p in params], load)
+        for rank, figures in enumerate(ranks):
+            received = layout.shard * reduce_size if world > 1 or reduce_size != size else 0
+            figures["gradients"] += layout.numel * size + received + (layout.shard * 4 if reduce_size != 4 else 0)
+            if elements:
+                lo, hi = rank * layout.shard, (rank + 1) * layout.shard
+                mine = sum(max(0, min(o + math.prod(s), hi) - max(o, lo)) for o, s in zip(layout.offsets, shapes))
+                figures["weights"] += layout.numel * size
+                figures["optimizer state"] += 8 * mine
+                figures["optimizer buffers"] += layout.shard * 4 if size != 4 else 0
+            else:
+                figures["weights"] += sum(p.numel() for p in params) * size
+                figures["optimizer state"] += 4 * sum(math.prod(shape) for _, _, shape in layout.stacks[rank])
+                figures["optimizer buffers"] += 2 * layout.numel
+    return ranks
+
+
+@pytest.mark.parametrize("world,extra", [(1, ()), (4, ()), (8, ("--embed_dtype=bf16", "--reduce_dtype=bf16")),
+                                         (4, ("--muon_split_qkv", "--bucket_mb=0"))])
+def test_static_figures_of_every_rank_of_a_simulated_world_are_the_layouts(world, extra, small):
+    config = config_of(*small, "--total_batch_tokens=512", "--device_batch=1", *extra)
+    _, order = trace(dryrun.meta_model(train_gpt, config, VOCAB, 0), config.seq_len)
+    planned = [dryrun.static_bytes(model, optimizer)
+               for model, optimizer in dryrun.plan_world(train_gpt, config, VOCAB, 0, world, order)]
+    assert planned == layout_figures(config, world)
+    figures = dryrun.plan(train_gpt, config_of(*small, "--total_batch_tokens=512", "--device_batch=1",
+                                               f"--world={world}", *extra))
+    assert figures["static"] == max(planned, key=lambda f: sum(f.values()))
+    assert all(p.device.type == "meta" for model in figures["models"] for p in model.parameters())
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("extra", [(), ("--value_embeds=false", "--window_pattern=L"), ("--depth=4",)])
+def test_saved_activations_agree_with_a_real_forward_on_the_cpu_within_2_percent(autocast, extra, small):
+    """The meta-device model (emulated bf16 autocast, fused attention) against the saved tensors of a real forward
+    (the CPU's real autocast and its fused SDPA kernel). The difference is the mask, which the CPU kernel keeps as
+    a float copy (the model keeps it bool)."""
+    config = config_of(*small, *extra)
+    torch.manual_seed(0)
+    model, rows = train_gpt.GPT(config, VOCAB, 0), 3
+    idx = torch.randint(0, VOCAB, (rows, config.seq_len))
+    real = dryrun.saved_bytes(model, idx, autocast, torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast))
+    fixed, per_row = dryrun.activation_model(train_gpt, config, VOCAB, 0, autocast)
+    assert abs((fixed + rows * per_row) / real - 1) < 0.02
+    assert per_row > 0 and fixed >= 0
+
+
+def test_the_verdict_follows_the_peak_and_the_largest_device_batch_fits(small):
+    assert [dryrun.verdict(peak, 100) for peak in (50, 90, 91, 100, 101)] == \
+        ["fits", "fits", "tight", "tight", "does not fit"]
+    figures = dryrun.plan(train_gpt, config_of(*small, "--world=2", "--gpu=A100"))
+    largest = figures["largest_batch"]
+    assert largest in dryrun.compatible_batches(figures["config"], 2) == [1, 2, 4]
+    assert dryrun.memory_at(figures, largest)[2] <= dryrun.TIGHT * dryrun.GPUS["A100"]["memory"]
+    assert figures["peak_flops"] == 312e12
+
+
+def test_vocab_from_tokenizer_json_only_else_the_presets_known_vocab_else_a_clear_error(tmp_path):
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"vocab_size": 1000, "bos_token": "<|bos|>",
+                                                         "special_tokens": {"<|bos|>": 990}}))
+    assert dryrun.vocab_of(config_of(f"--tokenizer={tmp_path}")) == (1000, 990, f"from {tmp_path}/tokenizer.json")
+    vocab, _, source = dryrun.vocab_of(config_of("--preset=gpt2-small-fineweb", "--tokenizer=/nonexistent"))
+    assert vocab == 50257 and "known vocab" in source
+    with pytest.raises(dryrun.ConfigError, match="no known vocab"):
+        dryrun.vocab_of(config_of("--tokenizer=/nonexistent"))
+
+
+def test_a_flops_budget_is_reported_as_holding_or_exceeded(capsys, small):
+    figures = dryrun.dry_run(train_gpt, config_of(*small))
+    for budget, word in ((figures["model_flops"], "holds"), (figures["model_flops"] / 2, "EXCEEDED")):
+        dryrun.dry_run(train_gpt, config_of(*small, f"--flops_budget={budget}"))
+        assert f"--flops_budget {budget:.3g}: {word}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("preset", ["gpt2-core", "gpt2-small-fineweb"])
+def test_dry_run_of_each_gpu_preset_at_world_8_prints_a_verdict_in_under_a_minute(preset, capsys):
+    start = time.perf_counter()
+    figures = main([f"--preset={preset}", "--dry_run", "--world=8", "--tokenizer=/nonexistent"])
+    elapsed = time.perf_counter() - start
+    out = capsys.readouterr().out
+    assert elapsed < 60, f"{preset}: {elapsed:.0f} s"
+    assert "verdict: " in out and figures["verdict"] in ("fits", "tight", "does not fit")
+    assert "uncalibrated" in out and "known vocab" in out
+    assert all(p.device.type == "meta" for model in figures["models"] for p in model.parameters())
+    assert all(line.startswith(("[exact]", "[spec]", "[modelled]", "dry run", "  vocab", "memory", "time", "verdict"))
+               for line in out.splitlines())
