@@ -40,7 +40,7 @@ class CheckpointError(RuntimeError):
 
 RESUMABLE_CHANGES = {"resume", "stop_after", "save_every", "save_final", "log_every", "val_every", "wandb",
                      "run_id", "out_dir", "compile", "warmup_timing_steps", "val_batch", "device", "bucket_mb",
-                     "fused_adam"}
+                     "fused_adam", "dry_run", "gpu", "world"}
 
 
 CHECKPOINT_KEYS = {"model", "optimizer", "loader", "progress", "config", "rng"}

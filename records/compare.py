@@ -24,7 +24,7 @@ from records.stats import mean_std, paired_t_test, pairs_needed, runs_needed, we
 # paths may be other data.
 SAME_MATH = frozenset({"resume", "stop_after", "save_every", "save_final", "log_every", "val_every", "wandb",
                        "run_id", "out_dir", "compile", "warmup_timing_steps", "val_batch", "device", "bucket_mb",
-                       "fused_adam", "seed", "preset"})
+                       "fused_adam", "dry_run", "gpu", "world", "seed", "preset"})
 ENVIRONMENT = ("gpu", "device", "world_size", "torch")  # what a training time depends on, as results.json says
 LOWER_IS_BETTER = {"val_loss": True, "val_bpb": True, "core": False}
 MAX_SEEDS = 1000  # the most seeds "seeds needed" searches
@@ -230,7 +230,7 @@ def paired_outcome(pairs, why, metric, alpha):
     except ValueError:
         raise RecordError(f"{metric}: every seed's B - A is {ys[0] - xs[0]:+.6g}: zero spread is not a measurement "
                           "(are these copies of one run?)") from None
-    return Outcome(f"paired t-test, because {why}", f"t = {test.t:.3f}, df = {test.df:.0f}",
+    return Outcome(f"paired t-test, because {why}", f"t(A - B) = {test.t:.3f}, df = {test.df:.0f}",
                    ([x for x, _ in pairs], [y for _, y in pairs]), test.diff, test.p_two_sided,
                    pairs_needed(test.diff, test.std_diff, alpha, MAX_SEEDS), "seed pairs")
 
@@ -247,7 +247,7 @@ def welch_outcome(a, b, why, metric, alpha):
     xs, ys = [run.values[metric] for run in a], [run.values[metric] for run in b]
     test = welch_t_test(xs, ys)
     (_, std_a), (_, std_b) = mean_std(xs), mean_std(ys)
-    return Outcome(f"Welch's t-test, because {why}", f"t = {test.t:.3f}, df = {test.df:.1f}", (a, b), test.diff,
+    return Outcome(f"Welch's t-test, because {why}", f"t(A - B) = {test.t:.3f}, df = {test.df:.1f}", (a, b), test.diff,
                    test.p_two_sided, runs_needed(test.diff, std_a, std_b, alpha, MAX_SEEDS), "runs per arm")
 
 

@@ -85,7 +85,7 @@ def test_a_consistent_small_difference_over_noisy_seeds_is_significant_by_the_pa
     lines = out.splitlines()
     assert lines[3].startswith("val_loss (lower is better): A 3.28493 ± 0.0037 (n=3), B 3.27727")
     assert "per seed, B - A: seed 0 -0.0077, seed 1 -0.0071, seed 2 -0.0082" in out
-    assert ("test: paired t-test, because both arms ran seeds 0, 1, 2: t = 24.111, df = 2, p = 0.00172 -> B is "
+    assert ("test: paired t-test, because both arms ran seeds 0, 1, 2: t(A - B) = 24.111, df = 2, p = 0.00172 -> B is "
             "better at alpha 0.01") in out
     assert "seeds needed: already significant at alpha 0.01" in out
     assert out.index("val_loss") < out.index("training time (secondary): A 20.07 s ± 0.306 (133.8 ms/step ± 2.04)")
@@ -124,7 +124,7 @@ def test_seeds_needed_for_welch_counts_runs_per_arm(tmp_path, capsys):
     # = 0.0257 < 0.05.
     _, out, _ = compare(capsys, arm(tmp_path, "main", [1.0, 3.0], seeds=(0, 1)),
                         arm(tmp_path, "change", [5.0, 7.0], seeds=(2, 3)), "--alpha", "0.05")
-    assert "t = -2.828, df = 2.0, p = 0.106 -> no significant difference at alpha 0.05" in out
+    assert "t(A - B) = -2.828, df = 2.0, p = 0.106 -> no significant difference at alpha 0.05" in out
     assert "seeds needed: 3 runs per arm would reach p < 0.05" in out
 
 

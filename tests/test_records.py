@@ -288,7 +288,7 @@ def test_compare_pairs_real_runs_by_seed_and_shows_their_commit(runs, tmp_path, 
                        f"B: 3 runs (seeds 0, 1, 2), commit {runs['a'][:12]} clean",
                        "settings: the arms ran the same code and settings: any difference between them is noise"]
     assert out[4] == "per seed, B - A: seed 0 -0.01, seed 1 -0.012, seed 2 -0.011"
-    assert out[5].startswith("test: paired t-test, because both arms ran seeds 0, 1, 2: t = 19.053, df = 2, p = ")
+    assert out[5].startswith("test: paired t-test, because both arms ran seeds 0, 1, 2: t(A - B) = 19.053, df = 2, p = ")
     assert out[5].endswith("-> B is better at alpha 0.01") and out[7].startswith("training time (secondary): A ")
 
 
