@@ -43,9 +43,20 @@ def git_info():
             diff)
 
 
+def cpu_name():
+    """The CPU's model name (Linux), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        import platform
+        return platform.processor() or None
+
+
 def environment(device, world):
     env = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
-           "device": str(device), "world_size": world, "gpu": None, "driver": None}
+           "device": str(device), "world_size": world, "gpu": None, "driver": None, "cpu": cpu_name(),
+           "threads": torch.get_num_threads()}  # a CPU run's sums depend on both: a replay needs them
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],

@@ -18,6 +18,7 @@ from records.compare import compare
 from records.record import TRACKS_FILE, RecordError, load_tracks, new_record, validate
 
 RECORDS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(RECORDS_DIR)
 
 
 def record_dirs(root=RECORDS_DIR):
@@ -69,6 +70,15 @@ def cmd_validate(args):
     return max(report_validation(p, args.tracks) for p in paths)
 
 
+def cmd_reproduce(args):
+    from records.reproduce import reproduce
+    problems = reproduce(args.record, args.runs, args.steps, REPO_DIR, args.data_root, args.tolerance)
+    for problem in problems:
+        print(f"FAIL {problem}")
+    print(f"{args.record}: {'replayed' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
 def cmd_compare(args):
     return compare(args.a, args.b, args.metric, args.alpha, args.tracks)
 
@@ -111,6 +121,16 @@ def main(argv=None):
                      help="what is compared (core: higher is better; the others: lower)")
     versus.add_argument("--alpha", type=float, default=0.01, help="significance level of the two-sided test")
     versus.set_defaults(run=cmd_compare)
+    again = commands.add_parser("reproduce", help="re-run a record's runs at its commit and compare their losses",
+                                description=__import__("records.reproduce").reproduce.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    again.add_argument("record", help="a record folder")
+    again.add_argument("--runs", nargs="+", help="run ids to replay (default: all)")
+    again.add_argument("--steps", type=int, default=None, help="replay only the first N steps (a spot check)")
+    again.add_argument("--data-root", default=None, help="where the config's data paths are (default: this checkout)")
+    again.add_argument("--tolerance", type=float, default=None, help="allowed loss difference (default: 0 for CPU "
+                       "runs, records/reproduce.py's GPU_TOLERANCE for GPU runs)")
+    again.set_defaults(run=cmd_reproduce)
     board = commands.add_parser("leaderboard", help="regenerate the README table and records/leaderboard.html")
     board.add_argument("--readme", default=os.path.join(os.path.dirname(RECORDS_DIR), "README.md"))
     board.set_defaults(run=cmd_leaderboard)

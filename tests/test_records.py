@@ -701,3 +701,22 @@ def test_one_malformed_record_does_not_stop_the_others(runs, tmp_path, monkeypat
     write_leaderboard(str(records), str(readme), str(runs["tracks"]), report=left_out.append)
     assert "| good |" in readme.read_text() and "| broken |" not in readme.read_text()
     assert len(left_out) == 1 and "'steps' is missing" in left_out[0]
+
+
+def test_reproduce_replays_a_record_to_the_same_digits(runs, tmp_path):
+    from records.reproduce import reproduce
+    record, said = make(runs, tmp_path), []
+    assert reproduce(str(record), ["seed0"], steps=2, repo=str(runs["repo"]), echo=said.append) == []
+    assert said == ["seed0: 2 losses up to step 2 replayed, the same digits"]
+
+
+def test_a_hand_made_log_that_validates_is_caught_by_reproduce(runs, tmp_path):
+    """validate checks that a log is consistent; a consistent log can be written by hand: one train loss changed
+    (and nothing else) still validates, and only the replay shows that the code does not give it."""
+    from records.reproduce import reproduce
+    record = make(runs, tmp_path)
+    edit_log(record / "logs" / "seed1.txt",
+             lambda l: re.sub(r"train_loss:\S+", "train_loss:5.000000", l) if l.startswith("step:2/") else l)
+    assert failures(runs, record) == []
+    (problem,) = reproduce(str(record), ["seed1"], steps=3, repo=str(runs["repo"]), echo=lambda line: None)
+    assert re.search(r"seed1: step 2: train_loss 5\.000000 in the log, \S+ replayed$", problem)
