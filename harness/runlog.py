@@ -31,14 +31,18 @@ def peak_flops(config, device):
 
 
 def git_info():
-    """The commit, whether the tree differs from it, and that difference (`git diff HEAD`, kept beside the log as
-    git.diff so that a record can show exactly what ran) and its sha256."""
-    def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=os.path.dirname(__file__) or ".")
-    head = git("rev-parse", "HEAD")
+    """The commit, whether the tree differs from it, and that difference (`git diff HEAD` and the files git does not
+    track, kept beside the log as git.diff so that a record can show exactly what ran) and its sha256."""
+    def git(*args, cwd=os.path.dirname(os.path.abspath(__file__))):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=cwd)
+    head, top = git("rev-parse", "HEAD"), git("rev-parse", "--show-toplevel").stdout.strip()
     if head.returncode != 0:
         return {"commit": None, "dirty": None, "diff_sha256": None}, ""
-    diff = git("diff", "HEAD").stdout
+    diff = git("diff", "HEAD", cwd=top).stdout
+    # files git does not track (and does not ignore) can change what runs, as a module that shadows another: they
+    # are part of the difference, as new files
+    for path in filter(None, git("ls-files", "--others", "--exclude-standard", "-z", cwd=top).stdout.split("\0")):
+        diff += git("diff", "--no-index", "--binary", "--", "/dev/null", path, cwd=top).stdout
     return ({"commit": head.stdout.strip(), "dirty": bool(diff), "diff_sha256": hashlib.sha256(diff.encode()).hexdigest()},
             diff)
 

@@ -35,3 +35,19 @@ def test_the_harness_never_imports_the_recipe_or_the_scripts_above_it():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in upward]
     assert found == []
+
+
+def test_a_file_git_does_not_track_makes_the_run_dirty_and_is_in_its_diff():
+    """An untracked module can shadow a tracked one (a speedups/ package beside speedups.py did): it is part of the
+    run's difference from its commit."""
+    import pytest
+    from harness.runlog import git_info
+    if git_info()[0]["commit"] is None:
+        pytest.skip("not a git checkout")
+    probe = REPO / "harness" / "untracked_probe_for_a_test.py"
+    probe.write_text("SHADOW = True\n")
+    try:
+        git, diff = git_info()
+    finally:
+        probe.unlink()
+    assert git["dirty"] is True and "+++ b/harness/untracked_probe_for_a_test.py" in diff and "+SHADOW = True" in diff
