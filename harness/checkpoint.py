@@ -2,6 +2,7 @@
 torch.load(weights_only=True) reads it: nothing is unpickled)."""
 
 import dataclasses
+import hashlib
 import os
 
 import torch
@@ -32,6 +33,34 @@ def save_checkpoint(path, model, optimizer, loader, progress, config, rank=0):
         raise CheckpointError(f"could not write {path} ({' '.join(str(e).split())[:200]}); {kept}. Free disk space "
                               "and resume") from None
     os.replace(path + ".tmp", path)  # a crash while saving leaves the previous checkpoint intact
+    return weights_sha256(state["model"])
+
+
+def weights_sha256(model_state):
+    """The sha256 of a model's weights (names, dtypes, shapes and bytes): the log keeps it at each save, so that a
+    resume can only continue from the weights its own run wrote."""
+    digest = hashlib.sha256()
+    for name in sorted(model_state):
+        tensor = model_state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def check_saved_weights(checkpoint, log_path, what):
+    """A resume continues the run that wrote the checkpoint: its weights must be the ones the log saw saved last."""
+    saved = []
+    if os.path.exists(log_path):
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            saved = [line.split() for line in f if line.startswith("checkpoint: step:")]
+    if not saved:  # a log from before the weights' hash was logged
+        return
+    step, digest = saved[-1][1].removeprefix("step:"), saved[-1][2].removeprefix("weights_sha256:")
+    found = weights_sha256(checkpoint["model"])
+    if (step, digest) != (str(checkpoint["progress"]["step"]), found):
+        raise ConfigError(f"{what}: its weights (step {checkpoint['progress']['step']}, sha256 {found[:12]}) are not "
+                          f"the ones this run saved last (step {step}, sha256 {digest[:12]}, in its log); resume from "
+                          "the checkpoint the run wrote, or start a new run")
 
 
 class CheckpointError(RuntimeError):

@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 from data.shards import ShardError
-from harness.checkpoint import CheckpointError, copy_state, load_checkpoint, save_checkpoint, check_same_settings
+from harness.checkpoint import (CheckpointError, check_same_settings, check_saved_weights, copy_state, load_checkpoint,
+                                save_checkpoint)
 from harness.comm import Comm
 from harness.config import ConfigError, check_batch, check_options, parse_args
 from harness.data import DataLoader, check_data_matches_tokenizer, load_tokenizer_info, load_val_tokens
@@ -199,8 +200,10 @@ class Run:
     def save(self, state):
         """On every process; with the wall time so far."""
         state["wall_time"] = self.earlier_wall_time + time.perf_counter() - self.wall_start
-        save_checkpoint(self.checkpoint_path, self.trainer.model, self.trainer.optimizer, self.trainer.loader, state,
-                        self.config, self.trainer.rank)
+        digest = save_checkpoint(self.checkpoint_path, self.trainer.model, self.trainer.optimizer, self.trainer.loader,
+                                 state, self.config, self.trainer.rank)
+        if digest:
+            self.log.write(f"checkpoint: step:{state['step']} weights_sha256:{digest}", echo=False)
 
     def validate(self, step):
         trainer, (val_tokens, token_bytes) = self.trainer, self.val
@@ -321,6 +324,8 @@ def train(recipe, config, rank=0, world=1, device=None):
     data_notices = check_data_matches_tokenizer(config, tokenizer)
     val_tokens = load_val_tokens(config.val_files, config.val_tokens, config.seq_len, tokenizer["vocab_size"])
     checkpoint = load_checkpoint(config.resume, config) if config.resume else None
+    if checkpoint is not None:
+        check_saved_weights(checkpoint, os.path.join(run_dir, "log.txt"), f"--resume={config.resume}")
     trainer = Trainer(recipe, config, tokenizer, rank, world, device)
     if checkpoint is not None:  # first: a position in other shards stops the run before anything is written
         trainer.loader.load_state_dict(checkpoint["loader"])

@@ -157,3 +157,23 @@ def test_speedrun_killed_mid_training_and_run_again_matches_the_uninterrupted_ru
     report = (run_dir.parent / "report.md").read_text()  # the stages of every call: the training is still there
     calls = set(re.findall(r"^\| (\S+Z) \|", report, re.M))  # the killed one's finished stages, then two more
     assert len(calls) == 3 and report.count("| train: ") == 1 and report.count("| tokenize: ") == 3
+
+
+def test_a_resume_only_continues_the_weights_its_own_run_saved(options, tmp_path):
+    """Another run's weights swapped into the checkpoint (a finished model under a short run's name) are refused, in
+    one line, before anything is written; the run's own checkpoint resumes."""
+    from harness.config import ConfigError
+    train(config_of(*argv(options, stop_after=3)))
+    run_dir = tmp_path / "runs" / "run"
+    log = (run_dir / "log.txt").read_text()
+    assert re.search(r"^checkpoint: step:3 weights_sha256:[0-9a-f]{64}$", log, re.M)
+    path = run_dir / "checkpoint.pt"
+    own = path.read_bytes()
+    state = torch.load(path, weights_only=True)
+    state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match="are not the ones this run saved last"):
+        train(config_of(*argv(options, resume=path)))
+    assert (run_dir / "log.txt").read_text() == log
+    path.write_bytes(own)
+    assert train(config_of(*argv(options, resume=path)))["steps"] == 6
