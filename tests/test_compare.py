@@ -95,7 +95,7 @@ def test_welch_is_used_when_the_seeds_differ_and_the_report_says_why(tmp_path, c
     status, out, _ = compare(capsys, arm(tmp_path, "main", BASES), arm(tmp_path, "cosine", COSINE, seeds=(0, 1, 5)))
     assert status == 0
     welch = welch_t_test(BASES, COSINE)
-    assert (f"test: Welch's t-test, because the seeds differ (only in A: 2; only in B: 5): t = {welch.t:.3f}, "
+    assert (f"test: Welch's t-test, because the seeds differ (only in A: 2; only in B: 5): t(A - B) = {welch.t:.3f}, "
             f"df = {welch.df:.1f}, p = {welch.p_two_sided:.3g} -> no significant difference at alpha 0.01") in out
     assert "per seed" not in out
 
