@@ -62,6 +62,8 @@ def entry(path, record, track, records_dir):
     values = [metric.get("mean", math.nan), metric.get("std", math.nan), time_s["mean"], time_s["std"], flops]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise ValueError("a summary value is not a number")
+    if not (flops > 0 and math.isfinite(flops)):
+        raise ValueError(f"model FLOPs {flops} are not a positive number")
     author = record.get("author") or ""
     if record.get("affiliation"):
         author += f" ({record['affiliation']})"
@@ -71,7 +73,7 @@ def entry(path, record, track, records_dir):
     if not all(isinstance(c, str) for c in cells):
         raise ValueError("a field shown is not a string")
     links = [(label, record[key]) for key, label in LINKS if record.get(key)]
-    point = (flops, values[0], record["slug"]) if flops > 0 and math.isfinite(values[0]) else None
+    point = (flops, values[0], record["slug"]) if math.isfinite(values[0]) else None
     rank = (s[track["rank_by"]]["mean"], record["date"], record["slug"])
     return {"record": record, "cells": cells, "links": links, "point": point, "rank": rank}
 

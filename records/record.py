@@ -921,10 +921,13 @@ def check_entry(i, run, path, logs, replays, fail):
     bad = bad or trust.run_problems(run)
     if bad:
         return fail(results_path, f"run {i + 1}: {'; '.join(bad)}")
+    if not trust.LOG_NAME.fullmatch(f"logs/{run['run_id']}.txt"):
+        return fail(results_path, f"run {i + 1}: run id {printable(run['run_id'])} is not 1-128 letters, digits and "
+                                  "._+=- (the first a letter or digit)")
     log_path = os.path.join(path, run["log"])
     if not trust.LOG_NAME.fullmatch(run["log"]) or not os.path.lexists(log_path):
-        return fail(results_path, f"run {run['run_id']}: its log {run['log']} is not in logs/ (logs/<letters, digits, "
-                                  "._+=->.txt, a plain file)")
+        return fail(results_path, f"run {run['run_id']}: its log {printable(run['log'])} is not in logs/ "
+                                  "(logs/<letters, digits, ._+=->.txt, a plain file)")
     if os.path.normpath(run["log"]) in logs or run["run_id"] in replays:
         return fail(results_path, f"run {run['run_id']}: its run id or its log {run['log']} is another run's too")
     try:

@@ -262,9 +262,10 @@ def curve_gap(a, b):
         return None
     gap = 0.0
     for step in common:
-        gap = max(gap, abs(a[step] - b[step]))
-        if not gap < COPY_TOLERANCE:  # a NaN is no match either
+        difference = abs(a[step] - b[step])
+        if not difference < COPY_TOLERANCE:  # a NaN is no match either
             return math.inf
+        gap = max(gap, difference)
     return gap
 
 
@@ -339,7 +340,10 @@ def duplicate_logs(records):
     owners, flagged = {}, {}
     for path in order:
         record = records[path]
-        for run in record["runs"]:
+        runs = record.get("runs") if isinstance(record.get("runs"), list) else []
+        for run in runs:
+            if not isinstance(run, dict) or not LOG_NAME.fullmatch(str(run.get("log"))):
+                continue  # validate refuses such a run; nothing here to hash
             log = os.path.join(path, run["log"])
             try:
                 digest = hashlib.sha256(read_bounded(log, LOG_BYTES)).hexdigest()
