@@ -323,12 +323,16 @@ def placement_problem(rel, tracks):
 def added_generation(path):
     """How far down the git history the commit that added path/results.json is (its count of ancestors): a record
     added later is further down, whatever dates its files claim; infinity when it is not committed."""
-    added = subprocess.run(["git", "-C", path, "log", "--diff-filter=A", "--format=%H", "--", "results.json"],
-                           capture_output=True, text=True)
-    commits = added.stdout.split()
-    if added.returncode != 0 or not commits:
+    try:
+        added = subprocess.run(["git", "-C", path, "log", "--diff-filter=A", "--format=%H", "--", "results.json"],
+                               capture_output=True, text=True)
+        commits = added.stdout.split()
+        if added.returncode != 0 or not commits:
+            return math.inf
+        count = subprocess.run(["git", "-C", path, "rev-list", "--count", commits[-1]], capture_output=True,
+                               text=True)
+    except OSError:  # no git: nothing known of the order but the dates
         return math.inf
-    count = subprocess.run(["git", "-C", path, "rev-list", "--count", commits[-1]], capture_output=True, text=True)
     return int(count.stdout) if count.returncode == 0 and count.stdout.strip().isdigit() else math.inf
 
 
@@ -336,6 +340,7 @@ def duplicate_logs(records):
     """{record folder: [failure lines]} for logs (by sha256) that an earlier record already holds. records is {folder:
     results dict} of records that validate. Earlier: added to git first, else dated first, else first by path. One
     run may be filed in two tracks by the same author at the same commit; otherwise a log counts once."""
+    records = {path: record for path, record in records.items() if isinstance(record, dict)}
     order = sorted(records, key=lambda p: (added_generation(p), str(records[p].get("date")), p))
     owners, flagged = {}, {}
     for path in order:
