@@ -179,10 +179,10 @@ def write_atomic(path, text):
 def write_leaderboard(records_dir, readme, tracks_file=TRACKS_FILE, report=None):
     """Both files built in memory first, then each replaced whole: a failure leaves the old ones."""
     tracks = load_tracks(tracks_file)
-    left_out = []
+    left_out, base = [], os.path.dirname(os.path.abspath(records_dir)) + os.sep
 
-    def hear(line):
-        left_out.append(trust.printable(line))
+    def hear(line):  # the page names folders from the repository's root: the same page on every machine
+        left_out.append(trust.printable(line.replace(base, "")))
         if report:
             report(trust.printable(line))
 

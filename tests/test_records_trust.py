@@ -383,6 +383,8 @@ def test_the_leaderboard_leaves_out_what_it_cannot_show_and_still_writes_the_pag
     assert "| fine |" in readme.read_text() and "| number |" not in readme.read_text()
     page = (records / "leaderboard.html").read_text()
     assert "<h2>Left out</h2>" in page and page.count("cannot be listed") == 6 and "<svg" in page
+    assert "<li>records/budget/2026-01-02_number: cannot be listed (ValueError: a field shown is not a string" in page
+    assert str(tmp_path) not in page  # paths from the repository's root: the same page on every machine
 
 
 def test_a_pipe_or_carriage_return_in_a_description_keeps_the_table_one_row(runs, tmp_path, monkeypatch):
