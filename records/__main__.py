@@ -4,16 +4,17 @@
     python -m records validate records/gpt2-core/2026-11-21_fp8-head      # or: validate --all
     python -m records compare --a runs/base_* --b runs/change_*            # paired by seed when it can
     python -m records leaderboard                                          # README table + records/leaderboard.html
+    python -m records leaderboard --serve --port 8000                      # ... then show it on http://127.0.0.1:8000/
 """
 
 import argparse
-import datetime
-import glob
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
+from records import trust
 from records.compare import compare
 from records.record import TRACKS_FILE, RecordError, load_tracks, new_record, validate
 
@@ -21,17 +22,29 @@ RECORDS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(RECORDS_DIR)
 
 
-def record_dirs(root=RECORDS_DIR):
-    return sorted(os.path.dirname(p) for p in glob.glob(os.path.join(root, "*", "*", "results.json")))
+def record_dirs(root=RECORDS_DIR, tracks_file=TRACKS_FILE):
+    """The record folders under root: records/<known track>/<date>_<slug>/ (trust.find_records)."""
+    return trust.find_records(root, load_tracks(tracks_file))[0]
+
+
+def git_user_name():
+    found = subprocess.run(["git", "config", "user.name"], capture_output=True, text=True)
+    return found.stdout.strip() or None if found.returncode == 0 else None
 
 
 def cmd_new(args):
     """Builds the record in a temporary folder beside its destination and renames it at the end: a failure
     leaves no half-built record that would block the next attempt."""
+    problem = trust.name_problem("--track", args.track) or trust.name_problem("--slug", args.slug)
+    if problem:
+        raise RecordError(problem)
+    author = args.author if args.author is not None else git_user_name()
+    if args.author is None and author:
+        print(trust.printable(f"author: {author} (from git config user.name; --author NAME to name another)"))
     out = args.out or os.path.join(os.path.dirname(args.tracks), args.track,
-                                   f"{datetime.date.today().isoformat()}_{args.slug}")
-    if os.path.exists(out):
-        raise RecordError(f"{out} exists; choose another slug or --out")
+                                   f"{trust.today().isoformat()}_{args.slug}")
+    if os.path.lexists(out):
+        raise RecordError(trust.one_line(out, "exists; choose another slug or --out"))
     parent = os.path.dirname(os.path.abspath(out))
     made = [parent]  # the folders this command makes, deepest first: removed again if it fails
     while not os.path.isdir(os.path.dirname(made[-1])):
@@ -41,33 +54,44 @@ def cmd_new(args):
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
     try:
         built = new_record(args.track, args.slug, args.runs, os.path.join(staging, "record"), args.description,
-                           args.tracks)
+                           args.tracks, author=author, affiliation=args.affiliation, url=args.url,
+                           run_link=args.run_link)
         os.rename(built, out)
         made = []
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         for folder in made:
             os.rmdir(folder)
-    print(f"wrote {out}")
-    return report_validation(out, args.tracks)
+    print(trust.printable(f"wrote {out}"))
+    return report_validation(out, *validate(out, args.tracks))
 
 
-def report_validation(path, tracks_file):
-    failures, notes = validate(path, tracks_file)
+def report_validation(path, failures, notes):
+    """Prints a record's notes, its failures (one FAIL line each, printable) and its verdict; returns 1 if any."""
     for note in notes:
-        print(f"note: {note}")
+        print(trust.printable(f"note: {note}"))
     for failure in failures:
-        print(f"FAIL {failure}")
-    print(f"{path}: {'valid' if not failures else f'{len(failures)} problem(s)'}")
+        print(trust.printable(f"FAIL {failure}"))
+    print(trust.printable(f"{path}: {'valid' if not failures else f'{len(failures)} problem(s)'}"))
     return 1 if failures else 0
 
 
 def cmd_validate(args):
-    paths = record_dirs(RECORDS_DIR) if args.all else args.paths
-    if not paths:
+    """Each record, then across them: a log (by sha256) in two records fails the one added later
+    (trust.duplicate_logs). With --all, a results.json outside records/<track>/<date>_<slug>/ fails too."""
+    paths, refused = (trust.find_records(RECORDS_DIR, load_tracks(args.tracks)) if args.all else (args.paths, []))
+    for line in refused:
+        print(trust.printable(f"FAIL {line}"))
+    if not paths and not refused:
         print("no records to validate" if args.all else "give record folders or --all")
         return 0 if args.all else 2
-    return max(report_validation(p, args.tracks) for p in paths)
+    results = {path: validate(path, args.tracks) for path in paths}
+    valid = {path: trust.read_json(os.path.join(path, "results.json")) for path, (failures, _) in results.items()
+             if not failures}
+    for path, lines in trust.duplicate_logs(valid).items():
+        results[path][0].extend(lines)
+    codes = [report_validation(path, *results[path]) for path in paths]
+    return max(codes + [1 if refused else 0])
 
 
 def cmd_reproduce(args):
@@ -84,9 +108,20 @@ def cmd_compare(args):
 
 
 def cmd_leaderboard(args):
-    from records.leaderboard import write_leaderboard
-    for path in write_leaderboard(RECORDS_DIR, args.readme, args.tracks, report=lambda line: print(f"left out {line}")):
-        print(f"wrote {path}")
+    from records import leaderboard
+    for path in leaderboard.write_leaderboard(RECORDS_DIR, args.readme, args.tracks,
+                                              report=lambda line: print(trust.printable(f"left out {line}"))):
+        print(trust.printable(f"wrote {path}"))
+    if not args.serve:
+        return 0
+    server = leaderboard.make_server(os.path.join(RECORDS_DIR, "leaderboard.html"), args.port)
+    print(f"serving http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 
@@ -98,7 +133,12 @@ def main(argv=None):
     new = commands.add_parser("new", help="build a record folder from run folders, then validate it")
     new.add_argument("--track", required=True)
     new.add_argument("--slug", required=True, help="short name: lowercase letters, digits, dashes")
-    new.add_argument("--description", default="")
+    new.add_argument("--description", default="", help="one line, at most 1000 characters")
+    new.add_argument("--author", help="who made it (required for records dated 2026-12-04 or later; default: git "
+                                      "config user.name)")
+    new.add_argument("--affiliation", help="optional: a lab, company or team")
+    new.add_argument("--url", help="optional: http(s) link to the code or write-up")
+    new.add_argument("--run-link", dest="run_link", help="optional: http(s) link to the runs (e.g. wandb)")
     new.add_argument("--out", help="default: records/<track>/<date>_<slug>")
     new.add_argument("runs", nargs="+", help="run folders (runs/<run_id>) with log.txt and results.json")
     new.set_defaults(run=cmd_new)
@@ -133,13 +173,15 @@ def main(argv=None):
     again.set_defaults(run=cmd_reproduce)
     board = commands.add_parser("leaderboard", help="regenerate the README table and records/leaderboard.html")
     board.add_argument("--readme", default=os.path.join(os.path.dirname(RECORDS_DIR), "README.md"))
+    board.add_argument("--serve", action="store_true", help="then serve leaderboard.html on http://127.0.0.1:PORT/")
+    board.add_argument("--port", type=int, default=8000, help="the port for --serve (0: any free port)")
     board.set_defaults(run=cmd_leaderboard)
     args = parser.parse_args(argv)
     try:
         load_tracks(args.tracks)
         return args.run(args)
     except (RecordError, OSError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(trust.printable(f"error: {' '.join(str(e).split())}"), file=sys.stderr)
         return 1
 
 

@@ -10,10 +10,10 @@ as the recipe. An example and every refusal: records/README.md, "compare".
 Nothing from a run is executed: results.json, the logs and git.diff are read as text.
 """
 
-import json
 import os
 from dataclasses import dataclass
 
+from records import trust
 from records.record import RecordError, parse_log, validate
 from records.stats import mean_std, paired_t_test, pairs_needed, runs_needed, welch_t_test
 
@@ -46,15 +46,11 @@ class Run:
 
 
 def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise RecordError(f"{path}: cannot read ({e})") from None
+    return trust.read_json(path)  # a plain file of at most 1 MB, never through a symlink
 
 
 def existing(path):
-    return path if os.path.isfile(path) else None
+    return path if os.path.lexists(path) else None
 
 
 def run_from_folder(path, results):
@@ -92,7 +88,7 @@ def load_arm(label, paths, tracks_file):
         results = read_json(os.path.join(path, "results.json"))
         if isinstance(results, dict) and "runs" in results:
             runs += runs_from_record(path, results, tracks_file)
-            print(f"{label}: {path} is a valid record (validated now)")
+            print(trust.printable(f"{label}: {path} is a valid record (validated now)"))
         else:
             runs.append(run_from_folder(path, results))
     return runs
@@ -151,8 +147,7 @@ def diff_stats(text):
 
 
 def diff_summary(path):
-    with open(path, encoding="utf-8", errors="replace") as f:
-        touched = diff_stats(f.read())
+    touched = diff_stats(trust.read_bounded(path, trust.DIFF_BYTES).decode("utf-8", errors="replace"))
     return ", ".join(f"{name} binary" if plus is None else f"{name} +{plus} -{minus}"
                      for name, plus, minus in touched) or "empty git.diff"
 
@@ -201,7 +196,8 @@ def metric_runs(label, runs, metric):
             "are these finished train_gpt.py runs?"
         raise RecordError(f"arm {label}: no run has {metric}; {hint}")
     if len(having) < len(runs):
-        print(f"note: arm {label}: {len(runs) - len(having)} of {len(runs)} runs have no {metric}, left out")
+        print(trust.printable(f"note: arm {label}: {len(runs) - len(having)} of {len(runs)} runs have no {metric}, "
+                              "left out"))
     return having
 
 
@@ -333,13 +329,13 @@ def compare(a_paths, b_paths, metric, alpha, tracks_file):
         check_one_recipe(label, runs)
     a, b = arms["A"], arms["B"]
     check_distinct(a, b)
-    print(code_line("A", a))
-    print(code_line("B", b))
-    print(settings_line(a, b))
+    print(trust.printable(code_line("A", a)))
+    print(trust.printable(code_line("B", b)))
+    print(trust.printable(settings_line(a, b)))
     with_metric = metric_runs("A", a, metric), metric_runs("B", b, metric)
     pairs, why = pair_by_seed(*with_metric)
     outcome = paired_outcome(pairs, why, metric, alpha) if pairs else welch_outcome(*with_metric, why, metric, alpha)
     for line in metric_lines(outcome, metric, alpha) + [time_line(a, b), time_warning(a, b)]:
         if line:
-            print(line)
+            print(trust.printable(line))
     return 0

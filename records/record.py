@@ -15,30 +15,25 @@ the logs' lines (which must agree with each other) and from that commit's own co
 
 import ast
 import dataclasses
-import datetime
 import hashlib
 import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import types
 
+from records import trust
 from records.stats import mean_std, one_sample_t_test
+from records.trust import RecordError, one_line, printable
 
 SCHEMA_VERSION = 1
 TRACKS_FILE = os.path.join(os.path.dirname(__file__), "tracks.json")
 SOURCE_END = "=" * 100  # train_gpt.py writes this line after its source
 
 
-class RecordError(ValueError):
-    """A record that cannot be built or read; the message names the file."""
-
-
 def load_tracks(path=TRACKS_FILE):
-    with open(path) as f:
-        return {track["id"]: track for track in json.load(f)["tracks"]}
+    return {track["id"]: track for track in trust.read_json(path)["tracks"]}
 
 
 # -----------------------------------------------------------------------------
@@ -84,19 +79,19 @@ def parse_step_line(line, where):
 
 def parse_log(path):
     """The parts of a train_gpt.py log that a record is checked against; RecordError names the file and line."""
+    raw = trust.read_bounded(path, trust.LOG_BYTES)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
         text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecordError(f"{path}: cannot read ({e})") from None
+    except UnicodeDecodeError as e:
+        raise RecordError(one_line(path, f"cannot read ({e})")) from None
     source, sep, rest = text.partition("\n" + SOURCE_END + "\n")
     if not sep:
-        raise RecordError(f"{path}: no train_gpt.py source at the top (no line of 100 '='); is this a train_gpt.py log?")
+        raise RecordError(one_line(path, "no train_gpt.py source at the top (no line of 100 '='); is this a "
+                                         "train_gpt.py log?"))
     first = source.count("\n") + 3  # the line number of the first line after the separator
     segments, events = [], []
     for number_, line in enumerate(rest.splitlines(), first):
-        where = f"{path}:{number_}"
+        where = f"{printable(path)}:{number_}"
         key, _, value = line.partition(": ")
         if key in HEADER_KEYS:
             if key == "git":
@@ -105,7 +100,7 @@ def parse_log(path):
                 raise RecordError(f"{where}: a {key} line out of place (each start of the script writes one, after git)")
             try:
                 segments[-1][key] = json.loads(value)
-            except json.JSONDecodeError:
+            except ValueError:  # not JSON, or an integer of more digits than Python converts
                 raise RecordError(f"{where}: the {key} line is not valid JSON") from None
         elif line.startswith("model: ") and segments:
             found = MODEL_LINE.search(line)
@@ -124,7 +119,7 @@ def parse_log(path):
                 if missing:
                     raise RecordError(f"{where}: a step line without {', '.join(missing)} (a failed or cut step?)")
                 events.append((number_, "train", {
-                    "step": step, "total": total, "train_loss": fields["train_loss"],
+                    "step": step, "total": total, "train_loss": number(fields["train_loss"], where),
                     "step_ms": number(fields["step_ms"], where), "tok_s": number(fields["tok/s"], where),
                     "train_time_ms": number(fields["train_time_ms"], where)}))
             elif "val_loss" in fields:
@@ -151,27 +146,27 @@ def parse_log(path):
                                   "bundle_zip_sha256:S'")
             try:
                 tasks = json.loads(found.group(2))
-            except json.JSONDecodeError:
+            except ValueError:
                 raise RecordError(f"{where}: the core line's tasks are not valid JSON") from None
             events.append((number_, "core", {"core": number(found.group(1), where), "tasks": tasks,
                                              "max_per_task": found.group(3), "bundle_zip_sha256": found.group(4)}))
     if not segments:
-        raise RecordError(f"{path}: no git line after the source")
+        raise RecordError(one_line(path, "no git line after the source"))
     for segment in segments:
         missing = [key for key in ("git", "config", "environment", "model") if key not in segment]
         if missing:
-            raise RecordError(f"{path}:{segment['line']}: the start of the script wrote no {', '.join(missing)} line")
+            raise RecordError(one_line(f"{path}:{segment['line']}", f"the start of the script wrote no "
+                                                                     f"{', '.join(missing)} line"))
     return Log(path, hashlib.sha256(raw).hexdigest(), source, segments, events)
 
 
 def run_values(run_dir):
     """The values a record keeps for one run, from its results.json (as train_gpt.py and eval_core.py wrote it)."""
     path = os.path.join(run_dir, "results.json")
-    if not os.path.isfile(path):
-        raise RecordError(f"{path}: missing; is {run_dir} a finished train_gpt.py run?")
+    if not os.path.lexists(path):
+        raise RecordError(one_line(path, f"missing; is {run_dir} a finished train_gpt.py run?"))
+    results = trust.read_json(path)
     try:
-        with open(path) as f:
-            results = json.load(f)
         core = results.get("core") or {}
         return {"run_id": results["run_id"], "log": f"logs/{results['run_id']}.txt", "seed": results["seed"],
                 "steps": results["steps"], "tokens": results["tokens"], "vocab_size": results["vocab_size"],
@@ -180,8 +175,9 @@ def run_values(run_dir):
                 "model_flops_per_token": results["model_flops_per_token"], "mfu": results["mfu"],
                 "world_size": results["environment"]["world_size"], "gpu": results["environment"]["gpu"],
                 "commit": results["git"]["commit"]}
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise RecordError(f"{path}: not a finished train_gpt.py run's results ({type(e).__name__}: {e})") from None
+    except (KeyError, TypeError, AttributeError) as e:
+        raise RecordError(one_line(path, f"not a finished train_gpt.py run's results ({type(e).__name__}: "
+                                         f"{e})")) from None
 
 
 # -----------------------------------------------------------------------------
@@ -208,45 +204,71 @@ def summarize(track, runs):
     return summary
 
 
-def new_record(track_id, slug, run_dirs, out=None, description="", tracks_file=TRACKS_FILE, date=None):
-    """Builds a record folder from finished runs; returns its path (then validate it)."""
+SUBMISSION = ("author", "affiliation", "url", "run_link")  # who made a record and where to read more: shown as given
+
+
+def new_record(track_id, slug, run_dirs, out=None, description="", tracks_file=TRACKS_FILE, date=None, author=None,
+               affiliation=None, url=None, run_link=None):
+    """Builds a record folder from finished runs; returns its path (then validate it). A missing author is left to
+    validate to report (it is required of records dated from trust.AUTHOR_REQUIRED_FROM); any other bad field is
+    refused here."""
     tracks = load_tracks(tracks_file)
     if track_id not in tracks:
-        raise RecordError(f"unknown track {track_id!r}; tracks: {', '.join(tracks)} ({tracks_file})")
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", slug):
-        raise RecordError(f"slug {slug!r}: use lowercase letters, digits and dashes")
+        raise RecordError(f"unknown track {ascii(track_id)}; tracks: {', '.join(tracks)} ({printable(tracks_file)})")
     track = tracks[track_id]
     runs = [run_values(d) for d in run_dirs]
     commits = {run["commit"] for run in runs}
     if len(commits) != 1 or None in commits:
-        raise RecordError(f"the runs come from {len(commits)} commits ({sorted(map(str, commits))}); a record is one "
-                          "commit's runs")
-    date = date or datetime.date.today().isoformat()
-    out = out or os.path.join(os.path.dirname(tracks_file), track_id, f"{date}_{slug}")
-    if os.path.exists(out):
-        raise RecordError(f"{out} exists; choose another slug or --out")
-    os.makedirs(os.path.join(out, "logs"))
-    for run_dir, run in zip(run_dirs, runs):
-        shutil.copyfile(os.path.join(run_dir, "log.txt"), os.path.join(out, run["log"]))
-        if os.path.isfile(os.path.join(run_dir, "git.diff")):  # a run from a modified tree: its `git diff HEAD`
-            shutil.copyfile(os.path.join(run_dir, "git.diff"), os.path.join(out, f"logs/{run['run_id']}.diff"))
+        raise RecordError(f"the runs come from {len(commits)} commits ({printable(sorted(map(str, commits)))}); a "
+                          "record is one commit's runs")
     metric = track["metric"]
-    record = {"schema_version": SCHEMA_VERSION, "track": track_id, "slug": slug, "date": date,
-              "description": description, "commit": commits.pop(), "runs": runs, "summary": summarize(track, runs),
+    given = {"author": author, "affiliation": affiliation, "url": url, "run_link": run_link}
+    record = {"schema_version": SCHEMA_VERSION, "track": track_id, "slug": slug,
+              "date": date or trust.today().isoformat(), "description": description,
+              **{key: value for key, value in given.items() if value is not None}, "commit": commits.pop(),
+              "runs": runs, "summary": summarize(track, runs),
               "test": target_test(track, [run[metric] for run in runs])}
+    problems = trust.metadata_problems(record, require_author=False)
+    problems += [f"run {printable(run['run_id'])}: its log name {printable(run['log'])} is not logs/<letters, digits, "
+                 "._+=->.txt" for run in runs
+                 if not isinstance(run["run_id"], str) or not trust.LOG_NAME.fullmatch(run["log"])]
+    if problems:
+        raise RecordError(problems[0])
+    out = out or os.path.join(os.path.dirname(tracks_file), track_id, f"{record['date']}_{slug}")
+    if os.path.lexists(out):
+        raise RecordError(one_line(out, "exists; choose another slug or --out"))
+    write_record(out, track, record, run_dirs)
+    return out
+
+
+def write_record(out, track, record, run_dirs):
+    """The record's folder: its runs' logs (and diffs), results.json, statistics.md and README.md."""
+    os.makedirs(os.path.join(out, "logs"))
+    for run_dir, run in zip(run_dirs, record["runs"]):
+        copy_bounded(os.path.join(run_dir, "log.txt"), os.path.join(out, run["log"]), trust.LOG_BYTES)
+        if os.path.lexists(os.path.join(run_dir, "git.diff")):  # a run from a modified tree: its `git diff HEAD`
+            copy_bounded(os.path.join(run_dir, "git.diff"), os.path.join(out, f"logs/{run['run_id']}.diff"),
+                         trust.DIFF_BYTES)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(record, f, indent=2)
     with open(os.path.join(out, "statistics.md"), "w") as f:
         f.write(statistics_markdown(track, record))
     with open(os.path.join(out, "README.md"), "w") as f:
-        f.write(f"# {track_id}: {slug}\n\n{description or '(describe the idea here)'}\n\nCommit `{record['commit']}`"
-                f", {len(runs)} runs. Command (from the first log):\n\n```\n{first_command(out, runs[0])}\n```\n")
-    return out
+        f.write(f"# {record['track']}: {record['slug']}\n\n{record['description'] or '(describe the idea here)'}\n\n"
+                f"Commit `{record['commit']}`, {len(record['runs'])} runs. Command (from the first log):\n\n```\n"
+                f"{first_command(out, record['runs'][0])}\n```\n")
+
+
+def copy_bounded(source, destination, cap):
+    """A copy of a plain file of at most cap bytes (a symlink or a device is refused, not followed)."""
+    data = trust.read_bounded(source, cap)
+    with open(destination, "wb") as f:
+        f.write(data)
 
 
 def first_command(out, run):
-    with open(os.path.join(out, run["log"]), encoding="utf-8") as f:
-        return next((line[len("command: "):].rstrip("\n") for line in f if line.startswith("command: ")), "?")
+    text = trust.read_bounded(os.path.join(out, run["log"]), trust.LOG_BYTES).decode("utf-8", errors="replace")
+    return next((line[len("command: "):] for line in text.splitlines() if line.startswith("command: ")), "?")
 
 
 def statistics_markdown(track, record):
@@ -379,20 +401,23 @@ def commit_formula(source, commit, repo):
             RESUMABLE: literal_at_commit(commit, repo, "harness/checkpoint.py", RESUMABLE)}
 
 
-def code_files_changed(diff_path):
-    """The .py files a `git diff` changes (read as text)."""
-    with open(diff_path, encoding="utf-8", errors="replace") as f:
-        heads = [line.rstrip("\n") for line in f if line.startswith("diff --git ") and " b/" in line]
-    return sorted({head.split(" b/", 1)[1] for head in heads if head.endswith(".py")})
+def code_files_changed(diff):
+    """The .py files a `git diff` (its text) changes."""
+    names = {line.split(" b/", 1)[1].rstrip() for line in diff.splitlines() if line.startswith("diff --git ")
+             and " b/" in line}
+    return sorted(name for name in names if name.endswith(".py"))
 
 
-def apply_diff(source, diff_path):
-    """train_gpt.py with the train_gpt.py part of a `git diff HEAD` applied, or None when it does not apply."""
+def apply_diff(source, diff):
+    """train_gpt.py with the train_gpt.py part of a `git diff HEAD` (its bytes) applied, or None when it does not
+    apply."""
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, "train_gpt.py"), "w", encoding="utf-8") as f:
             f.write(source)
-        applied = subprocess.run(["git", "apply", "--include=train_gpt.py", os.path.abspath(diff_path)], cwd=tmp,
+        with open(os.path.join(tmp, "record.diff"), "wb") as f:
+            f.write(diff)
+        applied = subprocess.run(["git", "apply", "--include=train_gpt.py", "record.diff"], cwd=tmp,
                                  capture_output=True)
         if applied.returncode != 0:
             return None
@@ -417,6 +442,17 @@ def schema_problem(value, kind):
         if k in (int, str, list, dict) and isinstance(value, k) and not isinstance(value, bool):
             return None
     return f"is not {' or '.join('null' if k is None else k.__name__ for k in kinds)}"
+
+
+def pin_source(track, key):
+    """Which pin and where its value came from (tracks.json's pin_sources), for every refusal on a pin."""
+    source = (track.get("pin_sources") or {}).get(key) or "no source noted"
+    return f"pin {track['id']}: {key} in tracks.json; source: {source}"
+
+
+def pin_note(track, key, shown=None):
+    pins, _ = track_pins(track)
+    return f"the track's {pins[key] if shown is None else shown} ({pin_source(track, key)})"
 
 
 def track_pins(track):
@@ -527,7 +563,7 @@ def replay(log, fail):
         return None
     return {"steps": last, "num_steps": num_steps, "step_ms_sum": total_ms[last], "status": done["status"],
             "val_loss": val["val_loss"], "val_bpb": val["val_bpb"], "train_time_ms": val["train_time_ms"],
-            "done_training_time": done["training_time"], "losses": tuple(losses[s] for s in sorted(losses)),
+            "done_training_time": done["training_time"], "curve": {s: losses[s] for s in sorted(losses)},
             "step_times": tuple(times[s] for s in sorted(times))}
 
 
@@ -559,16 +595,17 @@ def check_data(log, config, track, fail):
     pins, _ = track_pins(track)
     for key in ("tokenizer_sha256", "val_tokens"):
         if pins.get(key) is not None and data[key] != pins[key]:
-            fail(log.path, f"{key} {data[key]} is not the track's {pins[key]}")
+            fail(log.path, f"{key} {data[key]} is not {pin_note(track, key)}")
     for key in ("val_shards", "val_source", "train_source"):
         if pins.get(f"{key}_sha256") is not None and shas[key] != pins[f"{key}_sha256"]:
-            fail(log.path, f"the {key.replace('_', ' ')} (sha256 {[s[:12] for s in shas[key]]}) are not the "
-                           f"track's {[s[:12] for s in pins[f'{key}_sha256']]}")
+            fail(log.path, f"the {key.replace('_', ' ')} (sha256 {[s[:12] for s in shas[key]]}) are not "
+                           f"{pin_note(track, f'{key}_sha256', [s[:12] for s in pins[f'{key}_sha256']])}")
     if pins.get("val_bytes") is not None:
         tolerance = pins.get("val_bytes_rel_tol", 0.0) * pins["val_bytes"]
         if abs(data["val_bytes"] - pins["val_bytes"]) > tolerance:
             fail(log.path, f"{data['val_bytes']:,} val bytes scored; the track compares bits per byte on "
-                           f"{pins['val_bytes']:,} (± {tolerance:,.0f}) bytes of its val text")
+                           f"{pins['val_bytes']:,} (± {tolerance:,.0f}) bytes of its val text "
+                           f"({pin_source(track, 'val_bytes')})")
 
 
 def check_core(log, run, track, fail):
@@ -593,7 +630,8 @@ def check_core(log, run, track, fail):
     if core["max_per_task"] != "None":
         fail(log.path, f"CORE on at most {core['max_per_task']} rows per task; the track needs every row")
     if pins.get("bundle_zip_sha256") is not None and core["bundle_zip_sha256"] != pins["bundle_zip_sha256"]:
-        fail(log.path, f"CORE from bundle {core['bundle_zip_sha256']}, not the track's {pins['bundle_zip_sha256']}")
+        fail(log.path, f"CORE from bundle {core['bundle_zip_sha256']}, not "
+                       f"{pin_note(track, 'core.bundle_zip_sha256', pins['bundle_zip_sha256'])}")
     centered = [(core["tasks"][t] - b / 100) / (1 - b / 100) for t, b in baselines.items()]
     if not all(isinstance(a, (int, float)) for a in core["tasks"].values()) or not close(
             sum(centered) / len(centered), core["core"], abs_tol=SIX_DECIMALS):
@@ -603,61 +641,89 @@ def check_core(log, run, track, fail):
 
 def check_run(run, log, ctx, fail):
     """One run of a record against its log, the commit's source and the track; returns what the replay found."""
-    record, track, results_path = ctx["record"], ctx["track"], ctx["results_path"]
-    first = log.segments[0]
-    git, config, env, model = first["git"], first["config"], first["environment"], first["model"]
-    for segment in log.segments[1:]:
-        changed = sorted(k for k in set(config) | set(segment["config"])
-                         if config.get(k) != segment["config"].get(k) and k not in ctx["resumable"])
-        if segment["git"] != git or changed or segment["model"] != model or segment.get("data") != first.get("data"):
-            fail(log.path, f"line {segment['line']}: the run was resumed with another "
-                           f"{'commit' if segment['git'] != git else ', '.join(changed) or 'model or data'}")
-            return None
-    if git.get("commit") != record["commit"] or run["commit"] != record["commit"]:
-        fail(log.path, f"commit {git.get('commit')} (results.json: {run['commit']}) is not the record's "
-                       f"{record['commit']}")
+    if not check_start(run, log, ctx, fail) or not check_source(log, ctx, fail):
         return None
-    committed = ctx["source"]
-    if committed is not None:
-        diff_path = os.path.splitext(log.path)[0] + ".diff"
-        if git.get("dirty") is not False or git.get("diff_sha256") != EMPTY_SHA256:
-            if not os.path.isfile(diff_path):
-                fail(log.path, f"written from a modified tree (git diff sha256 {str(git.get('diff_sha256'))[:12]}): "
-                               f"put that diff (`git diff HEAD`) in {os.path.basename(diff_path)}, or commit and re-run")
-                return None
-            with open(diff_path, "rb") as f:
-                diff_sha = hashlib.sha256(f.read()).hexdigest()
-            if diff_sha != git.get("diff_sha256"):
-                fail(diff_path, f"sha256 {diff_sha[:12]} is not the log's diff_sha256 {str(git.get('diff_sha256'))[:12]}")
-                return None
-            changed = code_files_changed(diff_path)
-            if changed:  # the count would run the diff's code, which validate never runs
-                fail(diff_path, f"changes code ({', '.join(changed)}): FLOPs are counted only with committed code; "
-                                "commit the change, run again and make the record from that commit")
-                return None
-            committed = apply_diff(committed, diff_path)
-            if committed is None:
-                fail(diff_path, f"does not apply to train_gpt.py at commit {record['commit'][:12]}")
-                return None
-        if log.source != committed:
-            fail(log.path, f"the train_gpt.py source in the log does not match train_gpt.py at commit "
-                           f"{record['commit'][:12]}{' with the diff' if git.get('dirty') else ''} (sha256 "
-                           f"{hashlib.sha256(log.source.encode()).hexdigest()[:12]} vs "
-                           f"{hashlib.sha256(committed.encode()).hexdigest()[:12]})")
-            return None
-    for segment in log.segments:  # the steps that write step lines follow from these (next_logged_step)
-        counts = {key: segment["config"].get(key, least) for key, least in STEP_COUNTS.items()}
-        bad = [f"{key}={value!r}" for key, value in counts.items()
-               if type(value) is not int or value < STEP_COUNTS[key]]
-        if bad:
-            fail(log.path, f"line {segment['line']}: {', '.join(bad)} in the config is no step count train_gpt.py "
-                           "runs with")
-            return None
+    config = log.segments[0]["config"]
     if config.get("seed") != run["seed"]:
         fail(log.path, f"seed {config.get('seed')} in the config, {run['seed']} in results.json")
     replayed = replay(log, fail)
     if replayed is None:
         return None
+    check_figures(run, log, replayed, fail)
+    if ctx["formula"] is not None and not check_flops(run, log, replayed, ctx, fail):
+        return None
+    check_place(run, log, ctx["track"], fail)
+    return replayed
+
+
+def check_start(run, log, ctx, fail):
+    """Every start of the script: numbers in range before any arithmetic (trust.CONFIG_RANGES, the model line), the
+    same commit, settings (but for what a resume may change), model and data as the first, step counts that
+    train_gpt.py runs with; and the record's commit."""
+    first, record = log.segments[0], ctx["record"]
+    git, config, model = first["git"], first["config"], first["model"]
+    for segment in log.segments:
+        if not isinstance(segment["config"], dict):
+            fail(log.path, f"line {segment['line']}: the config line is not a JSON object")
+            return False
+        bad = trust.config_problems(segment["config"]) + trust.model_problems(segment["model"])
+        counts = {key: segment["config"].get(key, least) for key, least in STEP_COUNTS.items()}
+        bad += [f"{key}={value!r} (no step count train_gpt.py runs with)" for key, value in counts.items()
+                if type(value) is not int or value < STEP_COUNTS[key]]  # next_logged_step follows from these
+        if bad:
+            fail(log.path, f"line {segment['line']}: out of range in the config or model line: {', '.join(bad)}")
+            return False
+        changed = sorted(k for k in set(config) | set(segment["config"])
+                         if config.get(k) != segment["config"].get(k) and k not in ctx["resumable"])
+        if segment["git"] != git or changed or segment["model"] != model or segment.get("data") != first.get("data"):
+            fail(log.path, f"line {segment['line']}: the run was resumed with another "
+                           f"{'commit' if segment['git'] != git else ', '.join(changed) or 'model or data'}")
+            return False
+    if not isinstance(git, dict) or git.get("commit") != record["commit"] or run["commit"] != record["commit"]:
+        fail(log.path, f"commit {git.get('commit') if isinstance(git, dict) else git} (results.json: "
+                       f"{run['commit']}) is not the record's {record['commit']}")
+        return False
+    return True
+
+
+def check_source(log, ctx, fail):
+    """The source at the top of the log is train_gpt.py at the record's commit (with the run's logs/<run>.diff
+    applied when the tree was dirty; a diff that changes code is refused, validate never runs it)."""
+    committed, git, commit = ctx["source"], log.segments[0]["git"], ctx["record"]["commit"]
+    if committed is None:
+        return True
+    diff_path = os.path.splitext(log.path)[0] + ".diff"
+    if git.get("dirty") is not False or git.get("diff_sha256") != EMPTY_SHA256:
+        if not os.path.lexists(diff_path):
+            fail(log.path, f"written from a modified tree (git diff sha256 {str(git.get('diff_sha256'))[:12]}): "
+                           f"put that diff (`git diff HEAD`) in {os.path.basename(diff_path)}, or commit and re-run")
+            return False
+        diff = trust.read_bounded(diff_path, trust.DIFF_BYTES)
+        diff_sha = hashlib.sha256(diff).hexdigest()
+        if diff_sha != git.get("diff_sha256"):
+            fail(diff_path, f"sha256 {diff_sha[:12]} is not the log's diff_sha256 {str(git.get('diff_sha256'))[:12]}")
+            return False
+        changed = code_files_changed(diff.decode("utf-8", errors="replace"))
+        if changed:  # the count would run the diff's code, which validate never runs
+            fail(diff_path, f"changes code ({', '.join(changed)}): FLOPs are counted only with committed code; "
+                            "commit the change, run again and make the record from that commit")
+            return False
+        committed = apply_diff(committed, diff)
+        if committed is None:
+            fail(diff_path, f"does not apply to train_gpt.py at commit {commit[:12]}")
+            return False
+    if log.source != committed:
+        fail(log.path, f"the train_gpt.py source in the log does not match train_gpt.py at commit {commit[:12]}"
+                       f"{' with the diff' if git.get('dirty') else ''} (sha256 "
+                       f"{hashlib.sha256(log.source.encode()).hexdigest()[:12]} vs "
+                       f"{hashlib.sha256(committed.encode()).hexdigest()[:12]})")
+        return False
+    return True
+
+
+def check_figures(run, log, replayed, fail):
+    """results.json's steps, time, val loss and bpb are the replayed log's; the model line and config agree."""
+    config, model = log.segments[0]["config"], log.segments[0]["model"]
     if replayed["steps"] != run["steps"]:
         fail(log.path, f"the step lines cover steps 1..{replayed['steps']}, results.json says {run['steps']} steps")
     time_ms = run["training_time_s"] * 1000
@@ -678,40 +744,54 @@ def check_run(run, log, ctx, fail):
                        f"the step lines' {replayed['num_steps']} steps or the config's total_batch_tokens")
     if config.get("steps") and replayed["num_steps"] != config["steps"]:
         fail(log.path, f"{replayed['num_steps']} steps, but the config says steps={config['steps']}")
-    if replayed["status"] == "target_reached" and not replayed["val_loss"] <= config.get("target_val_loss", 0):
-        fail(log.path, f"stopped at the target val loss {config.get('target_val_loss')}, but its val loss is "
-                       f"{replayed['val_loss']}")
-    if ctx["formula"] is not None:
-        try:
-            per_token = ctx["formula"]["flops_per_token"](types.SimpleNamespace(**config), model["vocab_size"])
-        except Exception as e:  # the commit's formula on the logged config: any failure is the record's problem
-            fail(log.path, f"the FLOPs formula of train_gpt.py at the record's commit fails on this config "
-                           f"({type(e).__name__}: {e})")
-            return None
-        if per_token != run["model_flops_per_token"] or per_token != model["flops_per_token"]:
-            fail(results_path, f"run {run['run_id']}: {run['model_flops_per_token']:,} FLOPs per token claimed "
-                               f"({model['flops_per_token']:,} in the log), {per_token:,} recomputed from the config "
-                               "with the formula of the record's commit")
-        tokens = replayed["steps"] * config["total_batch_tokens"]
-        if run["tokens"] != tokens or run["model_flops"] != per_token * tokens:
-            fail(results_path, f"run {run['run_id']}: tokens or model FLOPs do not follow from steps x batch "
-                               f"({tokens:,} tokens, {per_token * tokens:,} FLOPs)")
-        check_mfu(run, config, env, per_token * tokens, ctx["formula"].get("PEAK_BF16_FLOPS"), results_path, fail)
+    target = config.get("target_val_loss", 0)
+    reached = isinstance(target, (int, float)) and replayed["val_loss"] <= target
+    if replayed["status"] == "target_reached" and not reached:
+        fail(log.path, f"stopped at the target val loss {target!r}, but its val loss is {replayed['val_loss']}")
+
+
+def check_flops(run, log, replayed, ctx, fail):
+    """FLOPs per token recomputed with the record's commit's own formula (its config already in range), tokens and
+    model FLOPs from steps x batch, and MFU with that commit's peak table; False when the formula fails."""
+    config, model, results_path = log.segments[0]["config"], log.segments[0]["model"], ctx["results_path"]
+    try:
+        per_token = ctx["formula"]["flops_per_token"](types.SimpleNamespace(**config), model["vocab_size"])
+    except Exception as e:  # the commit's formula on the logged config: any failure is the record's problem
+        fail(log.path, f"the FLOPs formula of train_gpt.py at the record's commit fails on this config "
+                       f"({type(e).__name__}: {e})")
+        return False
+    if per_token != run["model_flops_per_token"] or per_token != model["flops_per_token"]:
+        fail(results_path, f"run {run['run_id']}: {run['model_flops_per_token']:,} FLOPs per token claimed "
+                           f"({model['flops_per_token']:,} in the log), {per_token:,} recomputed from the config "
+                           "with the formula of the record's commit")
+    tokens = replayed["steps"] * config["total_batch_tokens"]
+    if run["tokens"] != tokens or run["model_flops"] != per_token * tokens:
+        fail(results_path, f"run {run['run_id']}: tokens or model FLOPs do not follow from steps x batch "
+                           f"({tokens:,} tokens, {per_token * tokens:,} FLOPs)")
+    env = log.segments[0]["environment"]
+    check_mfu(run, config, env, per_token * tokens, ctx["formula"].get("PEAK_BF16_FLOPS"), results_path, fail)
+    return True
+
+
+def check_place(run, log, track, fail):
+    """Where and on what the run ran: its hardware, the track's pins, its data line and its CORE line."""
+    config, env, model = log.segments[0]["config"], log.segments[0]["environment"], log.segments[0]["model"]
+    if not isinstance(env, dict):
+        return fail(log.path, "the environment line is not a JSON object")
     if (env.get("world_size"), env.get("gpu")) != (run["world_size"], run["gpu"]):
         fail(log.path, f"ran on {env.get('world_size')}x {env.get('gpu')}, results.json says "
                        f"{run['world_size']}x {run['gpu']}")
     hardware = track.get("hardware")
-    if hardware and (env.get("world_size") != hardware["count"] or hardware["gpu"] not in (env.get("gpu") or "")):
+    if hardware and (env.get("world_size") != hardware["count"] or hardware["gpu"] not in str(env.get("gpu") or "")):
         fail(log.path, f"ran on {env.get('world_size')}x {env.get('gpu')}, the track is "
                        f"{hardware['count']}x {hardware['gpu']}")
     pins, _ = track_pins(track)
     if pins.get("val_tokens") is not None and config.get("val_tokens") != pins["val_tokens"]:
-        fail(log.path, f"val_tokens {config.get('val_tokens')} is not the track's {pins['val_tokens']}")
+        fail(log.path, f"val_tokens {config.get('val_tokens')} is not {pin_note(track, 'val_tokens')}")
     if pins.get("vocab_size") is not None and model["vocab_size"] != pins["vocab_size"]:
-        fail(log.path, f"vocab {model['vocab_size']} is not the track's {pins['vocab_size']}")
+        fail(log.path, f"vocab {model['vocab_size']} is not {pin_note(track, 'vocab_size')}")
     check_data(log, config, track, fail)
     check_core(log, run, track, fail)
-    return replayed
 
 
 def check_mfu(run, config, env, model_flops, peak_table, results_path, fail):
@@ -737,36 +817,65 @@ def validate(path, tracks_file=TRACKS_FILE, repo=None):
     try:
         check_record(path, tracks_file, repo, failures, notes)
     except Exception as e:  # a validator reports, it does not crash: the next record is still checked
-        failures.append(f"{os.path.join(path, 'results.json')}: cannot be checked ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())})")
+        failures.append(one_line(os.path.join(path, "results.json"), f"cannot be checked ({type(e).__name__}: {e})"))
     return failures, notes
 
 
+RECORD_SCHEMA = {"schema_version": int, "track": str, "slug": str, "date": str, "commit": str, "runs": list,
+                 "summary": dict}
+
+
 def check_record(path, tracks_file, repo, failures, notes):
+    """The folder (plain files only), results.json's fields, every run against its log, then what the runs claim
+    together; stops after a stage that failed (the next would check what is already known to be wrong)."""
     repo = repo or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     results_path = os.path.join(path, "results.json")
 
-    def fail(file, reason):
-        failures.append(f"{file}: {' '.join(str(reason).split())}")  # one line, whatever a record holds
+    def fail(file, reason):  # one line, whatever a record holds (file None: a line that already names its file)
+        failures.append(one_line(file, reason) if file is not None else printable(" ".join(str(reason).split())))
 
-    try:
-        with open(results_path) as f:
-            record = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        return fail(results_path, f"cannot read ({e})")
-    if not isinstance(record, dict):
-        return fail(results_path, "is not a JSON object")
-    schema = {"schema_version": int, "track": str, "slug": str, "date": str, "commit": str, "runs": list,
-              "summary": dict}
-    for key, kind in schema.items():
-        if schema_problem(record.get(key), kind):
-            fail(results_path, f"'{key}' {schema_problem(record.get(key), kind)}")
+    failures += trust.folder_problems(path)
     if failures:
         return
+    try:
+        record = trust.read_json(results_path)
+    except RecordError as e:
+        return failures.append(str(e))
+    track = check_header(path, record, tracks_file, fail)
+    if failures:
+        return
+    ctx = commit_context(record, track, results_path, repo, fail)
+    runs, logs, replays = record["runs"], {}, {}
+    for i, run in enumerate(runs):
+        log = check_entry(i, run, path, logs, replays, fail)
+        if log is not None:
+            logs[os.path.normpath(run["log"])] = log
+            replays[run["run_id"]] = check_run(run, log, ctx, fail)
+    if failures:
+        return
+    check_distinct(runs, logs, replays, results_path, fail)
+    check_one_recipe(runs, logs, results_path, fail)
+    check_claims(path, record, track, fail)
+    if not failures:
+        check_statistics(path, record, track, fail)
+
+
+def check_header(path, record, tracks_file, fail):
+    """results.json's own fields: their types, the track, slug, date and submission fields (trust.metadata_problems),
+    the folder it sits in, the schema and the track's pins. Returns the track (None after a failure)."""
+    results_path = os.path.join(path, "results.json")
+    if not isinstance(record, dict):
+        return fail(results_path, "is not a JSON object")
+    problems = [f"'{key}' {problem}" for key, kind in RECORD_SCHEMA.items()
+                if (problem := schema_problem(record.get(key), kind))]
+    for problem in problems or trust.metadata_problems(record):
+        fail(results_path, problem)
+    if problems:
+        return None
     tracks = load_tracks(tracks_file)
     track = tracks.get(record["track"])
     if track is None:
-        return fail(results_path, f"unknown track {record['track']!r}")
+        return fail(results_path, f"unknown track {ascii(record['track'])}")
     parent, name = os.path.basename(os.path.dirname(os.path.abspath(path))), os.path.basename(os.path.abspath(path))
     if parent in tracks and (parent != record["track"] or name != f"{record['date']}_{record['slug']}"):
         fail(results_path, f"a record of track {record['track']} dated {record['date']} with slug {record['slug']} "
@@ -777,6 +886,12 @@ def check_record(path, tracks_file, repo, failures, notes):
     if unpinned:
         fail(tracks_file, f"track {record['track']} does not pin {', '.join(unpinned)} yet: its records cannot be "
                           "checked until a maintainer pins them")
+    return track
+
+
+def commit_context(record, track, results_path, repo, fail):
+    """What the runs are checked against: the commit's train_gpt.py (if the commit is in the repository) and, once
+    the commit is merged into HEAD, its FLOPs formula, peak table and resumable options."""
     source = source_at_commit(record["commit"], repo)
     if source is None:
         fail(results_path, f"commit {record['commit']} is not in this repository ({repo}): the logs' source and "
@@ -792,37 +907,38 @@ def check_record(path, tracks_file, repo, failures, notes):
         formula = None
         fail(results_path, f"train_gpt.py at commit {record['commit'][:12]} has no usable FLOPs formula "
                            f"({type(e).__name__}: {e})")
-    ctx = {"record": record, "track": track, "results_path": results_path, "source": source, "formula": formula,
-           "resumable": set((formula or {}).get(RESUMABLE) or ())}
+    return {"record": record, "track": track, "results_path": results_path, "source": source, "formula": formula,
+            "resumable": set((formula or {}).get(RESUMABLE) or ())}
 
-    runs, logs, replays = record["runs"], {}, {}
-    for i, run in enumerate(runs):
-        if not isinstance(run, dict):
-            fail(results_path, f"run {i + 1} is not a JSON object")
-            continue
-        bad = [f"'{key}' {problem}" for key, kind in RUN_SCHEMA.items() if (problem := schema_problem(run.get(key), kind))]
-        if bad:
-            fail(results_path, f"run {i + 1}: {'; '.join(bad)}")
-            continue
-        log_path = os.path.join(path, run["log"])
-        if (os.path.dirname(os.path.normpath(run["log"])) != "logs" or not os.path.isfile(log_path)
-                or not run["log"].endswith(".txt")):
-            fail(results_path, f"run {run['run_id']}: its log {run['log']} is not in logs/")
-            continue
-        if os.path.normpath(run["log"]) in logs or run["run_id"] in replays:
-            fail(results_path, f"run {run['run_id']}: its run id or its log {run['log']} is another run's too")
-            continue
-        try:
-            log = parse_log(log_path)
-        except RecordError as e:
-            failures.append(str(e))
-            continue
-        logs[os.path.normpath(run["log"])] = log
-        replays[run["run_id"]] = check_run(run, log, ctx, fail)
-    if failures:
-        return
-    check_distinct(runs, logs, replays, results_path, fail)
-    check_one_recipe(runs, logs, results_path, fail)
+
+def check_entry(i, run, path, logs, replays, fail):
+    """A run's entry in results.json: its fields' types and ranges (trust.RUN_RANGES), its log a plain file
+    logs/<name>.txt that no other run uses; returns the parsed log, or None after a failure."""
+    results_path = os.path.join(path, "results.json")
+    if not isinstance(run, dict):
+        return fail(results_path, f"run {i + 1} is not a JSON object")
+    bad = [f"'{key}' {problem}" for key, kind in RUN_SCHEMA.items() if (problem := schema_problem(run.get(key), kind))]
+    bad = bad or trust.run_problems(run)
+    if bad:
+        return fail(results_path, f"run {i + 1}: {'; '.join(bad)}")
+    if not trust.LOG_NAME.fullmatch(f"logs/{run['run_id']}.txt"):
+        return fail(results_path, f"run {i + 1}: run id {printable(run['run_id'])} is not 1-128 letters, digits and "
+                                  "._+=- (the first a letter or digit)")
+    log_path = os.path.join(path, run["log"])
+    if not trust.LOG_NAME.fullmatch(run["log"]) or not os.path.lexists(log_path):
+        return fail(results_path, f"run {run['run_id']}: its log {printable(run['log'])} is not in logs/ "
+                                  "(logs/<letters, digits, ._+=->.txt, a plain file)")
+    if os.path.normpath(run["log"]) in logs or run["run_id"] in replays:
+        return fail(results_path, f"run {run['run_id']}: its run id or its log {run['log']} is another run's too")
+    try:
+        return parse_log(log_path)
+    except RecordError as e:
+        return fail(None, e)
+
+
+def check_claims(path, record, track, fail):
+    """What the runs claim together: the summary, the number of runs, the budget or the target's t-test."""
+    results_path, runs = os.path.join(path, "results.json"), record["runs"]
     for key, s in summarize(track, runs).items():
         claimed = record["summary"].get(key)
         claimed = claimed if isinstance(claimed, dict) else {}
@@ -852,18 +968,21 @@ def check_record(path, tracks_file, repo, failures, notes):
         if not all(close(claimed.get(k), test[k], rel=1e-6) for k in ("t", "df", "p_value", "target")):
             fail(results_path, f"the stated t-test does not match the runs (t = {test['t']:.4f}, "
                                f"p = {test['p_value']:.3g})")
+
+
+def check_statistics(path, record, track, fail):
     stats_path = os.path.join(path, "statistics.md")
     try:
-        with open(stats_path, encoding="utf-8") as f:
-            written = f.read()
-    except OSError:
-        written = None
-    if not failures and written != statistics_markdown(track, record):
+        written = trust.read_text(stats_path, trust.TEXT_BYTES) if os.path.lexists(stats_path) else None
+    except RecordError as e:
+        return fail(None, e)
+    if written != statistics_markdown(track, record):
         fail(stats_path, "is not the statistics of results.json (regenerate it: records.record.statistics_markdown)")
 
 
 def check_distinct(runs, logs, replays, results_path, fail):
-    """Runs are distinct: different seeds, different logs, different step lines."""
+    """Runs are distinct: different seeds, different logs, train-loss curves apart by more than
+    trust.COPY_TOLERANCE at some step (a copy nudged in its last digits is still a copy), other step times."""
     seeds = [run["seed"] for run in runs]
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
@@ -873,14 +992,18 @@ def check_distinct(runs, logs, replays, results_path, fail):
         if log.sha256 in seen:
             fail(log.path, f"is the same file as {seen[log.sha256]}: one run counted twice")
         seen.setdefault(log.sha256, log.path)
-    for key, what in (("losses", "train losses"), ("step_times", "step times")):
-        seen = {}
-        for run in runs:
-            found = replays[run["run_id"]][key]
-            if found in seen:
-                fail(results_path, f"runs {seen[found]} and {run['run_id']} log the same {what} at every step: "
-                                   "one run counted twice")
-            seen.setdefault(found, run["run_id"])
+    curves = {run["run_id"]: replays[run["run_id"]]["curve"] for run in runs}
+    for a, b, gap in trust.copied_curves(curves):
+        fail(results_path, f"runs {a} and {b} log the same train losses at every step: one run counted twice (they "
+                           f"differ by at most {gap:.2g} over their common steps; runs apart by less than "
+                           f"{trust.COPY_TOLERANCE:g} are one)")
+    seen = {}
+    for run in runs:
+        found = replays[run["run_id"]]["step_times"]
+        if found in seen:
+            fail(results_path, f"runs {seen[found]} and {run['run_id']} log the same step times at every step: "
+                               "one run counted twice")
+        seen.setdefault(found, run["run_id"])
 
 
 # settings a record's runs may differ in: bookkeeping that does not touch training, and where the data lies (what

@@ -142,7 +142,7 @@ def copy_runs(runs, tmp_path, dirs=None):
 
 def make(runs, tmp_path, track="below", dirs=None, **kwargs):
     out = new_record(track, "test", [str(d) for d in (dirs or runs["dirs"])], out=str(tmp_path / "record"),
-                     tracks_file=str(runs["tracks"]), **kwargs)
+                     tracks_file=str(runs["tracks"]), **{"author": "A. Tester", **kwargs})
     return Path(out)
 
 
@@ -226,7 +226,8 @@ def test_a_p_value_above_alpha_fails(runs, tmp_path):
     tracks["tracks"][0]["target"] = sum(losses) / 3 + 1e-4  # barely above the mean: no evidence at p < 0.01
     path = tmp_path / "tracks.json"
     path.write_text(json.dumps(tracks))
-    record = new_record("below", "test", [str(d) for d in runs["dirs"]], out=str(tmp_path / "r"), tracks_file=str(path))
+    record = new_record("below", "test", [str(d) for d in runs["dirs"]], out=str(tmp_path / "r"), tracks_file=str(path),
+                        author="A. Tester")
     problems, _ = validate(record, str(path), repo=str(runs["repo"]))
     assert len(problems) == 1 and "is not below" in problems[0] and "at p < 0.01: p = " in problems[0]
 
