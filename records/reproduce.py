@@ -84,7 +84,7 @@ def losses(log, steps):
     found = {}
     for _, kind, event in log.events:
         if kind in ("train", "val") and (not steps or event["step"] <= steps):
-            found[(kind, event["step"])] = event["train_loss"] if kind == "train" else f"{event['val_loss']:.6f}"
+            found[(kind, event["step"])] = f"{float(event['train_loss' if kind == 'train' else 'val_loss']):.6f}"
     return found
 
 
