@@ -24,6 +24,7 @@
 #   EVAL_BUNDLE_DIR   without a GPU: evaluate CORE on the real bundle there, not on the test fixture bundle
 #   SEEDS             runs of the same command with seeds 0..SEEDS-1, gathered into one record (default 1)
 #   TRACK             the record's track (records/tracks.json; default gpt2-core, cpu-smoke without a GPU)
+#   AUTHOR            the record's author (default: git config user.name)
 #   RUN_ID            folder under runs/ (default: named after the dataset, vocab, preset and TRAIN_ARGS, so the
 #                     same command continues the same runs; seeds go in RUN_ID/seed0, seed1, ...)
 set -euo pipefail
@@ -251,7 +252,8 @@ else
   if [ -d "$RECORD_DIR" ]; then  # made by an earlier call: checked again, never rebuilt
     $PY -m records validate "$RECORD_DIR" && made=1 || made=0
   else
-    $PY -m records new --track "$TRACK" --slug "$DATASET" --out "$RECORD_DIR" "${RUNS[@]}" && made=1 || made=0
+    $PY -m records new --track "$TRACK" --slug "$DATASET" --out "$RECORD_DIR" ${AUTHOR:+--author "$AUTHOR"} \
+      "${RUNS[@]}" && made=1 || made=0
   fi
   if [ "$made" = 1 ]; then RECORD_NOTE="$RECORD_DIR"
   elif [ -d "$RECORD_DIR" ]; then RECORD_NOTE="$RECORD_DIR (does not validate, reasons above)"
