@@ -106,6 +106,7 @@ def layout_figures(config, world):
     return ranks
 
 
+@pytest.mark.baseline  # layout_figures knows the baseline's rules (AdamW's two states, Muon's momentum)
 @pytest.mark.parametrize("world,extra", [(1, ()), (4, ()), (8, ("--embed_dtype=bf16", "--reduce_dtype=bf16")),
                                          (4, ("--muon_split_qkv", "--bucket_mb=0"))])
 def test_static_figures_of_every_rank_of_a_simulated_world_are_the_layouts(world, extra, small):
