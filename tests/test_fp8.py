@@ -80,11 +80,14 @@ def test_the_head_gradient_of_the_mean_loss_is_within_one_over_rows():
     torch.manual_seed(0)
     config = train_gpt.Config(depth=1, model_dim=32, head_dim=16, seq_len=16, short_window=8)
     model = train_gpt.GPT(config, vocab_size=100)
+    heads = [m for m in model.modules() if getattr(m, "mean_loss_head", False)]  # what claims the bound
+    if not heads:
+        pytest.skip("the recipe has no Linear marked mean_loss_head (a tied head uses no FP8 head scale)")
     grads = []
-    model.head.register_full_backward_hook(lambda module, grad_in, grad_out: grads.append(grad_out[0]))
+    heads[0].register_full_backward_hook(lambda module, grad_in, grad_out: grads.append(grad_out[0]))
     idx = torch.randint(0, 100, (4, 16))
     for head_std in (0.001, 1.0, 100.0):
-        torch.nn.init.normal_(model.head.weight, std=head_std)
+        torch.nn.init.normal_(heads[0].weight, std=head_std)
         model(idx, idx).backward()
         rows = idx.numel()
         assert 0 < grads[-1].abs().max() * rows <= 1.0, head_std

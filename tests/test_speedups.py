@@ -78,7 +78,9 @@ def tiny_model(**changes):
         for block in model.blocks:
             block.attn.proj.weight.normal_(std=0.05)
             block.mlp.proj.weight.normal_(std=0.05)
-        model.head.weight.normal_(std=0.3)
+        head = getattr(model, "head", None)  # a recipe may tie its head to the embedding
+        if head is not None:
+            head.weight.normal_(std=0.3)
     return model
 
 
