@@ -39,7 +39,6 @@ about 43%).
 """
 
 import argparse
-import dataclasses
 import math
 import os
 import time

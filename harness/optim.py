@@ -118,7 +118,6 @@ class ElementShard:
                 segment = (i, lo - offset, hi - offset, self.work[lo - start:hi - start], {})
                 self.segments.append(segment)
                 self.groups.setdefault((row.lr, row.weight_decay), []).append(segment)
-        self.lr_multiplier = 1.0
 
     def step(self, hp):
         mean = self.bucket.mean_gradient()
