@@ -95,7 +95,12 @@ def cmd_validate(args):
 
 
 def cmd_reproduce(args):
-    from records.reproduce import reproduce
+    from records.reproduce import prepare_data, reproduce
+    if args.prepare_data:
+        track = load_tracks(args.tracks).get(os.path.basename(os.path.dirname(os.path.abspath(args.record))))
+        if track is None:
+            raise RecordError(f"{args.record}: not in a track folder (records/<track>/<date>_<slug>)")
+        prepare_data(track, os.path.abspath(args.data_root or REPO_DIR), REPO_DIR)
     problems = reproduce(args.record, args.runs, args.steps, REPO_DIR, args.data_root, args.tolerance)
     for problem in problems:
         print(f"FAIL {problem}")
@@ -168,6 +173,8 @@ def main(argv=None):
     again.add_argument("--runs", nargs="+", help="run ids to replay (default: all)")
     again.add_argument("--steps", type=int, default=None, help="replay only the first N steps (a spot check)")
     again.add_argument("--data-root", default=None, help="where the config's data paths are (default: this checkout)")
+    again.add_argument("--prepare-data", action="store_true", help="first build the track's data under --data-root "
+                       "with this checkout's pipeline (tracks whose tracks.json entry has replay_data)")
     again.add_argument("--tolerance", type=float, default=None, help="allowed loss difference (default: 0 for CPU "
                        "runs, records/reproduce.py's GPU_TOLERANCE for GPU runs)")
     again.set_defaults(run=cmd_reproduce)

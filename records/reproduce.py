@@ -10,7 +10,10 @@ any number of processes are tested invariants; the replay takes the log's thread
 on another CPU; on GPUs within --tolerance (GPU kernels are not bit-reproducible; the default, 0.005 in loss,
 is a documented guess until a GPU session measures the spread of one seed run twice). --steps N replays the first N
 steps only (a cheap spot check); a run that was resumed is replayed straight through (resuming is exact). A
-commit's code runs only once the commit is merged into this checkout's HEAD (reviewed code).
+commit's code runs only once the commit is merged into this checkout's HEAD (reviewed code). --prepare-data first
+builds the data of a track whose tracks.json entry says how (`replay_data`: the embedded sample, small and fetched
+from the package index) with this checkout's pipeline, as speedrun.sh names its folders; the data line then checks
+that it is the record's.
 """
 
 import json
@@ -101,12 +104,30 @@ def differences(logged, replayed, tolerance):
     return None
 
 
+class MissingData(RecordError):
+    """The record's data is not where the replay looks: the same for every run of the record."""
+
+
+def missing_data(config, data_root):
+    """The first of the config's data paths that is not under data_root, or None."""
+    import glob
+    for key in ("tokenizer", "train_files", "val_files"):
+        path = os.path.join(data_root, config[key])
+        if not glob.glob(path):
+            return path
+    return None
+
+
 def reproduce_run(record_dir, run, commit, repo, data_root, steps, tolerance):
     """One run of a record replayed: a line saying what agreed, or RecordError naming the first disagreement."""
     log = parse_log(os.path.join(record_dir, run["log"]))
     start = log.segments[0]
     config, world = start["config"], start["environment"].get("world_size") or 1
     tolerance = default_tolerance(start["environment"]) if tolerance is None else tolerance
+    missing = missing_data(config, data_root)
+    if missing:
+        raise MissingData(f"no data at {missing}: add --prepare-data to build the track's data, or point --data-root "
+                          "at the folder that holds the record's data/ paths")
     with tempfile.TemporaryDirectory() as tmp:
         tree = os.path.join(tmp, "tree")
         clean_copy(repo, commit, tree)
@@ -125,6 +146,28 @@ def reproduce_run(record_dir, run, commit, repo, data_root, steps, tolerance):
         raise RecordError(f"{run['run_id']}: {found}")
     exact = "the same digits" if tolerance == 0 else f"within {tolerance}"
     return f"{run['run_id']}: {len(expected)} losses up to step {max(s for _, s in expected)} replayed, {exact}"
+
+
+def prepare_data(track, data_root, repo=".", echo=print):
+    """Builds a track's data under data_root/data/ as speedrun.sh does (download, tokenizer, tokens), with this
+    checkout's code; every stage verifies what is already there, so a second call costs seconds."""
+    recipe = track.get("replay_data")
+    if not recipe:
+        raise RecordError(f"track {track['id']}: tracks.json says not how to build its data (no replay_data); build "
+                          "it with speedrun.sh and point --data-root at the folder that holds its data/")
+    name, vocab = recipe["dataset"], int(recipe["vocab_size"])
+    raw, tokenizer, tokens = (os.path.join(data_root, "data", part) for part in
+                              (f"raw/{name}", f"tokenizers/{name}_{vocab}", f"tokens/{name}_{vocab}"))
+    stages = [["data.download", "--dataset", name, "--out", raw],
+              ["data.tokenize", "--corpus", raw, "--tokenizer", tokenizer, "--out", tokens]]
+    if not os.path.exists(os.path.join(tokenizer, "tokenizer.json")):
+        stages.insert(1, ["data.tokenizer", "train", "--corpus", raw, "--out", tokenizer, "--vocab-size", str(vocab)])
+    for module, *args in stages:
+        echo(f"data: python -m {module} {' '.join(args)}")
+        done = subprocess.run([sys.executable, "-m", module, *args], cwd=repo, capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+            raise RecordError(f"building track {track['id']}'s data failed at python -m {module}: {last}")
 
 
 def reproduce(record_dir, run_ids=None, steps=None, repo=".", data_root=None, tolerance=None, echo=print):
@@ -147,4 +190,6 @@ def reproduce(record_dir, run_ids=None, steps=None, repo=".", data_root=None, to
             echo(reproduce_run(record_dir, run, commit, repo, os.path.abspath(data_root or repo), steps, tolerance))
         except RecordError as e:
             problems.append(f"{record_dir}: {e}")
+            if isinstance(e, MissingData):
+                break  # the other runs read the same data
     return problems
