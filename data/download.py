@@ -343,6 +343,19 @@ def build_sample(folder, sdist=None):
 # -----------------------------------------------------------------------------
 # Command line
 
+def measure_overlap(folder, names, manifest):
+    """data/overlap.py on downloaded token shards (the last name is val; data.tokenize does the same for the shards it
+    makes): overlap.json, measured again only when the shards changed."""
+    from data import overlap
+    listed = [{"name": name, "sha256": manifest["files"][name]["sha256"]} for name in names]
+    result = overlap.recorded(folder, listed[:-1], listed[-1:])
+    if result is None:
+        paths = [os.path.join(folder, name) for name in names]
+        result = overlap.measure(paths[:-1], paths[-1:])
+        overlap.write(folder, result)
+    print(overlap.summary(result))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m data.download", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -387,6 +400,8 @@ def main(argv=None):
                 return with_retries(lambda: fetch_from_hub(dataset, n, folder, args.revision, args.endpoint, force),
                                     n, args.retries, args.backoff)
             ensure_files(folder, dataset.files(num_shards), fetch, args.workers, manifest)
+            if dataset.tokens:  # shards made elsewhere: check their val text against the train shards here
+                measure_overlap(folder, dataset.files(num_shards), manifest)
     except DownloadError as e:
         sys.exit(f"error: {e}")
 

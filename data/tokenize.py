@@ -8,7 +8,8 @@ The corpus's last file becomes val_*.bin, the others train_*.bin. The same input
 whatever the number of workers. Each shard's header and tokenize.json name the tokenizer (its sha256), so
 training refuses shards from another tokenizer. Progress is saved in tokenize.json after every shard, with the
 shard's sha256: a re-run verifies every recorded shard against it, keeps the leading ones that are intact and
-carries on from the first one that is not.
+carries on from the first one that is not. Last, the val tokens are checked against the train shards for copied
+text (data/overlap.py: long shared n-grams), and the result goes into overlap.json, which training logs.
 """
 
 import argparse
@@ -21,6 +22,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from data import overlap
 from data.corpus import CorpusError, corpus_files, file_blocks, read_block
 from data.shards import MAX_VOCAB, ShardError, read_header, write_shard
 from data.tokenizer import TokenizerError, load_tokenizer, sha256_file
@@ -212,7 +214,20 @@ def tokenize_corpus(corpus, tokenizer, out, shard_tokens=100_000_000, workers=No
     finally:
         if pool is not None:
             pool.terminate()
+    check_overlap(out, manifest)
     return manifest
+
+
+def check_overlap(out, manifest):
+    """overlap.json for the shards in the manifest (measured again only when the shards changed); prints it."""
+    shards = {split: [{"name": s["name"], "sha256": s["sha256"]} for s in manifest["splits"][split]["shards"]]
+              for split in ("train", "val")}
+    result = overlap.recorded(out, shards["train"], shards["val"])
+    if result is None:
+        paths = {split: [os.path.join(out, s["name"]) for s in listed] for split, listed in shards.items()}
+        result = overlap.measure(paths["train"], paths["val"])
+        overlap.write(out, result)
+    print(overlap.summary(result))
 
 
 def main(argv=None):

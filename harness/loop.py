@@ -143,7 +143,11 @@ def write_header(recipe, config, log, run_dir, trainer, tokenizer, val_tokens, f
     log.write(f"config: {json.dumps(dataclasses.asdict(config))}")
     log.write(f"environment: {json.dumps(env)}")
     if trainer.rank == 0:  # hashing every shard takes a while on big corpora; only the log's writer needs it
-        log.write(f"data: {json.dumps(data_identity(config, tokenizer, trainer.loader.files, val_tokens))}")
+        data = data_identity(config, tokenizer, trainer.loader.files, val_tokens)
+        log.write(f"data: {json.dumps(data)}")
+        if data["val_overlap"] is None:
+            log.write(f"note: no val/train overlap measured for these shards (records need it): python -m "
+                      f"data.overlap --train '{config.train_files}' --val '{config.val_files}'")
     return git, env
 
 

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from data import overlap
 from data.tokenizer import sha256_file
 from harness.config import ConfigError
 
@@ -86,10 +87,25 @@ def data_identity(config, tokenizer, train_files, val_tokens):
             inputs = json.load(f)["config"]["inputs"][split]
         return [{"name": i["name"], "sha256": i.get("sha256")} for i in inputs]
 
-    return {"tokenizer_sha256": tokenizer["sha256"], "train_shards": files(train_files),
-            "val_shards": files(sorted(glob.glob(config.val_files))), "train_source": sources(config.train_files, "train"),
-            "val_source": sources(config.val_files, "val"), "val_tokens": len(val_tokens) - 1,
-            "val_bytes": int(tokenizer["token_bytes"][val_tokens[1:]].sum())}
+    train_shards, val_shards = files(train_files), files(sorted(glob.glob(config.val_files)))
+    return {"tokenizer_sha256": tokenizer["sha256"], "train_shards": train_shards, "val_shards": val_shards,
+            "train_source": sources(config.train_files, "train"), "val_source": sources(config.val_files, "val"),
+            "val_tokens": len(val_tokens) - 1, "val_bytes": int(tokenizer["token_bytes"][val_tokens[1:]].sum()),
+            "val_overlap": val_overlap(train_files, train_shards, val_shards)}
+
+
+def val_overlap(train_files, train_shards, val_shards):
+    """data/overlap.py's figure (overlap.json beside the train shards), when it was measured on these val shards and
+    on train shards that include every one of this run's (a superset's overlap bounds a subset's); else None."""
+    if not train_files:
+        return None
+    try:
+        with open(os.path.join(os.path.dirname(train_files[0]), overlap.FILE)) as f:
+            measured = json.load(f)
+        covers = measured["val_shards"] == val_shards and all(s in measured["train_shards"] for s in train_shards)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {key: measured[key] for key in ("fraction", "ngram", "stride", "val_tokens_checked")} if covers else None
 
 
 class RunLog:

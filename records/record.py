@@ -293,6 +293,9 @@ def close(a, b, rel=1e-9, abs_tol=0.0):
     return a is not None and b is not None and math.isclose(a, b, rel_tol=rel, abs_tol=abs_tol)
 
 
+# A track's default limit on the val tokens that lie in long n-grams the train shards also hold (data/overlap.py):
+# copies of boilerplate stay well below it on real corpora (the embedded sample: 0.04%), a copied val set is near 1.
+MAX_VAL_OVERLAP = 0.01
 SIX_DECIMALS = 5e-7 + 1e-12  # a value the log prints with 6 decimals
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # the diff of a clean tree
 RESUMABLE = "RESUMABLE_CHANGES"  # train_gpt.py's set of options a resumed run may change
@@ -329,6 +332,11 @@ def commit_definitions(source, names):
     exec(compile(ast.Module(body=[n for n in tree.body if n in wanted], type_ignores=[]), "train_gpt.py@commit",
                  "exec"), namespace)
     return namespace
+
+
+def file_at_commit(commit, repo, path):
+    """Whether the commit's tree holds the file (what the code at that commit logs: newer checks apply to it)."""
+    return subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], capture_output=True, cwd=repo).returncode == 0
 
 
 def is_merged(commit, repo):
@@ -608,6 +616,28 @@ def check_data(log, config, track, fail):
                            f"({pin_source(track, 'val_bytes')})")
 
 
+def check_val_overlap(log, track, required, fail):
+    """The data line's val/train overlap (data/overlap.py: val tokens in long n-grams the train shards also hold)
+    within the track's limit; required of runs made at a commit that measures it."""
+    data = log.segments[0].get("data")
+    if not isinstance(data, dict):
+        return  # check_data said so
+    measured = data.get("val_overlap")
+    if measured is None:
+        if required:
+            fail(log.path, "no val/train overlap in the data line: the val text was not checked against the train "
+                           "shards; run python -m data.overlap on the shards (data.tokenize does) and train again")
+        return
+    fraction = measured.get("fraction") if isinstance(measured, dict) else None
+    if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 <= fraction <= 1):
+        fail(log.path, "the data line's val_overlap has no fraction in [0, 1]")
+        return
+    limit = track_pins(track)[0].get("max_val_overlap") or MAX_VAL_OVERLAP
+    if fraction > limit:
+        fail(log.path, f"{fraction:.2%} of the val tokens lie in {measured.get('ngram')}-token n-grams that the "
+                       f"train shards also hold (the limit is {limit:.2%}): the run trained on its validation text")
+
+
 def check_core(log, run, track, fail):
     """The last core line (eval_core.py's) against results.json and, on a CORE track, the track's bundle."""
     lines = [e for _, kind, e in log.events if kind == "core"]
@@ -652,7 +682,7 @@ def check_run(run, log, ctx, fail):
     check_figures(run, log, replayed, fail)
     if ctx["formula"] is not None and not check_flops(run, log, replayed, ctx, fail):
         return None
-    check_place(run, log, ctx["track"], fail)
+    check_place(run, log, ctx, fail)
     return replayed
 
 
@@ -675,6 +705,7 @@ def check_start(run, log, ctx, fail):
             return False
         changed = sorted(k for k in set(config) | set(segment["config"])
                          if config.get(k) != segment["config"].get(k) and k not in ctx["resumable"])
+        changed += [f"{key} (environment)" for key in moved_environment(first, segment)]
         if segment["git"] != git or changed or segment["model"] != model or segment.get("data") != first.get("data"):
             fail(log.path, f"line {segment['line']}: the run was resumed with another "
                            f"{'commit' if segment['git'] != git else ', '.join(changed) or 'model or data'}")
@@ -684,6 +715,21 @@ def check_start(run, log, ctx, fail):
                        f"{run['commit']}) is not the record's {record['commit']}")
         return False
     return True
+
+
+# What a resume must keep of the first start's environment: the hardware and the software that do the math (a CPU
+# run's sums also depend on the CPU model and the thread count; a GPU run's host CPU does not matter)
+SAME_ENVIRONMENT = ("device", "world_size", "gpu", "torch", "cuda")
+SAME_CPU_ENVIRONMENT = ("cpu", "threads")
+
+
+def moved_environment(first, segment):
+    """The environment keys in which a later start differs from the first."""
+    before, after = first["environment"], segment["environment"]
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return ["the environment line"] if before != after else []
+    keys = SAME_ENVIRONMENT + (SAME_CPU_ENVIRONMENT if not before.get("gpu") else ())
+    return [key for key in keys if before.get(key) != after.get(key)]
 
 
 def check_source(log, ctx, fail):
@@ -773,8 +819,9 @@ def check_flops(run, log, replayed, ctx, fail):
     return True
 
 
-def check_place(run, log, track, fail):
+def check_place(run, log, ctx, fail):
     """Where and on what the run ran: its hardware, the track's pins, its data line and its CORE line."""
+    track = ctx["track"]
     config, env, model = log.segments[0]["config"], log.segments[0]["environment"], log.segments[0]["model"]
     if not isinstance(env, dict):
         return fail(log.path, "the environment line is not a JSON object")
@@ -791,6 +838,7 @@ def check_place(run, log, track, fail):
     if pins.get("vocab_size") is not None and model["vocab_size"] != pins["vocab_size"]:
         fail(log.path, f"vocab {model['vocab_size']} is not {pin_note(track, 'vocab_size')}")
     check_data(log, config, track, fail)
+    check_val_overlap(log, track, ctx["overlap_required"], fail)
     check_core(log, run, track, fail)
 
 
@@ -908,7 +956,8 @@ def commit_context(record, track, results_path, repo, fail):
         fail(results_path, f"train_gpt.py at commit {record['commit'][:12]} has no usable FLOPs formula "
                            f"({type(e).__name__}: {e})")
     return {"record": record, "track": track, "results_path": results_path, "source": source, "formula": formula,
-            "resumable": set((formula or {}).get(RESUMABLE) or ())}
+            "resumable": set((formula or {}).get(RESUMABLE) or ()),
+            "overlap_required": source is not None and file_at_commit(record["commit"], repo, "data/overlap.py")}
 
 
 def check_entry(i, run, path, logs, replays, fail):

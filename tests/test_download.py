@@ -313,6 +313,10 @@ def test_token_shards_are_fetched_and_readable(hub, tmp_path):
     for i, name in enumerate(TOKENS.files(None)):
         if name in names:
             np.testing.assert_array_equal(read_shard(out / name), shard_tokens(i))
+    # the val text is checked against the train shards: here every shard starts the same progression of ids
+    measured = json.loads((out / "overlap.json").read_text())
+    assert [s["name"] for s in measured["train_shards"] + measured["val_shards"]] == names
+    assert measured["fraction"] == pytest.approx(2000 / 2003, abs=0.01)
 
 
 def header_says_one_more_token(data):

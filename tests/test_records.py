@@ -61,10 +61,14 @@ def data_identity(shards, tokenizer_dir, corpus, val_tokens=2048, seq_len=64):
     sources = sorted(corpus.glob("*.parquet"))
     scored = val_tokens // seq_len * seq_len
     val = np.asarray(read_shard(str(sorted(shards.glob("val_*.bin"))[0])))[1:scored + 1]
+    from data.overlap import measure
+    overlap = measure(sorted(map(str, shards.glob("train_*.bin"))), sorted(map(str, shards.glob("val_*.bin"))),
+                      progress=False)
     return {"tokenizer_sha256": sha256_file(str(tokenizer_dir / "tokenizer.json")),
             "train_shards": files(shards.glob("train_*.bin")), "val_shards": files(shards.glob("val_*.bin")),
             "train_source": files(sources[:-1]), "val_source": files(sources[-1:]), "val_tokens": scored,
-            "val_bytes": int(load_tokenizer(str(tokenizer_dir)).token_bytes()[val].sum())}
+            "val_bytes": int(load_tokenizer(str(tokenizer_dir)).token_bytes()[val].sum()),
+            "val_overlap": {key: overlap[key] for key in ("fraction", "ngram", "stride", "val_tokens_checked")}}
 
 
 @pytest.fixture(scope="module")
@@ -631,6 +635,33 @@ def test_a_resumed_run_validates(runs, tmp_path):
     assert "resumed from" in (d / "log.txt").read_text()
     record = make(runs, tmp_path, dirs=[runs["dirs"][0], runs["dirs"][1], d])
     assert failures(runs, record) == []
+
+
+def test_a_resume_in_another_environment_fails(runs, sparse_log, tmp_path):
+    """Every start is checked, not only the first: a resume on other hardware (or another CPU model or thread count:
+    a CPU run's sums depend on them) is not the same run."""
+    record = make(runs, tmp_path, dirs=sparse_log)
+    starts = iter(range(2))
+    edit_log(record / "logs" / "seed7.txt", lambda l: l.replace('"threads": ', '"threads": 10') if l.startswith(
+        "environment: ") and next(starts) == 1 else l)
+    (problem,) = failures(runs, record)
+    assert "the run was resumed with another threads (environment)" in problem
+
+
+def test_a_run_whose_val_text_is_in_its_train_shards_fails(runs, tmp_path):
+    record = make(runs, tmp_path)
+    measured = runs["data"]["val_overlap"]
+    edit_log(record / "logs" / "seed0.txt", lambda l: l.replace(json.dumps(measured),
+                                                                json.dumps({**measured, "fraction": 0.4})))
+    (problem,) = failures(runs, record)
+    assert "40.00% of the val tokens lie in 32-token n-grams that the train shards also hold" in problem
+
+
+def test_a_run_at_a_commit_that_measures_the_overlap_must_log_it(runs, tmp_path):
+    record = make(runs, tmp_path)
+    edit_log(record / "logs" / "seed1.txt", lambda l: l.replace(json.dumps(runs["data"]["val_overlap"]), "null"))
+    (problem,) = failures(runs, record)
+    assert problem.startswith(str(record / "logs" / "seed1.txt")) and "no val/train overlap in the data line" in problem
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import json
+import shutil
 import math
 import os
 import re
@@ -130,6 +131,28 @@ def test_tiny_run_learns_and_writes_a_record_ready_log_and_results(options, corp
     assert data["val_source"] == [{"name": "shard_00003.parquet", "sha256": sha256_file(corpus / "shard_00003.parquet")}]
     assert all(len(f["sha256"]) == 64 for key in ("val_shards", "train_source", "val_source") for f in data[key])
     assert data["val_tokens"] == 2048 and data["val_bytes"] > 2048  # mostly multi-byte tokens
+    measured = json.loads((train_shards[0].parent / "overlap.json").read_text())  # data.tokenize wrote it
+    assert data["val_overlap"] == {k: measured[k] for k in ("fraction", "ngram", "stride", "val_tokens_checked")}
+    assert "note: no val/train overlap measured" not in log
+
+
+def data_line(tmp_path, run_id):
+    log = (tmp_path / "runs" / run_id / "log.txt").read_text()
+    return json.loads(next(l for l in log.splitlines() if l.startswith("data: "))[len("data: "):]), log
+
+
+def test_the_val_overlap_is_logged_only_for_the_shards_it_was_measured_on(options, shards, tmp_path):
+    """A subset of the measured train shards keeps the figure (a superset's overlap bounds it); shards copied
+    elsewhere without overlap.json log none, and a note says how to measure it."""
+    run(options, run_id="subset", steps=2, train_files=f"{shards}/train_000000.bin")
+    assert data_line(tmp_path, "subset")[0]["val_overlap"]["ngram"] == 32
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in shards.glob("*.bin"):
+        shutil.copy(path, copy / path.name)
+    run(options, run_id="copied", steps=2, train_files=f"{copy}/train_*.bin", val_files=f"{copy}/val_*.bin")
+    data, log = data_line(tmp_path, "copied")
+    assert data["val_overlap"] is None and "note: no val/train overlap measured for these shards" in log
 
 
 def test_one_process_matches_two_gloo_processes_with_half_the_accumulation(options, tmp_path):
