@@ -185,7 +185,8 @@ if [ -n "${smoke_pid:-}" ]; then  # before the long wait: a run that cannot star
   stage "smoke test: its result (log: runs/smoke.log)"
   if ! wait "$smoke_pid"; then
     smoke_pid=""
-    line=$(grep -m 1 '^smoke test: cannot start: ' runs/smoke.log || tail -n 1 runs/smoke.log)
+    line=$(grep -m 1 '^smoke test: cannot start: ' runs/smoke.log) ||  # killed, or torchrun's own failure
+      line="smoke test: cannot start: it stopped without saying why (its log's last line: $(tail -n 1 runs/smoke.log)); see runs/smoke.log"
     echo "$line" >&2
     exit 1
   fi

@@ -188,11 +188,11 @@ def batch_advice(recipe, config, world):
     except Exception:  # advice only: the line stands without it
         return ""
     if largest and largest < config.device_batch:
-        return f"; the dry run's largest that fits a {gpu} at world {world} is --device_batch={largest}"
+        return f"; the dry run's largest that fits an {gpu} at world {world} is --device_batch={largest}"
     smaller = [d for d in compatible_batches(config, world) if d < config.device_batch]
     if not smaller:
         return ""
-    return f"; the dry run modelled this batch as fitting a {gpu}: try --device_batch={max(smaller)}"
+    return f"; the dry run modelled this batch as fitting an {gpu}: try --device_batch={max(smaller)}"
 
 
 def main(recipe, argv=None):

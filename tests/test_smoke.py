@@ -83,7 +83,7 @@ def test_out_of_memory_says_to_lower_the_device_batch_with_the_dry_runs_value(ca
     assert "out of GPU memory (Tried to allocate 6.14 GiB; peak allocated " in line
     assert "at --device_batch=2 (--val_batch=2 in evaluation): lower --device_batch to a divisor of it" in line
     # the dry run models this tiny batch as fitting an H100 (the OOM is simulated): the next smaller one is advised
-    assert line.endswith("; the dry run modelled this batch as fitting a H100: try --device_batch=1"), line
+    assert line.endswith("; the dry run modelled this batch as fitting an H100: try --device_batch=1"), line
 
 
 def test_out_of_memory_inside_a_compile_error_is_still_out_of_memory(capsys, tokenizer, monkeypatch):
@@ -138,18 +138,19 @@ def test_the_trainer_is_the_training_one_with_random_rows(tokenizer):
 TORCHRUN = """#!/bin/sh
 # torchrun's stand-in: its own options dropped; the smoke test runs, training is only announced
 while [ "${1#--}" != "$1" ]; do shift; done
+if [ -n "${TORCHRUN_DIES:-}" ]; then echo "$TORCHRUN_DIES"; exit 9; fi  # before any worker says a word
 if [ "$1 $2" = "-m harness.smoke" ]; then shift 2; exec "$(dirname "$0")/python" -m harness.smoke "$@"; fi
 echo "torchrun: training would start: $*"
 exit 3
 """
 
 
-def gpu_speedrun(tmp_path, corpus, train_args):
+def gpu_speedrun(tmp_path, corpus, train_args, **env):
     repo = copy_repo(tmp_path / "repo")
     torchrun = repo / ".venv" / "bin" / "torchrun"
     torchrun.write_text(TORCHRUN)
     torchrun.chmod(0o755)
-    env = {**speedrun_env(corpus), "NUM_GPUS": "1", "PRESET": "tiny", "TRAIN_ARGS": train_args}
+    env = {**speedrun_env(corpus), "NUM_GPUS": "1", "PRESET": "tiny", "TRAIN_ARGS": train_args, **env}
     return repo, subprocess.run(["bash", "speedrun.sh"], cwd=repo, env=env, capture_output=True, text=True,
                                 timeout=300)
 
@@ -173,3 +174,11 @@ def test_speedrun_on_gpus_stops_with_the_one_line_when_the_run_cannot_start(tmp_
                                 "device_batch x seq_len = 1 x 3 x 64 = 192; change one of them (the global batch is "
                                 "kept by gradient accumulation)\n"), done.stderr
     assert "== tokenize:" not in done.stdout and not list((repo / "data").glob("tokens/*"))
+
+
+def test_speedrun_on_gpus_stops_with_one_line_when_the_smoke_test_dies_without_its_line(tmp_path, corpus):
+    from tests.test_resume import TINY
+    _, done = gpu_speedrun(tmp_path, corpus, TINY, TORCHRUN_DIES="torch.distributed.elastic: rendezvous failed")
+    assert done.returncode == 1 and "== tokenize:" not in done.stdout
+    assert done.stderr.endswith("smoke test: cannot start: it stopped without saying why (its log's last line: "
+                                "torch.distributed.elastic: rendezvous failed); see runs/smoke.log\n"), done.stderr
