@@ -20,6 +20,8 @@
 #   PRESET            train_gpt.py preset (default gpt2-core on GPUs, tiny without a GPU)
 #   TRAIN_ARGS        more train_gpt.py options, e.g. TRAIN_ARGS="--depth=20 --matrix_lr=0.03"
 #   SAVE_EVERY        steps between checkpoints (default 500 on GPUs, 25 without; 0: only at the end)
+#   SMOKE             1 (default): on GPUs, a few training steps on random tokens while the data downloads, so that
+#                     a run that cannot start (options, compile, NCCL, out of memory) stops in minutes; 0: skip it
 #   EVAL_ARGS         more eval_core.py options, e.g. EVAL_ARGS="--max-per-task 500"
 #   EVAL_BUNDLE_DIR   without a GPU: evaluate CORE on the real bundle there, not on the test fixture bundle
 #   SEEDS             runs of the same command with seeds 0..SEEDS-1, gathered into one record (default 1)
@@ -53,6 +55,7 @@ done
 # every setting is checked here, before anything is installed, downloaded or trained
 [[ "${SEEDS:-1}" =~ ^[1-9][0-9]*$ ]] || fail "--seeds ${SEEDS}: give the number of runs, a whole number of 1 or more"
 [[ "${NUM_GPUS:-0}" =~ ^[0-9]+$ ]] || fail "--gpus ${NUM_GPUS}: give a number of GPUs (0: train on the CPU)"
+[[ "${SMOKE:-1}" =~ ^[01]$ ]] || fail "SMOKE=${SMOKE}: 1 runs the GPU smoke test, 0 skips it"
 [[ "${SAVE_EVERY:-0}" =~ ^[0-9]+$ ]] || fail "SAVE_EVERY=${SAVE_EVERY}: give a number of steps (0: only at the end)"
 if [ -z "${NUM_GPUS:-}" ]; then  # the GPUs this process may use: CUDA_VISIBLE_DEVICES's, else nvidia-smi's
   if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then NUM_GPUS=$(tr ',' '\n' <<< "$CUDA_VISIBLE_DEVICES" | grep -c . || true)
@@ -79,6 +82,7 @@ if [ "$DATASET" = shakespeare ]; then VOCAB_SIZE=${VOCAB_SIZE:-4096}; else VOCAB
 NUM_SHARDS=${NUM_SHARDS:-170}
 TOKENIZER_SHARDS=${TOKENIZER_SHARDS:-8}
 SEEDS=${SEEDS:-1}
+SMOKE=${SMOKE:-1}
 TRACK_GIVEN=${TRACK:+1}
 if [ "$NUM_GPUS" -gt 0 ]; then
   TRACK=${TRACK:-gpt2-core}; PRESET=${PRESET:-gpt2-core}; SAVE_EVERY=${SAVE_EVERY:-500}
@@ -103,6 +107,7 @@ RAW=data/raw/$DATA_NAME
 TOKENIZER=data/tokenizers/${DATA_NAME}_$VOCAB_SIZE
 TOKENS=data/tokens/${DATA_NAME}_$VOCAB_SIZE$SHARDS_TAG
 PY=.venv/bin/python
+if [ "$NUM_GPUS" -gt 0 ]; then LAUNCH=(.venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS"); else LAUNCH=($PY); fi
 GPT2_RANKS=${GPT2_RANKS:-../shared/tokenizers/gpt2.tiktoken}  # optional: compare compression with GPT-2
 GPT2_ARGS=()
 [ -f "$GPT2_RANKS" ] && GPT2_ARGS=(--gpt2 "$GPT2_RANKS")
@@ -127,8 +132,10 @@ exec 9> runs/speedrun.lock
 if command -v flock >/dev/null && ! flock -w 5 9; then  # a few seconds: a killed one may still be exiting
   fail "another speedrun.sh is running in this checkout (it holds runs/speedrun.lock); wait for it to end"
 fi
-stop_download() { if [ -n "${download_pid:-}" ]; then kill "$download_pid" 2>/dev/null || true; fi; }
-trap stop_download EXIT  # a failure or a Ctrl-C leaves no download running behind
+stop_background() {
+  for pid in ${download_pid:-} ${smoke_pid:-}; do kill "$pid" 2>/dev/null || true; done
+}
+trap stop_background EXIT  # a failure or a Ctrl-C leaves no download or smoke test running behind
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -142,6 +149,12 @@ if [ "$NUM_GPUS" -gt 0 ]; then  # the training command's plan before any downloa
     grep -E '^(  vocab|\[modelled\] (peak|largest|step|training)|verdict)' <<< "$plan" || true
   else
     echo "note: the dry run of the training command failed ($(tail -n 1 <<< "$plan")); continuing"
+  fi
+  if [ "$SMOKE" = 1 ]; then  # the training command's model, on random tokens, while the data downloads
+    echo "smoke test: a few steps of the training command on random tokens, in the background (runs/smoke.log)"
+    "${LAUNCH[@]}" -m harness.smoke --preset="$PRESET" --tokenizer="$TOKENIZER" --smoke_vocab="$VOCAB_SIZE" \
+      $TRAIN_ARGS > runs/smoke.log 2>&1 &
+    smoke_pid=$!
   fi
 fi
 
@@ -168,6 +181,19 @@ else
     "${TOKENIZER_SUBSET[@]}" "${GPT2_ARGS[@]}"
 fi
 
+if [ -n "${smoke_pid:-}" ]; then  # before the long wait: a run that cannot start stops here
+  stage "smoke test: its result (log: runs/smoke.log)"
+  if ! wait "$smoke_pid"; then
+    smoke_pid=""
+    line=$(grep -m 1 '^smoke test: cannot start: ' runs/smoke.log) ||  # killed, or torchrun's own failure
+      line="smoke test: cannot start: it stopped without saying why (its log's last line: $(tail -n 1 runs/smoke.log)); see runs/smoke.log"
+    echo "$line" >&2
+    exit 1
+  fi
+  smoke_pid=""
+  grep -m 1 '^smoke test: OK: ' runs/smoke.log || tail -n 1 runs/smoke.log
+fi
+
 if [ -n "${download_pid:-}" ]; then
   stage "download: waiting for the remaining shards (log: runs/download.log)"
   if ! wait "$download_pid"; then
@@ -186,10 +212,8 @@ $PY -m data.tokenize --corpus "$RAW" --tokenizer "$TOKENIZER" --out "$TOKENS" "$
 DATA_ARGS=(--train_files="$TOKENS/train_*.bin" --val_files="$TOKENS/val_*.bin" --tokenizer="$TOKENIZER")
 TRAIN=(--preset="$PRESET" --save_every="$SAVE_EVERY")
 if [ "$NUM_GPUS" -gt 0 ]; then
-  LAUNCH=(.venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS")
   EVAL=()
 else
-  LAUNCH=($PY)
   # Offline, the test fixture bundle stands in for the real one: its CORE shows the pipeline runs, it is not a
   # score to compare. EVAL_BUNDLE_DIR=DIR uses the real bundle (downloaded there once) instead.
   if [ -n "${EVAL_BUNDLE_DIR:-}" ]; then

@@ -46,8 +46,7 @@ class Trainer:
         self.optimizer = build_optimizer(recipe, self.model, config, self.comm, self.accum_steps, use_compile)
         self.flops_per_token = self.optimizer.flops_per_token
         self.fp8 = config.fp8 and enable_fp8(self.model, device)
-        self.loader = DataLoader(config.train_files, config.seq_len, rows_per_step, rank, world, config.seed, device,
-                                 tokenizer["vocab_size"])
+        self.loader = self.make_loader(config, tokenizer, rows_per_step)
         # one graph: its backward hands out every gradient at its end, so no gradient bucket's reduce-scatter
         # overlaps the backward (eager, they do; harness/comm.py). --compile=blocks: compile_by_block
         self.forward = torch.compile(self.model) if use_compile and config.compile != "blocks" else self.model
@@ -56,6 +55,11 @@ class Trainer:
         self.model.attention_backend = ("flex" if config.attention == "auto" and use_compile and device.type == "cuda"
                                         else "sdpa" if config.attention == "auto" else config.attention)
         self.autocast = autocast_for(device)
+
+    def make_loader(self, config, tokenizer, rows_per_step):
+        """The training batches: the token shards' (harness/smoke.py's trainer makes random rows instead)."""
+        return DataLoader(config.train_files, config.seq_len, rows_per_step, self.rank, self.world, config.seed,
+                          self.device, tokenizer["vocab_size"])
 
     def step(self, step, num_steps):
         """One optimizer step (the recipe's train_step): the mean train loss (a tensor, not yet synced), the lr
