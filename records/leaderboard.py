@@ -67,7 +67,10 @@ def entry(path, record, track, records_dir):
     author = record.get("author") or ""
     if record.get("affiliation"):
         author += f" ({record['affiliation']})"
-    cells = [record["date"], record["slug"], author, record["description"],
+    name = record["slug"]
+    if record.get("modified"):  # validate checked that the runs' diffs change exactly these files, all prose
+        name += f" (modified tree: {', '.join(record['modified'])})"
+    cells = [record["date"], name, author, record["description"],
              f"{values[0]:.4f} ± {values[1]:.4f}", f"{values[2]:.1f} s ± {values[3]:.1f}", f"{flops:.3g}",
              str(len(record["runs"])), record["commit"][:10], os.path.relpath(path, os.path.dirname(records_dir))]
     if not all(isinstance(c, str) for c in cells):

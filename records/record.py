@@ -222,7 +222,8 @@ def new_record(track_id, slug, run_dirs, out=None, description="", tracks_file=T
         raise RecordError(f"the runs come from {len(commits)} commits ({printable(sorted(map(str, commits)))}); a "
                           "record is one commit's runs")
     metric = track["metric"]
-    given = {"author": author, "affiliation": affiliation, "url": url, "run_link": run_link}
+    given = {"author": author, "affiliation": affiliation, "url": url, "run_link": run_link,
+             "modified": modified_files(run_dirs) or None}
     record = {"schema_version": SCHEMA_VERSION, "track": track_id, "slug": slug,
               "date": date or trust.today().isoformat(), "description": description,
               **{key: value for key, value in given.items() if value is not None}, "commit": commits.pop(),
@@ -239,6 +240,16 @@ def new_record(track_id, slug, run_dirs, out=None, description="", tracks_file=T
         raise RecordError(one_line(out, "exists; choose another slug or --out"))
     write_record(out, track, record, run_dirs)
     return out
+
+
+def modified_files(run_dirs):
+    """The files the runs' trees changed (their git.diff), for results.json's 'modified'."""
+    changed = set()
+    for run_dir in run_dirs:
+        path = os.path.join(run_dir, "git.diff")
+        if os.path.lexists(path):
+            changed.update(files_changed(trust.read_bounded(path, trust.DIFF_BYTES).decode("utf-8", errors="replace")))
+    return sorted(changed)
 
 
 def write_record(out, track, record, run_dirs):
@@ -409,11 +420,21 @@ def commit_formula(source, commit, repo):
             RESUMABLE: literal_at_commit(commit, repo, "harness/checkpoint.py", RESUMABLE)}
 
 
+# The files a record's tree may have changed: prose, which nothing runs or reads while training (anything else, a
+# shell script, a JSON of tracks, a wheel, pyproject.toml, may change what runs or what is checked)
+PROSE_FILE = re.compile(r"(.*/)?([^/]+\.(md|rst)|(README|LICENSE|NOTICE|CHANGELOG|AUTHORS)(\.(md|rst|txt))?)",
+                        re.IGNORECASE)
+
+
+def files_changed(diff):
+    """The files a `git diff` (its text) changes, sorted."""
+    return sorted({line.split(" b/", 1)[1].rstrip() for line in diff.splitlines() if line.startswith("diff --git ")
+                   and " b/" in line})
+
+
 def code_files_changed(diff):
-    """The .py files a `git diff` (its text) changes."""
-    names = {line.split(" b/", 1)[1].rstrip() for line in diff.splitlines() if line.startswith("diff --git ")
-             and " b/" in line}
-    return sorted(name for name in names if name.endswith(".py"))
+    """The files a `git diff` changes that are not prose (PROSE_FILE): what could change what runs."""
+    return [name for name in files_changed(diff) if not PROSE_FILE.fullmatch(name)]
 
 
 def apply_diff(source, diff):
@@ -749,11 +770,13 @@ def check_source(log, ctx, fail):
         if diff_sha != git.get("diff_sha256"):
             fail(diff_path, f"sha256 {diff_sha[:12]} is not the log's diff_sha256 {str(git.get('diff_sha256'))[:12]}")
             return False
-        changed = code_files_changed(diff.decode("utf-8", errors="replace"))
+        text = diff.decode("utf-8", errors="replace")
+        changed = code_files_changed(text)
         if changed:  # the count would run the diff's code, which validate never runs
             fail(diff_path, f"changes code ({', '.join(changed)}): FLOPs are counted only with committed code; "
                             "commit the change, run again and make the record from that commit")
             return False
+        ctx["modified"].update(files_changed(text))
         committed = apply_diff(committed, diff)
         if committed is None:
             fail(diff_path, f"does not apply to train_gpt.py at commit {commit[:12]}")
@@ -901,11 +924,23 @@ def check_record(path, tracks_file, repo, failures, notes):
             replays[run["run_id"]] = check_run(run, log, ctx, fail)
     if failures:
         return
+    check_modified(record, ctx["modified"], results_path, fail)
     check_distinct(runs, logs, replays, results_path, fail)
     check_one_recipe(runs, logs, results_path, fail)
     check_claims(path, record, track, fail)
     if not failures:
         check_statistics(path, record, track, fail)
+
+
+def check_modified(record, changed, results_path, fail):
+    """A record from a modified tree says so: results.json's 'modified' lists exactly the files its runs' diffs
+    change (the leaderboard shows it); a clean record lists none."""
+    said = record.get("modified", [])
+    if not (isinstance(said, list) and all(isinstance(f, str) and 0 < len(f) <= 300 for f in said)):
+        return fail(results_path, "'modified' is not a list of file names")
+    if set(said) != changed:
+        fail(results_path, f"'modified' lists {sorted(said) or 'no file'}, the runs' diffs change "
+                           f"{sorted(changed) or 'no file'}: a record says what its tree changed, and only that")
 
 
 def check_header(path, record, tracks_file, fail):
@@ -957,7 +992,8 @@ def commit_context(record, track, results_path, repo, fail):
                            f"({type(e).__name__}: {e})")
     return {"record": record, "track": track, "results_path": results_path, "source": source, "formula": formula,
             "resumable": set((formula or {}).get(RESUMABLE) or ()),
-            "overlap_required": source is not None and file_at_commit(record["commit"], repo, "data/overlap.py")}
+            "overlap_required": source is not None and file_at_commit(record["commit"], repo, "data/overlap.py"),
+            "modified": set()}  # the files the runs' diffs change (check_source fills it)
 
 
 def check_entry(i, run, path, logs, replays, fail):

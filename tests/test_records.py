@@ -360,6 +360,10 @@ def test_a_log_from_a_modified_tree_needs_its_diff_and_the_diff_must_be_the_one_
     assert len(problems) == 3 and all("written from a modified tree" in p and "seed" in p.split(":")[0] for p in problems)
     for d in ("seed0", "seed1", "seed2"):
         (record / "logs" / f"{d}.diff").write_bytes(diff)
+    (problem,) = failures(runs, record)  # the record must say its tree was modified, and what changed
+    assert problem.endswith("'modified' lists no file, the runs' diffs change ['README.md']: a record says what its "
+                            "tree changed, and only that")
+    edit_json(record, lambda r: r.update(modified=["README.md"]))
     assert failures(runs, record) == []
     (record / "logs" / "seed1.diff").write_bytes(diff.replace(b"tried locally", b"tried elsewhere"))
     (problem,) = failures(runs, record)
@@ -373,6 +377,30 @@ def test_a_log_from_a_modified_tree_needs_its_diff_and_the_diff_must_be_the_one_
     assert len(problems) == 3 and all(p.startswith(str(record / "logs")) and p.split(": ", 1)[1] == (
         "changes code (train_gpt.py): FLOPs are counted only with committed code; commit the change, run again and "
         "make the record from that commit") for p in problems), problems
+    shell = diff.replace(b"README.md", b"speedrun.sh")  # not Python, but it runs: only prose may change
+    for d in ("seed0", "seed1", "seed2"):
+        (record / "logs" / f"{d}.diff").write_bytes(shell)
+        edit_log(record / "logs" / f"{d}.txt", lambda l: l.replace(hashlib.sha256(code).hexdigest(),
+                                                                   hashlib.sha256(shell).hexdigest()))
+    problems = failures(runs, record)
+    assert len(problems) == 3 and all("changes code (speedrun.sh)" in p for p in problems), problems
+
+
+def test_a_record_from_a_modified_tree_says_so_and_the_leaderboard_shows_it(runs, tmp_path):
+    from records.leaderboard import entry
+    repo = runs["repo"]
+    git(repo, "checkout", "-q", runs["b"])
+    diff = diff_of(repo, "README.md", "tried locally\n")
+    dirs = copy_runs(runs, tmp_path)
+    for d in dirs:
+        relabel(d, runs["b"], dirty=True, diff_sha256=hashlib.sha256(diff).hexdigest())
+        replace_source(d / "log.txt", (REPO / "train_gpt.py").read_text() + "# a change\n")
+        (d / "git.diff").write_bytes(diff)  # as train_gpt.py keeps it
+    record = make(runs, tmp_path, dirs=dirs)
+    saved = json.loads((record / "results.json").read_text())
+    assert saved["modified"] == ["README.md"] and failures(runs, record) == []
+    shown = entry(str(record), saved, json.loads(runs["tracks"].read_text())["tracks"][0], str(tmp_path))
+    assert shown["cells"][1] == "test (modified tree: README.md)"
 
 
 @pytest.mark.parametrize("edited, message", [
