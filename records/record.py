@@ -79,6 +79,31 @@ def parse_step_line(line, where):
 
 def parse_log(path):
     """The parts of a train_gpt.py log that a record is checked against; RecordError names the file and line."""
+    raw, source, lines, first = split_log(path)
+    segments, events = [], []
+    for number_, line in enumerate(lines, first):
+        where = f"{printable(path)}:{number_}"
+        key, _, value = line.partition(": ")
+        if key in HEADER_KEYS:
+            add_header(segments, key, value, number_, where)
+        elif line.startswith("model: ") and segments:
+            segments[-1]["model"] = model_fields(line, where)
+        else:
+            event = log_event(line, where)
+            if event is not None:
+                events.append((number_, *event))
+    if not segments:
+        raise RecordError(one_line(path, "no git line after the source"))
+    for segment in segments:
+        missing = [key for key in ("git", "config", "environment", "model") if key not in segment]
+        if missing:
+            raise RecordError(one_line(f"{path}:{segment['line']}", f"the start of the script wrote no "
+                                                                     f"{', '.join(missing)} line"))
+    return Log(path, hashlib.sha256(raw).hexdigest(), source, segments, events)
+
+
+def split_log(path):
+    """(the bytes, the train_gpt.py source at the top, the lines after it, the line number of the first of them)."""
     raw = trust.read_bounded(path, trust.LOG_BYTES)
     try:
         text = raw.decode("utf-8")
@@ -88,76 +113,72 @@ def parse_log(path):
     if not sep:
         raise RecordError(one_line(path, "no train_gpt.py source at the top (no line of 100 '='); is this a "
                                          "train_gpt.py log?"))
-    first = source.count("\n") + 3  # the line number of the first line after the separator
-    segments, events = [], []
-    for number_, line in enumerate(rest.splitlines(), first):
-        where = f"{printable(path)}:{number_}"
-        key, _, value = line.partition(": ")
-        if key in HEADER_KEYS:
-            if key == "git":
-                segments.append({"line": number_})
-            if not segments or key in segments[-1]:
-                raise RecordError(f"{where}: a {key} line out of place (each start of the script writes one, after git)")
-            try:
-                segments[-1][key] = json.loads(value)
-            except ValueError:  # not JSON, or an integer of more digits than Python converts
-                raise RecordError(f"{where}: the {key} line is not valid JSON") from None
-        elif line.startswith("model: ") and segments:
-            found = MODEL_LINE.search(line)
-            if not found:
-                raise RecordError(f"{where}: the model line has no 'vocab V; F FLOPs/token; S steps of B tokens'")
-            segments[-1]["model"] = {"vocab_size": int(found.group(1)),
-                                     "flops_per_token": int(found.group(2).replace(",", "")),
-                                     "num_steps": int(found.group(3)),
-                                     "batch_tokens": int(found.group(4).replace(",", ""))}
-        elif RESUME_LINE.match(line):
-            events.append((number_, "resume", {"step": int(RESUME_LINE.match(line).group(1))}))
-        elif STEP_HEAD.match(line):
-            step, total, fields = parse_step_line(line, where)
-            if "train_loss" in fields:
-                missing = [k for k in ("step_ms", "tok/s", "train_time_ms") if k not in fields]
-                if missing:
-                    raise RecordError(f"{where}: a step line without {', '.join(missing)} (a failed or cut step?)")
-                events.append((number_, "train", {
-                    "step": step, "total": total, "train_loss": number(fields["train_loss"], where),
-                    "step_ms": number(fields["step_ms"], where), "tok_s": number(fields["tok/s"], where),
-                    "train_time_ms": number(fields["train_time_ms"], where)}))
-            elif "val_loss" in fields:
-                missing = [k for k in ("val_bpb", "train_time_ms") if k not in fields]
-                if missing:
-                    raise RecordError(f"{where}: a validation line without {', '.join(missing)}")
-                events.append((number_, "val", {
-                    "step": step, "total": total, "val_loss": number(fields["val_loss"], where),
-                    "val_bpb": number(fields["val_bpb"], where),
-                    "train_time_ms": number(fields["train_time_ms"], where)}))
-            elif " reached the target val loss " in line:
-                events.append((number_, "target", {"step": step}))
-        elif line.startswith("done: "):
-            found = DONE_LINE.match(line)
-            if not found:
-                raise RecordError(f"{where}: the done line is not 'done: STATUS, val_loss:L val_bpb:B training_time:Ts'")
-            events.append((number_, "done", {"status": found.group(1), "val_loss": number(found.group(2), where),
-                                             "val_bpb": number(found.group(3), where),
-                                             "training_time": number(found.group(4), where)}))
-        elif line.startswith("core:"):
-            found = CORE_LINE.match(line)
-            if not found:
-                raise RecordError(f"{where}: the core line is not 'core:C tasks:{{...}} max_per_task:M "
-                                  "bundle_zip_sha256:S'")
-            try:
-                tasks = json.loads(found.group(2))
-            except ValueError:
-                raise RecordError(f"{where}: the core line's tasks are not valid JSON") from None
-            events.append((number_, "core", {"core": number(found.group(1), where), "tasks": tasks,
-                                             "max_per_task": found.group(3), "bundle_zip_sha256": found.group(4)}))
-    if not segments:
-        raise RecordError(one_line(path, "no git line after the source"))
-    for segment in segments:
-        missing = [key for key in ("git", "config", "environment", "model") if key not in segment]
-        if missing:
-            raise RecordError(one_line(f"{path}:{segment['line']}", f"the start of the script wrote no "
-                                                                     f"{', '.join(missing)} line"))
-    return Log(path, hashlib.sha256(raw).hexdigest(), source, segments, events)
+    return raw, source, rest.splitlines(), source.count("\n") + 3
+
+
+def add_header(segments, key, value, line_number, where):
+    """A git, config, environment or data line: JSON, once per start of the script (a git line starts one)."""
+    if key == "git":
+        segments.append({"line": line_number})
+    if not segments or key in segments[-1]:
+        raise RecordError(f"{where}: a {key} line out of place (each start of the script writes one, after git)")
+    try:
+        segments[-1][key] = json.loads(value)
+    except ValueError:  # not JSON, or an integer of more digits than Python converts
+        raise RecordError(f"{where}: the {key} line is not valid JSON") from None
+
+
+def model_fields(line, where):
+    found = MODEL_LINE.search(line)
+    if not found:
+        raise RecordError(f"{where}: the model line has no 'vocab V; F FLOPs/token; S steps of B tokens'")
+    return {"vocab_size": int(found.group(1)), "flops_per_token": int(found.group(2).replace(",", "")),
+            "num_steps": int(found.group(3)), "batch_tokens": int(found.group(4).replace(",", ""))}
+
+
+def numbers(fields, keys, where, what, hint=""):
+    """{key: the field as a finite number} (a key that names a field differently: "tok/s" -> "tok_s")."""
+    missing = [k for k in keys if k not in fields]
+    if missing:
+        raise RecordError(f"{where}: {what} without {', '.join(missing)}{hint}")
+    return {k.replace("/", "_"): number(fields[k], where) for k in keys}
+
+
+def log_event(line, where):
+    """(kind, fields) of a resume, step, validation, target, done or core line; None for any other line."""
+    if RESUME_LINE.match(line):
+        return "resume", {"step": int(RESUME_LINE.match(line).group(1))}
+    if STEP_HEAD.match(line):
+        step, total, fields = parse_step_line(line, where)
+        if "train_loss" in fields:
+            keys = ("train_loss", "step_ms", "tok/s", "train_time_ms")
+            return "train", {"step": step, "total": total,
+                             **numbers(fields, keys, where, "a step line", " (a failed or cut step?)")}
+        if "val_loss" in fields:
+            keys = ("val_loss", "val_bpb", "train_time_ms")
+            return "val", {"step": step, "total": total, **numbers(fields, keys, where, "a validation line")}
+        return ("target", {"step": step}) if " reached the target val loss " in line else None
+    if line.startswith("done: "):
+        found = DONE_LINE.match(line)
+        if not found:
+            raise RecordError(f"{where}: the done line is not 'done: STATUS, val_loss:L val_bpb:B training_time:Ts'")
+        return "done", {"status": found.group(1), "val_loss": number(found.group(2), where),
+                        "val_bpb": number(found.group(3), where), "training_time": number(found.group(4), where)}
+    if line.startswith("core:"):
+        return "core", core_fields(line, where)
+    return None
+
+
+def core_fields(line, where):
+    found = CORE_LINE.match(line)
+    if not found:
+        raise RecordError(f"{where}: the core line is not 'core:C tasks:{{...}} max_per_task:M bundle_zip_sha256:S'")
+    try:
+        tasks = json.loads(found.group(2))
+    except ValueError:
+        raise RecordError(f"{where}: the core line's tasks are not valid JSON") from None
+    return {"core": number(found.group(1), where), "tasks": tasks, "max_per_task": found.group(3),
+            "bundle_zip_sha256": found.group(4)}
 
 
 def run_values(run_dir):
@@ -510,90 +531,116 @@ def next_logged_step(last, start, config, num_steps):
 
 def replay(log, fail):
     """The step, validation and done lines replayed in order (a resume goes back to its step); returns what they
-    establish, or None after the first inconsistency (reported). A step line's step_ms is the mean over the steps
-    since the previous step line (every step with log_every 1), so the running time grows by step_ms x those steps."""
-    total_ms = {0: 0.0}  # logged step -> sum of the step times up to it, on the path that survived
-    losses, times, last, num_steps = {}, {}, 0, None
-    val = done = target = None
-    segment, start = 0, 0  # the start of the script that wrote the line (its config), the step it started from
-    for line, kind, e in log.events:
-        where = f"line {line}"
-        while segment + 1 < len(log.segments) and log.segments[segment + 1]["line"] < line:
-            segment += 1
-        config = log.segments[segment]["config"]
-        if done is not None and kind in ("resume", "train", "val", "target", "done"):
-            fail(log.path, f"{where}: a {kind} line after the done line")
+    establish, or None after the first inconsistency (reported)."""
+    state = Replay(log)
+    for line, kind, event in log.events:
+        problem = state.read(line, kind, event)
+        if problem:
+            fail(log.path, f"line {line}: {problem}")
             return None
-        if kind == "resume":
-            if e["step"] not in total_ms:
-                fail(log.path, f"{where}: resumes at step {e['step']}, which the log never reached")
-                return None
-            last = start = e["step"]
-            for step in [s for s in total_ms if s > last]:
-                del total_ms[step], losses[step], times[step]
-            val = target = None
-            continue
-        if kind in ("train", "val") and num_steps not in (None, e["total"]):
-            fail(log.path, f"{where}: step {e['step']}/{e['total']}, but earlier lines count {num_steps} steps")
-            return None
-        if kind == "train":
-            num_steps = e["total"]
-            expected = next_logged_step(last, start, config, num_steps)
-            if e["step"] != expected:
-                fail(log.path, f"{where}: step {e['step']} follows step {last}; " + (
-                    "the step lines must be consecutive" if expected == last + 1 else
-                    f"train_gpt.py writes step {expected} next (log_every {config.get('log_every')})"))
-                return None
-            total_ms[e["step"]] = total_ms[last] + e["step_ms"] * (e["step"] - last)
-            last = e["step"]
-            losses[last], times[last] = e["train_loss"], e["step_ms"]
-            # train_time_ms is the exact running total rounded to 1 ms; each step_ms is rounded to 0.01 ms
-            if abs(e["train_time_ms"] - total_ms[last]) > 0.5 + 0.005 * last + 1e-6:
-                fail(log.path, f"{where}: the step times sum to {total_ms[last]:.2f} ms at step {last}, but the line "
-                               f"says train_time_ms:{e['train_time_ms']:.0f}")
-                return None
-            batch = log.segments[0]["model"]["batch_tokens"]
-            low, high = batch * 1000 / (e["step_ms"] + 0.005) - 0.5, batch * 1000 / max(e["step_ms"] - 0.005, 1e-9) + 0.5
-            if not low <= e["tok_s"] <= high:
-                fail(log.path, f"{where}: tok/s:{e['tok_s']:.0f} is not {batch:,} tokens in step_ms:{e['step_ms']}")
-                return None
-        elif kind == "val":
-            num_steps = e["total"]
-            if e["step"] != last or abs(e["train_time_ms"] - total_ms[last]) > 0.5 + 0.005 * last + 1e-6:
-                fail(log.path, f"{where}: the validation at step {e['step']} (train_time_ms:{e['train_time_ms']:.0f}) "
-                               f"does not follow the step lines (step {last}, {total_ms[last]:.2f} ms)")
-                return None
-            val = e
-        elif kind == "target":
-            if val is None or e["step"] != val["step"]:
-                fail(log.path, f"{where}: reaching the target is claimed without a validation at step {e['step']}")
-                return None
-            target = e
-        elif kind == "done":
-            done = e
-    if done is None:
-        fail(log.path, "no done line: the run did not finish")
+    problem = state.ending_problem()
+    if problem:
+        fail(log.path, problem)
         return None
-    if val is None or val["step"] != last:
-        fail(log.path, f"the last validation line is not at the last step ({last}): the final val loss is not logged")
+    return state.result()
+
+
+class Replay:
+    """The running state of a log's replay. A step line's step_ms is the mean over the steps since the previous step
+    line (every step with log_every 1), so the running time grows by step_ms x those steps."""
+
+    def __init__(self, log):
+        self.log = log
+        self.total_ms = {0: 0.0}  # logged step -> sum of the step times up to it, on the path that survived
+        self.losses, self.times, self.last, self.num_steps = {}, {}, 0, None
+        self.val = self.done = self.target = None
+        self.segment, self.start = 0, 0  # the start of the script that wrote the line, the step it started from
+
+    def read(self, line, kind, e):
+        """One event; the problem with it, or None."""
+        while self.segment + 1 < len(self.log.segments) and self.log.segments[self.segment + 1]["line"] < line:
+            self.segment += 1
+        if self.done is not None and kind in ("resume", "train", "val", "target", "done"):
+            return f"a {kind} line after the done line"
+        if kind in ("train", "val") and self.num_steps not in (None, e["total"]):
+            return f"step {e['step']}/{e['total']}, but earlier lines count {self.num_steps} steps"
+        handler = {"resume": self.resume, "train": self.train, "val": self.validation, "target": self.reached,
+                   "done": self.finished}.get(kind)
+        return handler(e) if handler else None
+
+    def resume(self, e):
+        if e["step"] not in self.total_ms:
+            return f"resumes at step {e['step']}, which the log never reached"
+        self.last = self.start = e["step"]
+        for step in [s for s in self.total_ms if s > self.last]:
+            del self.total_ms[step], self.losses[step], self.times[step]
+        self.val = self.target = None
         return None
-    expected = "target_reached" if target else "finished"
-    if done["status"] != expected or (expected == "finished" and last != num_steps):
-        fail(log.path, f"the done line says {done['status']} after step {last} of {num_steps}"
-                       f"{' and a reached target' if target else ''}")
+
+    def train(self, e):
+        config, self.num_steps, last = self.log.segments[self.segment]["config"], e["total"], self.last
+        expected = next_logged_step(last, self.start, config, self.num_steps)
+        if e["step"] != expected:
+            return f"step {e['step']} follows step {last}; " + (
+                "the step lines must be consecutive" if expected == last + 1 else
+                f"train_gpt.py writes step {expected} next (log_every {config.get('log_every')})")
+        self.total_ms[e["step"]] = self.total_ms[last] + e["step_ms"] * (e["step"] - last)
+        last = self.last = e["step"]
+        self.losses[last], self.times[last] = e["train_loss"], e["step_ms"]
+        # train_time_ms is the exact running total rounded to 1 ms; each step_ms is rounded to 0.01 ms
+        if abs(e["train_time_ms"] - self.total_ms[last]) > 0.5 + 0.005 * last + 1e-6:
+            return (f"the step times sum to {self.total_ms[last]:.2f} ms at step {last}, but the line says "
+                    f"train_time_ms:{e['train_time_ms']:.0f}")
+        batch = self.log.segments[0]["model"]["batch_tokens"]
+        low, high = batch * 1000 / (e["step_ms"] + 0.005) - 0.5, batch * 1000 / max(e["step_ms"] - 0.005, 1e-9) + 0.5
+        if not low <= e["tok_s"] <= high:
+            return f"tok/s:{e['tok_s']:.0f} is not {batch:,} tokens in step_ms:{e['step_ms']}"
         return None
-    if (done["val_loss"], done["val_bpb"]) != (round(val["val_loss"], 6), round(val["val_bpb"], 6)):
-        fail(log.path, f"the done line's val_loss:{done['val_loss']} val_bpb:{done['val_bpb']} are not the last "
-                       f"validation's {val['val_loss']} and {val['val_bpb']}")
+
+    def validation(self, e):
+        self.num_steps, last = e["total"], self.last
+        if e["step"] != last or abs(e["train_time_ms"] - self.total_ms[last]) > 0.5 + 0.005 * last + 1e-6:
+            return (f"the validation at step {e['step']} (train_time_ms:{e['train_time_ms']:.0f}) does not follow "
+                    f"the step lines (step {last}, {self.total_ms[last]:.2f} ms)")
+        self.val = e
         return None
-    if abs(done["training_time"] * 1000 - total_ms[last]) > 5 + 0.005 * last + 1e-6:
-        fail(log.path, f"the done line's training_time:{done['training_time']}s is not the sum of the step times "
-                       f"({total_ms[last] / 1000:.3f} s)")
+
+    def reached(self, e):
+        if self.val is None or e["step"] != self.val["step"]:
+            return f"reaching the target is claimed without a validation at step {e['step']}"
+        self.target = e
         return None
-    return {"steps": last, "num_steps": num_steps, "step_ms_sum": total_ms[last], "status": done["status"],
-            "val_loss": val["val_loss"], "val_bpb": val["val_bpb"], "train_time_ms": val["train_time_ms"],
-            "done_training_time": done["training_time"], "curve": {s: losses[s] for s in sorted(losses)},
-            "step_times": tuple(times[s] for s in sorted(times))}
+
+    def finished(self, e):
+        self.done = e
+        return None
+
+    def ending_problem(self):
+        """What is wrong with how the log ends (the done line against the last validation and the steps), or None."""
+        done, val, last, total_ms = self.done, self.val, self.last, self.total_ms
+        if done is None:
+            return "no done line: the run did not finish"
+        if val is None or val["step"] != last:
+            return f"the last validation line is not at the last step ({last}): the final val loss is not logged"
+        expected = "target_reached" if self.target else "finished"
+        if done["status"] != expected or (expected == "finished" and last != self.num_steps):
+            return (f"the done line says {done['status']} after step {last} of {self.num_steps}"
+                    f"{' and a reached target' if self.target else ''}")
+        if (done["val_loss"], done["val_bpb"]) != (round(val["val_loss"], 6), round(val["val_bpb"], 6)):
+            return (f"the done line's val_loss:{done['val_loss']} val_bpb:{done['val_bpb']} are not the last "
+                    f"validation's {val['val_loss']} and {val['val_bpb']}")
+        if abs(done["training_time"] * 1000 - total_ms[last]) > 5 + 0.005 * last + 1e-6:
+            return (f"the done line's training_time:{done['training_time']}s is not the sum of the step times "
+                    f"({total_ms[last] / 1000:.3f} s)")
+        return None
+
+    def result(self):
+        val, last = self.val, self.last
+        return {"steps": last, "num_steps": self.num_steps, "step_ms_sum": self.total_ms[last],
+                "status": self.done["status"], "val_loss": val["val_loss"], "val_bpb": val["val_bpb"],
+                "train_time_ms": val["train_time_ms"], "done_training_time": self.done["training_time"],
+                "curve": {s: self.losses[s] for s in sorted(self.losses)},
+                "step_times": tuple(self.times[s] for s in sorted(self.times))}
 
 
 def check_data(log, config, track, fail):
