@@ -46,7 +46,7 @@ import time
 import torch
 
 import train_gpt
-from harness.comm import Comm, step_traffic
+from harness.comm import BUS_BANDWIDTH, LATENCY_S, Comm, collective_seconds, step_traffic
 from harness.config import parse_args
 from harness.device import autocast_for, init_distributed, synchronize
 from harness.loop import build_optimizer
@@ -82,8 +82,8 @@ def muon_matrices(model, config):
     return [p for p, (_, row) in assigned.items() if row.update == "muon"]
 
 
-def collective(nbytes, factor, args):
-    return args.latency_us * 1e-6 + nbytes * factor / (args.bus_bw * 1e9)
+def collective(kind, nbytes, world, args):
+    return collective_seconds(kind, nbytes, world, args.bus_bw * 1e9, args.latency_us * 1e-6)
 
 
 def passes(nbytes, args):
@@ -101,8 +101,8 @@ def model_today(model, config, world, backward_end, args):
     matrices = muon_matrices(model, config)
     n_all, n_muon = sum(p.numel() for p in params), sum(p.numel() for p in matrices)
     n_adam = n_all - n_muon
-    t = sum(collective(4 * p.numel(), 2 * (world - 1) / world, args) for p in params)  # one all-reduce each
-    t += collective(4, 2 * (world - 1) / world, args)  # the loss
+    t = sum(collective("all_reduce", 4 * p.numel(), world, args) for p in params)  # one all-reduce each
+    t += collective("all_reduce", 4, world, args)  # the loss
     t += passes(8 * n_all, args)  # divide every gradient
     t += passes(72 * n_adam, args)  # foreach AdamW: about nine passes of 8 bytes an element
     t += passes(12 * n_muon, args)  # momentum of every matrix
@@ -110,7 +110,7 @@ def model_today(model, config, world, backward_end, args):
         if i % world == 0:  # the busiest process: rank 0 owns matrices 0, world, 2 world, ...
             work = ns_flops(1, *p.shape, config.ns_steps) / (989.5e12 * args.ns_mfu) + passes(18 * p.numel(), args)
             t += max(work, 45 * args.launch_us * 1e-6)  # ~45 eager kernels a matrix
-    t += sum(collective(4 * p.numel(), 1, args) for p in matrices) if world > 1 else 0  # broadcasts
+    t += sum(collective("broadcast", 4 * p.numel(), world, args) for p in matrices)  # broadcasts
     t += passes(20 * n_muon, args)  # weight decay and update
     return t, 8 * n_adam + 4 * n_muon
 
@@ -142,7 +142,7 @@ def model_new(model, opt, config, world, backward_start, backward_end, args, ove
     reduced = []
     for bucket in opt.buckets:
         start = max(ready(bucket), comm_free)
-        comm_free = start + collective(reduce_bytes * bucket.layout.numel, (world - 1) / world, args)
+        comm_free = start + collective("reduce_scatter", reduce_bytes * bucket.layout.numel, world, args)
         reduced.append(comm_free)
     gathered = []
     for bucket, shard, done in zip(opt.buckets, opt.shards, reduced):
@@ -164,11 +164,11 @@ def model_new(model, opt, config, world, backward_start, backward_end, args, ove
             elementwise += 10 * sum(p.numel() for p in bucket.params)  # every process applies every update
         compute_free = max(compute_free, done) + work
         start = max(compute_free, comm_free)
-        comm_free = start + collective(gather_bytes, (world - 1) / world, args)
+        comm_free = start + collective("all_gather", gather_bytes, world, args)
         gathered.append(comm_free)
     grads = sum(b.layout.numel * b.grads.element_size() for b in opt.buckets)
     end = max(compute_free, max(gathered)) + passes(elementwise + grads, args)  # updates; zero the buckets
-    end += collective(4, 2 * (world - 1) / world, args)  # the loss
+    end += collective("all_reduce", 4, world, args)  # the loss
     return end - backward_end, max(state)
 
 
@@ -256,8 +256,8 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, nargs="+", default=[12, 24], choices=[12, 24])
     parser.add_argument("--world", type=int, default=8, help="GPUs in the model")
-    parser.add_argument("--bus-bw", type=float, default=350.0, help="NCCL bus bandwidth, GB/s")
-    parser.add_argument("--latency-us", type=float, default=20.0, help="per collective, microseconds")
+    parser.add_argument("--bus-bw", type=float, default=BUS_BANDWIDTH / 1e9, help="NCCL bus bandwidth, GB/s")
+    parser.add_argument("--latency-us", type=float, default=LATENCY_S * 1e6, help="per collective, microseconds")
     parser.add_argument("--hbm-bw", type=float, default=3.35, help="TB/s")
     parser.add_argument("--hbm-eff", type=float, default=0.7)
     parser.add_argument("--mfu", type=float, default=0.45, help="of the step's model FLOPs")

@@ -156,6 +156,23 @@ def matrix_layout(shapes, world, parts=None, total_load=None):
     return BucketLayout("matrices", list(shapes), offsets, shard, world, owners, stacks)
 
 
+# A collective's time, modelled (not measured): latency + its buffer's bytes x NCCL's bus factor / bus bandwidth, the
+# factors of nccl-tests' doc/PERFORMANCE.md. The dry run (harness/dryrun.py) and bench/comm.py share it; the
+# defaults are the conservative ends for 8 GPUs on NVLink 4 (bench/comm.py's docstring says where they come from).
+BUS_BANDWIDTH = 350e9  # bytes/s
+LATENCY_S = 20e-6
+
+
+def bus_factor(kind, world):
+    return {"all_reduce": 2 * (world - 1) / world, "reduce_scatter": (world - 1) / world,
+            "all_gather": (world - 1) / world, "broadcast": 1.0}[kind]
+
+
+def collective_seconds(kind, nbytes, world, bus=BUS_BANDWIDTH, latency=LATENCY_S):
+    """Modelled seconds of one collective of `nbytes` (NCCL's size: the whole buffer) over `world` processes."""
+    return 0.0 if world == 1 else latency + nbytes * bus_factor(kind, world) / bus
+
+
 def step_traffic(layouts, grad_dtypes, gather_dtypes, world):
     """What one training step communicates: {kind: (calls, bytes)}. Per bucket one reduce-scatter of its gradients
     and one all-gather of its results; one all-reduce of the loss (4 bytes) with several processes."""
