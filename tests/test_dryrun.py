@@ -153,10 +153,13 @@ def real_compiled_saved_bytes(config, rows, autocast):
                               torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast))
 
 
-@pytest.mark.parametrize("autocast,extra", [(False, ()), (True, ()), (False, ("--doc_mask",))])
+@pytest.mark.parametrize("autocast,extra", [(False, ()), (True, ()), (False, ("--doc_mask",)),
+                                             (False, ("--loss=chunked", "--loss_chunk=32"))])
 def test_compiled_saved_activations_agree_with_a_real_compiled_step_on_the_cpu(autocast, extra, small):
     """The traced figure (fake tensors, emulated autocast, fused_attention) against a real compiled step (real
-    tensors, the CPU's autocast and its fused SDPA kernel, which keeps a float copy of a mask)."""
+    tensors, the CPU's autocast and its fused SDPA kernel, which keeps a float copy of a mask). With the chunked
+    loss both keep the head's logits: the partitioner's CSE merges the backward's recomputing matmul into the
+    forward's."""
     config, rows = config_of(*small, *extra), 3
     real = real_compiled_saved_bytes(config, rows, autocast)
     fixed, per_row, _ = dryrun.compiled_activation_model(train_gpt, config, VOCAB, 0, autocast)
