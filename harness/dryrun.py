@@ -7,22 +7,31 @@ Each figure says how it was got:
   and optimizer state and buffers: the real ShardedOptimizer is built on the meta device for every rank of the
   planned world (the layouts of harness/comm.py on the real shapes) and stepped once through the recipe's own
   train_step, and its tensors are summed by storage; the figure is the busiest rank's.
-- modelled: the saved activations of one micro-batch (the eager forward's saved tensors on the meta device, with
-  CUDA's bf16 autocast emulated and attention as a fused kernel that keeps q, k, v, its output and the log-sum-exp),
-  the transients, the step time (a roofline at an assumed MFU plus the collectives at an assumed bus bandwidth, as
-  bench/comm.py models them) and what follows from it. Each says its assumption and error bar; the step time is
-  multiplied by the GPU's factor in bench/calibration.json (1.0, "uncalibrated", until a GPU run measures it).
+- modelled: the saved activations of one micro-batch, eager (the forward's saved tensors on the meta device) and
+  compiled (what Inductor's partitioner keeps for the backward of the AOTAutograd graph, traced on fake tensors),
+  both with CUDA's bf16 autocast emulated and attention as a fused kernel that keeps q, k, v, its output and the
+  log-sum-exp, the peak counting the one the run's --compile uses; the transients, the step time (a roofline at an
+  assumed MFU plus the collectives at an assumed bus bandwidth, as bench/comm.py models them) and what follows from
+  it. Each says its assumption and error bar; the step time is multiplied by the GPU's factor in
+  bench/calibration.json (1.0, "uncalibrated", until a GPU run measures it).
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import types
+from typing import Optional
 from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from torch._functorch.aot_autograd import aot_function
+from torch._inductor.compile_fx import partition_fn as inductor_partition
+from torch._inductor.decomposition import select_decomp_table
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
 from harness.comm import Comm
@@ -42,6 +51,10 @@ MFU, MFU_RANGE = 0.45, (0.35, 0.55)  # of the step's model FLOPs (bench/comm.py'
 BUS_RANGE = (0.7, 1.3)      # the bus bandwidth's error bar, as factors
 LATENCY_S = 20e-6           # per collective (bench/comm.py's)
 ACTIVATION_ERROR = 0.15     # eager saved activations on a GPU against this emulation: assumed, not measured
+COMPILED_ACTIVATION_ERROR = 0.2  # compiled ones on a GPU against the traced graph: assumed, not measured (the trace
+                            # agrees with a real compiled step on the CPU within COMPILED_CPU_AGREEMENT, but CUDA's
+                            # graph differs: FlexAttention and its block masks, CUDA's decompositions and passes)
+COMPILED_CPU_AGREEMENT = 0.02  # the traced figure against a real compiled CPU step (tests/test_dryrun.py): measured
 KNOWN_VOCAB = {"gpt2-core": 32768, "gpt2-small-fineweb": 50257}  # when the preset's tokenizer is not here yet
 TIGHT = 0.9                 # of the GPU's memory: above it a run is "tight"
 CALIBRATION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "calibration.json")
@@ -132,20 +145,39 @@ def plan_world(recipe, config, vocab, bos_id, world, ready_order):
 # Saved activations: one micro-batch's eager forward on the meta device, each saved tensor's storage counted once
 
 
-class FusedAttention(torch.autograd.Function):
-    """Attention as a fused kernel (flash, cuDNN, memory-efficient SDPA; FlexAttention) keeps it for the backward:
-    q, k, v, the output, the fp32 log-sum-exp of each query's scores, and the mask when one is given."""
+def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention as a fused kernel (flash, cuDNN, memory-efficient SDPA; FlexAttention): its output and the fp32
+    log-sum-exp of each query's scores, never the scores. Shapes only: the dry run reads no values."""
+    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
-    @staticmethod
-    def forward(ctx, q, k, v, mask):
-        out = torch.empty_like(q)
-        ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32), mask)
-        return out
 
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, *_ = ctx.saved_tensors
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), None
+def _fused_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              out: torch.Tensor, lse: torch.Tensor,
+                              mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+# Custom ops (not an autograd.Function), so that a traced graph keeps attention as one node, which the partitioner
+# can neither split nor recompute: as Inductor keeps SDPA's and FlexAttention's kernels.
+fused_attention = torch.library.custom_op("dryrun::fused_attention", _fused_attention, mutates_args=())
+fused_attention.register_fake(_fused_attention)
+fused_attention_backward = torch.library.custom_op("dryrun::fused_attention_backward", _fused_attention_backward,
+                                                   mutates_args=())
+fused_attention_backward.register_fake(_fused_attention_backward)
+
+
+def _keep_for_backward(ctx, inputs, output):
+    """What the fused kernels keep: q, k, v, the output, the log-sum-exp, and the mask when one is given."""
+    ctx.save_for_backward(*inputs, *output)
+
+
+def _attention_backward(ctx, grad, grad_lse):
+    q, k, v, mask, out, lse = ctx.saved_tensors
+    return (*fused_attention_backward(grad, q, k, v, out, lse, mask), None)
+
+
+fused_attention.register_autograd(_attention_backward, setup_context=_keep_for_backward)
 
 
 LOW_PRECISION = {F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.bmm,
@@ -153,9 +185,9 @@ LOW_PRECISION = {F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__mat
 
 
 class MetaKernels(TorchFunctionMode):
-    """On the meta device: CUDA's bf16 autocast emulated on matmul-class ops (autocast has no meta key) when
-    `autocast`, and scaled_dot_product_attention as FusedAttention (meta's own SDPA is the math path, which keeps
-    every score)."""
+    """On the meta device (or fake tensors): CUDA's bf16 autocast emulated on matmul-class ops (autocast has no meta
+    key) when `autocast`, and scaled_dot_product_attention as fused_attention (meta's own SDPA is the math path,
+    which keeps every score)."""
 
     def __init__(self, autocast):
         super().__init__()
@@ -174,15 +206,16 @@ class MetaKernels(TorchFunctionMode):
             args = tuple(self.cast(a) for a in args)
         if func is F.scaled_dot_product_attention:
             mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
-            return FusedAttention.apply(*args[:3], mask)
+            return fused_attention(*args[:3], mask)[0]
         return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
-def meta_autocast(enabled):
-    """What the model asks of autocast on the meta device: on (bf16) when emulated, else off."""
+def meta_autocast(enabled, device="meta"):
+    """What the model asks of autocast on `device` (meta, or the CPU of fake tensors): on (bf16) when emulated, else
+    off."""
     real_enabled, real_dtype = torch.is_autocast_enabled, torch.get_autocast_dtype
-    answer = lambda real, value: lambda *a: value if a and a[0] == "meta" else real(*a)
+    answer = lambda real, value: lambda *a: value if a and a[0] == device else real(*a)
     with mock.patch.object(torch, "is_autocast_enabled", answer(real_enabled, enabled)), \
             mock.patch.object(torch, "get_autocast_dtype", answer(real_dtype, torch.bfloat16)):
         yield
@@ -212,6 +245,90 @@ def activation_model(recipe, config, vocab, bos_id, autocast=True):
     one, two = (saved_bytes(model, torch.zeros(rows, config.seq_len, dtype=torch.long, device="meta"), autocast)
                 for rows in (1, 2))
     return one - (two - one), two - one
+
+
+# -----------------------------------------------------------------------------
+# Saved activations of a compiled step: what the forward graph hands to the backward once Inductor's partitioner
+# (its joint-graph passes, then min_cut_rematerialization_partition) has chosen what to keep and what the backward
+# recomputes. The training forward and loss are traced by AOTAutograd on fake tensors (no memory), with Inductor's
+# decompositions, emulated autocast and fused_attention, and the partitioner's choice read off the backward graph's
+# inputs; nothing is compiled or run. Fake CPU tensors, not meta ones: AOTAutograd on meta tensors loses the
+# cross-entropy's backward (aten::nll_loss has no autograd kernel there), and the graph would keep next to nothing.
+
+
+class _Partitioned(Exception):
+    """Raised once the partitioner has chosen: the rest (compiling, running the graph) is not needed."""
+
+
+def compiled_saved_bytes(model, rows, seq_len, autocast):
+    """Bytes of the tensors the compiled forward of `rows` rows keeps for its backward (storages once each; the
+    parameters and buffers not: they are weights), as Inductor's partitioner chooses them."""
+    with FakeTensorMode():
+        params = {name: torch.empty(p.shape, dtype=p.dtype, requires_grad=p.requires_grad)
+                  for name, p in model.named_parameters()}
+        buffers = {name: torch.empty(b.shape, dtype=b.dtype) for name, b in model.named_buffers()}
+        idx = torch.zeros(rows, seq_len, dtype=torch.long)
+    weights, saved = len(params) + len(buffers), []
+
+    def partition(joint, inputs, **kwargs):
+        # the weights live all step whatever the graph keeps (Dynamo marks them static inputs for Inductor)
+        kwargs["static_lifetime_input_indices"] = list(range(weights))
+        _, backward = inductor_partition(joint, inputs, **kwargs)
+        weight_names = {node.name for node in joint.graph.find_nodes(op="placeholder")[:weights]}
+        saved.extend(node.meta["val"] for node in backward.graph.find_nodes(op="placeholder")
+                     if node.name not in weight_names and not node.name.startswith("tangents"))
+        raise _Partitioned
+
+    def step(params, buffers, idx):
+        return functional_call(model, (params, buffers), (idx, idx))
+    traced = aot_function(step, fw_compiler=None, partition_fn=partition, decompositions=select_decomp_table())
+    with MetaKernels(autocast), meta_autocast(autocast, "cpu"), contextlib.suppress(_Partitioned):
+        traced(params, buffers, idx)
+    return sum(storages(saved).values())
+
+
+def at_depth(config, depth, dim):
+    return dataclasses.replace(config, depth=depth, model_dim=dim)
+
+
+def reduced_depths(recipe, config):
+    """(a shallow depth, the period of layers, the width) to trace the model at that depth and a period deeper, the
+    same width: for train_gpt's GPT, whose blocks repeat every period (the window pattern counts from the first
+    layer, value embeddings every other layer from the last; the shallow depth is the full one's modulo the
+    period, so that its last layers are the full model's kinds). None (trace every layer) when the recipe is not
+    of that shape, when the full model is that shallow anyway, or when its parameters do not grow by the same
+    count each period (its blocks do not repeat)."""
+    if not all(hasattr(config, name) for name in ("depth", "model_dim", "window_pattern")) or \
+            not hasattr(recipe, "derived"):
+        return None
+    period, dim = math.lcm(len(config.window_pattern), 2), recipe.derived(config)[0]
+    low = period + config.depth % period
+    if low + period >= config.depth:
+        return None
+    count = lambda depth: sum(p.numel() for p in meta_model(recipe, at_depth(config, depth, dim), 1, 0).parameters())
+    low_count, high_count = count(low), count(low + period)
+    if count(config.depth) * period != low_count * period + (high_count - low_count) * (config.depth - low):
+        return None
+    return low, period, dim
+
+
+def compiled_activation_model(recipe, config, vocab, bos_id, autocast=True):
+    """The compiled step's saved activations as (fixed bytes, bytes per row of a micro-batch, how they were got):
+    traced at 1 and 2 rows. A deep model is traced at two reduced depths a period of layers apart and extrapolated
+    per period (each period keeps the same: what the partitioner chooses is local to the layers; for gpt2-core the
+    extrapolation equals the trace of all 24 layers), about half the time of tracing every layer."""
+    reduced = reduced_depths(recipe, config)
+    if reduced is None:
+        model = meta_model(recipe, config, vocab, bos_id)
+        one, two = (compiled_saved_bytes(model, rows, config.seq_len, autocast) for rows in (1, 2))
+        return one - (two - one), two - one, "every layer traced"
+    low, period, dim = reduced
+    models = [meta_model(recipe, at_depth(config, depth, dim), vocab, bos_id) for depth in (low, low + period)]
+    one, two = ([compiled_saved_bytes(model, rows, config.seq_len, autocast) for model in models] for rows in (1, 2))
+    periods = (config.depth - low) // period
+    one, two = (at_low + (at_high - at_low) * periods for at_low, at_high in (one, two))
+    return one - (two - one), two - one, \
+        f"traced at {low} and {low + period} layers, extrapolated per {period} to {config.depth}"
 
 
 def transient_bytes(config, vocab, rows):
@@ -295,11 +412,26 @@ def compatible_batches(config, world):
     return [d for d in range(1, rows // world + 1) if config.total_batch_tokens % (world * d * config.seq_len) == 0]
 
 
+def compiles(config):
+    """Whether the planned run compiles its model: --compile=auto does on CUDA (a planned run is on GPUs), true and
+    blocks do. For blocks the compiled figure too: each block's graph is partitioned on its own by the same
+    partitioner, and what crosses a block's edge (its input, the value embedding, the masks) is what the whole
+    graph keeps there anyway; only the embedding lookups between the graphs run eagerly, and they keep the token
+    ids."""
+    return config.compile != "false"
+
+
+def activations_at(plan, mode, rows):
+    fixed, per_row = plan["activations_model"][mode]
+    return fixed + per_row * rows
+
+
 def memory_at(plan, rows):
     """Modelled peak bytes of the busiest process at `rows` rows a micro-batch: the static part, then the larger of
-    the backward's start (saved activations and the loss's transient) and the optimizer step."""
-    fixed, per_row = plan["activations_model"]
-    activations, transient = fixed + per_row * rows, transient_bytes(plan["config"], plan["vocab"], rows)
+    the backward's start (saved activations, compiled or eager as the run is, and the loss's transient) and the
+    optimizer step."""
+    activations = activations_at(plan, plan["mode"], rows)
+    transient = transient_bytes(plan["config"], plan["vocab"], rows)
     peak = plan["static_peak"] + max(activations + transient, plan["optimizer_transient"])
     return activations, transient, peak
 
@@ -331,13 +463,15 @@ def plan(recipe, config):
     static = [static_bytes(model, optimizer) for model, optimizer in ranks]
     busiest = max(range(world), key=lambda r: sum(static[r].values()))
     factor, calibration_note = calibration(config.gpu)
+    *compiled, traced = compiled_activation_model(recipe, config, vocab, bos_id)  # the report has both figures
     out = dict(config=config, world=world, gpu=config.gpu, vocab=vocab, vocab_source=vocab_source, spec=spec,
                peak_flops=peak, groups=groups, counted=counted, params=sum(t for t, _ in groups.values()),
                flops_per_token=flops_per_token, steps=steps, tokens=steps * config.total_batch_tokens,
                model_flops=steps * step_flops, static=static[busiest], busiest=busiest,
                static_peak=sum(static[busiest].values()), models=[model for model, _ in ranks],
                accum=config.total_batch_tokens // (world * config.device_batch * config.seq_len),
-               activations_model=activation_model(recipe, config, vocab, bos_id),
+               activations_model=dict(eager=activation_model(recipe, config, vocab, bos_id), compiled=tuple(compiled)),
+               mode="compiled" if compiles(config) else "eager", traced=traced,
                optimizer_transient=max(optimizer_transient(optimizer) for _, optimizer in ranks),
                step_s=step_seconds(step_flops, world, peak, ranks[busiest][1], spec, factor),
                calibration=calibration_note)
@@ -350,6 +484,14 @@ def plan(recipe, config):
 
 def gb(nbytes):
     return f"{nbytes / 1e9:.2f} GB"
+
+
+def use_note(p, mode):
+    """Whether the peak counts this activations figure, and why."""
+    compile = p["config"].compile
+    if mode != p["mode"]:
+        return f"not used (--compile={compile})"
+    return f"used (--compile={compile}{' compiles on CUDA' if compile == 'auto' else ''})"
 
 
 def report(p):
@@ -368,14 +510,17 @@ def report(p):
         ("exact", "gradients", "the buckets' flat buffers and their reduce buffers"),
         ("exact", "optimizer state", f"the update rules' state, sharded over {world} as the engine shards it"),
         ("exact", "optimizer buffers", "Muon's gathered bf16 directions, fp32 work copies"))]
-    compiled = config.compile != "false"  # auto compiles on CUDA
-    memory += [("modelled", "saved activations", gb(p["activations"]),
+    fp8 = "; --fp8 not modelled (bf16's figure)" if config.fp8 else ""
+    memory += [("modelled", "saved, compiled", gb(activations_at(p, "compiled", config.device_batch)),
+                f"+-{COMPILED_ACTIVATION_ERROR:.0%} (assumed; a real compiled CPU step within "
+                f"{COMPILED_CPU_AGREEMENT:.0%}): one micro-batch's compiled step, what Inductor's partitioner keeps "
+                f"for the backward (AOTAutograd's graph on fake tensors, {p['traced']}), bf16 autocast emulated, fused "
+                f"attention{fp8}; {use_note(p, 'compiled')}"),
+               ("modelled", "saved, eager", gb(activations_at(p, "eager", config.device_batch)),
                 f"+-{ACTIVATION_ERROR:.0%} (assumed): one micro-batch's eager forward, bf16 autocast emulated, fused "
-                "attention" + (f"; --compile={config.compile} compiles on a GPU, whose graph usually keeps less: not "
-                               "modelled, this is eager's figure" if compiled else "")
-                + ("; --fp8 not modelled (bf16's figure)" if config.fp8 else "")),
-               ("modelled", "transient", gb(p["transient"]), f"+-50% (rough): the {config.loss} loss's backward "
-                f"(Newton-Schulz after the backward: {gb(p['optimizer_transient'])})")]
+                f"attention{fp8}; {use_note(p, 'eager')}"),
+               ("modelled", "transient", gb(p["transient"]), f"+-50% (rough): the {config.loss} loss's eager "
+                f"backward (Newton-Schulz after the backward: {gb(p['optimizer_transient'])})")]
     largest = p["largest_batch"]
     return [
         f"dry run: --preset={config.preset or '(none)'} on {world} x {gpu} (planned: no GPU used, the model on the "
@@ -404,7 +549,7 @@ def report(p):
         f"[modelled] training {hours[0]:.2f} h wall-clock ({hours[1]:.2f}-{hours[2]:.2f}), {hours[0] * world:.1f} "
         f"GPU-hours; compile, warm-up steps and evaluation not included",
         f"verdict: {p['verdict']} on {gpu} at --device_batch={config.device_batch} (peak {gb(p['peak'])} of "
-        f"{spec['memory'] / 1e9:g} GB, modelled{', activations as eager' if compiled else ''}); training about "
+        f"{spec['memory'] / 1e9:g} GB, modelled, activations as {p['mode']}); training about "
         f"{hours[0]:.2f} h on {world} x {gpu} (modelled, {p['calibration'].split(' (')[0]})",
     ]
 

@@ -1,6 +1,6 @@
 """The dry run (harness/dryrun.py, `python train_gpt.py --dry_run`): its exact figures are the real engine's tensors,
-its activation model agrees with a real forward, and both GPU presets plan on this CPU in seconds without
-allocating the model."""
+its activation models agree with a real forward and a real compiled step, and both GPU presets plan on this CPU in
+seconds without allocating the model."""
 
 import json
 import math
@@ -8,6 +8,8 @@ import time
 
 import pytest
 import torch
+from torch._dynamo.backends.common import aot_autograd
+from torch._functorch.aot_autograd import make_boxed_func
 
 import train_gpt
 from harness import dryrun
@@ -135,6 +137,66 @@ def test_saved_activations_agree_with_a_real_forward_on_the_cpu_within_2_percent
     fixed, per_row = dryrun.activation_model(train_gpt, config, VOCAB, 0, autocast)
     assert abs((fixed + rows * per_row) / real - 1) < 0.02
     assert per_row > 0 and fixed >= 0
+
+
+def real_compiled_saved_bytes(config, rows, autocast):
+    """The saved tensors of a real compiled step on the CPU: the model through Dynamo and AOTAutograd with Inductor's
+    decompositions and partitioner (the graphs run as they are, not code-generated), counted by saved-tensor hooks
+    on what the compiled forward hands to its backward."""
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    model = train_gpt.GPT(config, VOCAB, 0)
+    backend = aot_autograd(fw_compiler=lambda graph, _: make_boxed_func(graph.forward),
+                           partition_fn=dryrun.inductor_partition, decompositions=dryrun.select_decomp_table())
+    idx = torch.randint(0, VOCAB, (rows, config.seq_len))
+    return dryrun.saved_bytes(torch.compile(model, backend=backend), idx, autocast,
+                              torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast))
+
+
+@pytest.mark.parametrize("autocast,extra", [(False, ()), (True, ()), (False, ("--doc_mask",)),
+                                             (False, ("--loss=chunked", "--loss_chunk=32"))])
+def test_compiled_saved_activations_agree_with_a_real_compiled_step_on_the_cpu(autocast, extra, small):
+    """The traced figure (fake tensors, emulated autocast, fused_attention) against a real compiled step (real
+    tensors, the CPU's autocast and its fused SDPA kernel, which keeps a float copy of a mask). With the chunked
+    loss both keep the head's logits: the partitioner's CSE merges the backward's recomputing matmul into the
+    forward's."""
+    config, rows = config_of(*small, *extra), 3
+    real = real_compiled_saved_bytes(config, rows, autocast)
+    fixed, per_row, _ = dryrun.compiled_activation_model(train_gpt, config, VOCAB, 0, autocast)
+    assert abs((fixed + rows * per_row) / real - 1) < dryrun.COMPILED_CPU_AGREEMENT
+    assert per_row > 0 and fixed >= 0
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_compiled_step_keeps_less_than_the_eager_forward(autocast, small):
+    config = config_of(*small)
+    compiled_fixed, compiled_per_row, _ = dryrun.compiled_activation_model(train_gpt, config, VOCAB, 0, autocast)
+    eager_fixed, eager_per_row = dryrun.activation_model(train_gpt, config, VOCAB, 0, autocast)
+    assert compiled_per_row < eager_per_row and compiled_fixed <= eager_fixed
+
+
+def test_the_compiled_figure_at_reduced_depths_equals_tracing_every_layer(small, monkeypatch):
+    """Two layer kinds a period (2) apart: traced at 2 and 4 layers and extrapolated to 6, against all 6 traced."""
+    config = config_of(*small, "--depth=6", "--window_pattern=SL")
+    fixed, per_row, how = dryrun.compiled_activation_model(train_gpt, config, VOCAB, 0)
+    assert how == "traced at 2 and 4 layers, extrapolated per 2 to 6"
+    monkeypatch.setattr(dryrun, "reduced_depths", lambda recipe, config: None)
+    assert dryrun.compiled_activation_model(train_gpt, config, VOCAB, 0) == (fixed, per_row, "every layer traced")
+
+
+def test_the_peak_counts_the_compiled_figure_when_the_run_compiles_else_the_eager_one(small):
+    lines = {}
+    for compile, mode in (("auto", "compiled"), ("blocks", "compiled"), ("false", "eager")):
+        figures = dryrun.plan(train_gpt, config_of(*small, f"--compile={compile}"))
+        assert figures["mode"] == mode
+        activations = dryrun.activations_at(figures, mode, figures["config"].device_batch)
+        assert figures["activations"] == activations > 0
+        lines[compile] = dryrun.report(figures)
+    assert any(line.startswith("[modelled] saved, compiled") and line.endswith("used (--compile=auto compiles on CUDA)")
+               for line in lines["auto"])
+    assert any(line.startswith("[modelled] saved, eager") and line.endswith("used (--compile=false)")
+               for line in lines["false"])
+    assert "activations as eager" in lines["false"][-1] and "activations as compiled" in lines["auto"][-1]
 
 
 def test_the_verdict_follows_the_peak_and_the_largest_device_batch_fits(small):
