@@ -34,7 +34,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
-from harness.comm import Comm
+from harness.comm import BUS_BANDWIDTH, LATENCY_S, Comm, collective_seconds
 from harness.config import ConfigError, check_batch, check_options
 from harness.loop import num_training_steps
 from harness.optim import ShardedOptimizer, assign
@@ -43,13 +43,12 @@ from harness.trace import trace
 
 # The GPUs a run can be planned for: memory (nominal, decimal bytes; the usable total is a little above it, the CUDA
 # context and the allocator's slack eat into it), HBM bandwidth, and the NCCL bus bandwidth assumed over NVLink
-# (bench/comm.py's conservative 350 GB/s for H100/H200's NVLink 4; A100's NVLink 3 has half its bandwidth).
-GPUS = {"H100": {"memory": 80e9, "hbm": 3.35e12, "bus": 350e9},
-        "H200": {"memory": 141e9, "hbm": 4.8e12, "bus": 350e9},
-        "A100": {"memory": 80e9, "hbm": 2.0e12, "bus": 175e9}}
+# (harness.comm's conservative BUS_BANDWIDTH for H100/H200's NVLink 4; A100's NVLink 3 has half its bandwidth).
+GPUS = {"H100": {"memory": 80e9, "hbm": 3.35e12, "bus": BUS_BANDWIDTH},
+        "H200": {"memory": 141e9, "hbm": 4.8e12, "bus": BUS_BANDWIDTH},
+        "A100": {"memory": 80e9, "hbm": 2.0e12, "bus": BUS_BANDWIDTH / 2}}
 MFU, MFU_RANGE = 0.45, (0.35, 0.55)  # of the step's model FLOPs (bench/comm.py's; modded-nanogpt runs at about 43%)
 BUS_RANGE = (0.7, 1.3)      # the bus bandwidth's error bar, as factors
-LATENCY_S = 20e-6           # per collective (bench/comm.py's)
 ACTIVATION_ERROR = 0.15     # eager saved activations on a GPU against this emulation: assumed, not measured
 COMPILED_ACTIVATION_ERROR = 0.2  # compiled ones on a GPU against the traced graph: assumed, not measured (the trace
                             # agrees with a real compiled step on the CPU within COMPILED_CPU_AGREEMENT, but CUDA's
@@ -371,17 +370,14 @@ def calibration(gpu):
 
 def comm_seconds(optimizer, world, bus):
     """One step's collectives, one after another (a whole-model compile starts them all after the backward;
-    harness/comm.py): per bucket a reduce-scatter of its gradients and an all-gather of its results, each latency +
-    bytes x (n-1)/n / bus bandwidth (nccl-tests' factors), and the loss's all-reduce."""
-    if world == 1:
-        return 0.0
-    factor = (world - 1) / world
-    total = LATENCY_S + 4 * 2 * factor / bus
+    harness/comm.py), each as harness.comm.collective_seconds models it: per bucket a reduce-scatter of its
+    gradients and an all-gather of its results, and the loss's all-reduce."""
+    total = collective_seconds("all_reduce", 4, world, bus)
     for bucket, shard in zip(optimizer.buckets, optimizer.shards):
         gathered = getattr(shard, "values", None)
         gather = (gathered if gathered is not None else shard.updates)
-        for nbytes in (bucket.layout.numel * bucket.reduce_dtype.itemsize, gather.numel() * gather.element_size()):
-            total += LATENCY_S + nbytes * factor / bus
+        total += collective_seconds("reduce_scatter", bucket.layout.numel * bucket.reduce_dtype.itemsize, world, bus)
+        total += collective_seconds("all_gather", gather.numel() * gather.element_size(), world, bus)
     return total
 
 
