@@ -27,11 +27,6 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
-from torch._functorch.aot_autograd import aot_function
-from torch._inductor.compile_fx import partition_fn as inductor_partition
-from torch._inductor.decomposition import select_decomp_table
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
 from harness.comm import BUS_BANDWIDTH, LATENCY_S, Comm, collective_seconds
@@ -262,6 +257,13 @@ class _Partitioned(Exception):
 def compiled_saved_bytes(model, rows, seq_len, autocast):
     """Bytes of the tensors the compiled forward of `rows` rows keeps for its backward (storages once each; the
     parameters and buffers not: they are weights), as Inductor's partitioner chooses them."""
+    # private APIs, imported here: a torch that moved them costs the compiled figure only (compiled_or_eager), not
+    # the dry run, nor harness/smoke.py, which imports this module
+    from torch._functorch.aot_autograd import aot_function
+    from torch._inductor.compile_fx import partition_fn as inductor_partition
+    from torch._inductor.decomposition import select_decomp_table
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.func import functional_call
     with FakeTensorMode():
         params = {name: torch.empty(p.shape, dtype=p.dtype, requires_grad=p.requires_grad)
                   for name, p in model.named_parameters()}
@@ -328,6 +330,16 @@ def compiled_activation_model(recipe, config, vocab, bos_id, autocast=True):
     one, two = (at_low + (at_high - at_low) * periods for at_low, at_high in (one, two))
     return one - (two - one), two - one, \
         f"traced at {low} and {low + period} layers, extrapolated per {period} to {config.depth}"
+
+
+def compiled_or_eager(recipe, config, vocab, bos_id, eager):
+    """compiled_activation_model, or eager's figure in its place (said so) when this torch cannot trace it: the trace
+    leans on torch's private AOTAutograd and Inductor APIs, which a torch version may move."""
+    try:
+        return compiled_activation_model(recipe, config, vocab, bos_id)
+    except Exception as e:  # any failure of the trace: the dry run still answers, with the larger (eager) figure
+        return (*eager, f"NOT traced: torch {torch.__version__} could not ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:120]}); eager's figure stands in")
 
 
 def transient_bytes(config, vocab, rows):
@@ -459,14 +471,15 @@ def plan(recipe, config):
     static = [static_bytes(model, optimizer) for model, optimizer in ranks]
     busiest = max(range(world), key=lambda r: sum(static[r].values()))
     factor, calibration_note = calibration(config.gpu)
-    *compiled, traced = compiled_activation_model(recipe, config, vocab, bos_id)  # the report has both figures
+    eager = activation_model(recipe, config, vocab, bos_id)
+    *compiled, traced = compiled_or_eager(recipe, config, vocab, bos_id, eager)  # the report has both figures
     out = dict(config=config, world=world, gpu=config.gpu, vocab=vocab, vocab_source=vocab_source, spec=spec,
                peak_flops=peak, groups=groups, counted=counted, params=sum(t for t, _ in groups.values()),
                flops_per_token=flops_per_token, steps=steps, tokens=steps * config.total_batch_tokens,
                model_flops=steps * step_flops, static=static[busiest], busiest=busiest,
                static_peak=sum(static[busiest].values()), models=[model for model, _ in ranks],
                accum=config.total_batch_tokens // (world * config.device_batch * config.seq_len),
-               activations_model=dict(eager=activation_model(recipe, config, vocab, bos_id), compiled=tuple(compiled)),
+               activations_model=dict(eager=eager, compiled=tuple(compiled)),
                mode="compiled" if compiles(config) else "eager", traced=traced,
                optimizer_transient=max(optimizer_transient(optimizer) for _, optimizer in ranks),
                step_s=step_seconds(step_flops, world, peak, ranks[busiest][1], spec, factor),

@@ -1,7 +1,7 @@
 """harness/smoke.py: a few real training steps on random tokens at the real shape, to learn in minutes whether a
 run can start, before the long wait for its data.
 
-    python -m harness.smoke --preset=gpt2-core [train_gpt.py options] [--smoke_steps=3] [--smoke_vocab=N]
+    python -m harness.smoke [--recipe=train_gpt.py] --preset=gpt2-core [its options] [--smoke_steps=3] [--smoke_vocab=N]
     torchrun --standalone --nproc_per_node=8 -m harness.smoke --preset=gpt2-core [options]
 
 It builds what training builds by the same code (harness.loop's checks and Trainer: the devices and processes, the
@@ -219,6 +219,19 @@ def main(recipe, argv=None):
             dist.destroy_process_group()
 
 
-if __name__ == "__main__":
-    import train_gpt  # the recipe that speedrun.sh trains
-    main(train_gpt)
+def load_recipe(path):
+    """The recipe script at path, loaded as a module: the harness is handed its recipe (as harness.loop.main is),
+    it never imports one by name."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    if spec is None or not os.path.isfile(path):
+        sys.exit(f"{PREFIX}: cannot start: no recipe script at {path}; give --recipe=PATH (default train_gpt.py)")
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = recipe  # dataclasses and pickling look the module up by name
+    spec.loader.exec_module(recipe)
+    return recipe
+
+
+if __name__ == "__main__":  # --recipe=PATH first (default: train_gpt.py, the recipe speedrun.sh trains)
+    given = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1].startswith("--recipe=") else None
+    main(load_recipe(given.split("=", 1)[1] if given else "train_gpt.py"), sys.argv[2 if given else 1:])

@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch._dynamo.backends.common import aot_autograd
 from torch._functorch.aot_autograd import make_boxed_func
+from torch._inductor.compile_fx import partition_fn as inductor_partition
+from torch._inductor.decomposition import select_decomp_table
 
 import train_gpt
 from harness import dryrun
@@ -147,7 +149,7 @@ def real_compiled_saved_bytes(config, rows, autocast):
     torch._dynamo.reset()
     model = train_gpt.GPT(config, VOCAB, 0)
     backend = aot_autograd(fw_compiler=lambda graph, _: make_boxed_func(graph.forward),
-                           partition_fn=dryrun.inductor_partition, decompositions=dryrun.select_decomp_table())
+                           partition_fn=inductor_partition, decompositions=select_decomp_table())
     idx = torch.randint(0, VOCAB, (rows, config.seq_len))
     return dryrun.saved_bytes(torch.compile(model, backend=backend), idx, autocast,
                               torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast))
@@ -182,6 +184,17 @@ def test_the_compiled_figure_at_reduced_depths_equals_tracing_every_layer(small,
     assert how == "traced at 2 and 4 layers, extrapolated per 2 to 6"
     monkeypatch.setattr(dryrun, "reduced_depths", lambda recipe, config: None)
     assert dryrun.compiled_activation_model(train_gpt, config, VOCAB, 0) == (fixed, per_row, "every layer traced")
+
+
+def test_a_torch_that_cannot_trace_the_compiled_step_gets_the_eager_figure_said_so(small, monkeypatch):
+    """The trace leans on private torch APIs: where they moved, the dry run (and the smoke test's advice) still
+    answers, with the eager figure in the compiled one's place and a line that says so."""
+    def moved(*args):
+        raise ImportError("cannot import name 'partition_fn'")
+    monkeypatch.setattr(dryrun, "compiled_activation_model", moved)
+    figures = dryrun.plan(train_gpt, config_of(*small))
+    assert figures["activations_model"]["compiled"] == figures["activations_model"]["eager"]
+    assert any("NOT traced" in line and "eager's figure stands in" in line for line in dryrun.report(figures))
 
 
 def test_the_peak_counts_the_compiled_figure_when_the_run_compiles_else_the_eager_one(small):
