@@ -141,7 +141,8 @@ def summary_line(f, device):
     return shape, line
 
 
-def main():
+def make_parser():
+    """This tool's own options; the others are train_gpt.py's (bench.calibrate reads a command the same way)."""
     parser = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--synthetic", action="store_true", help="random tokens instead of the preset's data")
@@ -151,7 +152,11 @@ def main():
     parser.add_argument("--profile", default="", help="write a torch.profiler table of one more step to this file")
     parser.add_argument("--json", default="", help="write the figures to this file as JSON")
     parser.add_argument("--no-record", action="store_true")
-    args, rest = parser.parse_known_args()
+    return parser
+
+
+def main():
+    args, rest = make_parser().parse_known_args()
     config = parse_args(train_gpt.Config, train_gpt.PRESETS, rest)
     device = resolve_device(config)
     try:

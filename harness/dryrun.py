@@ -376,7 +376,9 @@ def calibration(gpu):
         entry = {}
     factor = float(entry.get("factor", 1.0))
     if entry.get("measured_by"):
-        return factor, f"calibrated x{factor:g} ({entry['measured_by']})"
+        memory = entry.get("memory_ratio")
+        memory = f"; peak memory measured x{memory:g} of the modelled (not applied)" if memory else ""
+        return factor, f"calibrated x{factor:g} ({entry['measured_by']}{memory})"
     return factor, f"uncalibrated (x{factor:g}: no {gpu} run has measured it; bench/calibration.json)"
 
 
@@ -448,8 +450,10 @@ def verdict(peak, memory):
     return "does not fit" if peak > memory else "tight" if peak > TIGHT * memory else "fits"
 
 
-def plan(recipe, config):
-    """Every figure of the dry run, in a dict (no printing)."""
+def plan(recipe, config, vocab=None, calibrated=True):
+    """Every figure of the dry run, in a dict (no printing). vocab: the vocab size when no tokenizer is at hand (a
+    benchmark on random tokens); calibrated=False: the step time without bench/calibration.json's factor (what
+    bench.calibrate compares a measurement with)."""
     check_options(config)
     if hasattr(recipe, "check_config"):
         recipe.check_config(config)
@@ -459,7 +463,7 @@ def plan(recipe, config):
     except ConfigError as e:
         raise ConfigError(f"{e}; at world {world} --device_batch may be "
                           f"{', '.join(map(str, compatible_batches(config, world))) or 'nothing'}") from None
-    vocab, bos_id, vocab_source = vocab_of(config)
+    vocab, bos_id, vocab_source = vocab_of(config) if vocab is None else (vocab, 0, "given")
     spec, peak = GPUS[config.gpu], config.peak_flops or PEAK_BF16_FLOPS[config.gpu]
     model = meta_model(recipe, config, vocab, bos_id)
     flops_per_token, ready_order = trace(model, config.seq_len)
@@ -470,7 +474,7 @@ def plan(recipe, config):
     ranks = plan_world(recipe, config, vocab, bos_id, world, ready_order)
     static = [static_bytes(model, optimizer) for model, optimizer in ranks]
     busiest = max(range(world), key=lambda r: sum(static[r].values()))
-    factor, calibration_note = calibration(config.gpu)
+    factor, calibration_note = calibration(config.gpu) if calibrated else (1.0, "uncalibrated (x1: asked for)")
     eager = activation_model(recipe, config, vocab, bos_id)
     *compiled, traced = compiled_or_eager(recipe, config, vocab, bos_id, eager)  # the report has both figures
     out = dict(config=config, world=world, gpu=config.gpu, vocab=vocab, vocab_source=vocab_source, spec=spec,

@@ -1,6 +1,7 @@
 """The benchmarks run and print their figures (speed is measured by them, not asserted by tests)."""
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -89,6 +90,44 @@ def test_gpu_check_figures_become_rows_of_results_md(gpu_check, tmp_path, monkey
     assert any("gpu-train-small-bf16 | ok: " in row and "tok/s" in row for row in rows)
     raw = sorted((tmp_path / "raw").iterdir())
     assert len(raw) == 10 and all("summary entry:" in path.read_text() for path in raw)
+
+
+def test_the_dry_run_is_compared_with_every_bf16_training_part_and_a_cpu_run_writes_no_calibration(gpu_check, tmp_path,
+                                                                                                    capsys):
+    import bench.calibrate
+    out, _ = gpu_check
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text((REPO / "bench" / "calibration.json").read_text())
+    assert bench.calibrate.main([str(out), "--write", f"--calibration={calibration}"]) == 1
+    printed = capsys.readouterr()
+    assert [line.split(":")[0] for line in printed.out.splitlines()] == list(bench.calibrate.CALIBRATING)
+    assert all("ms modelled (x" in line and "peak n/a measured (no GPU)" in line for line in printed.out.splitlines())
+    assert "nothing written" in printed.err and calibration.read_text() == (REPO / "bench" / "calibration.json").read_text()
+
+
+def test_a_written_calibration_makes_the_dry_run_reproduce_its_calibration_point(gpu_check, tmp_path, monkeypatch):
+    """A GPU run's figures (here the CPU run's, said to be an H100's, with a peak memory): the factor written is
+    measured / modelled, and the dry run of the calibrating config then models the measured step time."""
+    import bench.calibrate
+    from harness import dryrun
+    out, _ = gpu_check
+    summary = json.loads((out / "summary.json").read_text())
+    summary["parts"] = {name: summary["parts"][name] for name in ("versions", "train_core_bf16")}
+    summary["parts"]["versions"]["figures"]["gpu"], summary["smoke"] = "NVIDIA H100 80GB HBM3", False
+    summary["parts"]["train_core_bf16"]["figures"]["peak_memory_gib"] = 1.5
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text(json.dumps(summary))
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text((REPO / "bench" / "calibration.json").read_text())
+    monkeypatch.setattr(dryrun, "CALIBRATION", str(calibration))
+    assert bench.calibrate.main([str(tmp_path / "run"), "--write", f"--calibration={calibration}"]) == 0
+    entry = json.loads(calibration.read_text())["H100"]
+    assert entry["measured_by"].startswith("bench.calibrate of run") and entry["memory_ratio"] > 0
+    config, vocab = bench.calibrate.part_config(summary["parts"]["train_core_bf16"]["command"])
+    planned = dryrun.plan(bench.calibrate.train_gpt, dataclasses.replace(config, steps=1), vocab=vocab)
+    measured = summary["parts"]["train_core_bf16"]["figures"]["step_ms"]
+    assert 1000 * planned["step_s"][0] == pytest.approx(measured, rel=1e-3)  # the factor is rounded to 4 digits
+    assert "calibrated x" in planned["calibration"] and "peak memory measured x" in planned["calibration"]
 
 
 def test_gpu_sweep_measures_each_switch_against_a_baseline_of_the_same_call(tmp_path):
