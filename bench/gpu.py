@@ -50,6 +50,15 @@ def train_part(args, name, small, extra, limit, warmup=2, steps=5):
                          f"--json={os.path.join(args.out, name + '.json')}"]
 
 
+def smoke_part(args):
+    """speedrun.sh's smoke test (harness/smoke.py) on this GPU at GPT-2-small shape (tiny ones with --smoke): its
+    one line, the compile and the peak memory in it; no data, no tokenizer (the vocab given)."""
+    *shape, vocab = TINY if args.smoke else SMALL
+    device = [f"--device={args.device}"] if args.device != "auto" else []
+    return "smoke_test", 150, [sys.executable, "-m", "harness.smoke", *shape, "--steps=1000", "--smoke_steps=2",
+                               f"--smoke_vocab={vocab.split('=')[1]}", "--tokenizer=/nonexistent", *device]
+
+
 def parts(args):
     """(name, time limit in seconds, command) for every part, most important first."""
     out, smoke = args.out, args.smoke
@@ -76,6 +85,7 @@ def parts(args):
         # train_small_bf16 with each block compiled on its own (gradients ready block by block, for overlapping
         # communication) against its whole-model compile; last, so that it takes only what the budget leaves
         train_part(args, "train_small_blocks", True, ["--compile=blocks"], 150),
+        smoke_part(args),
     ]
 
 
@@ -152,6 +162,8 @@ def run_part(name, limit, command, out):
         counts = re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", text)
         figures = {word.rstrip("s") if word.startswith("error") else word: int(n) for n, word in counts}
     figures.update(compile_events(text))
+    if name == "smoke_test":  # its figures are its one line
+        figures["line"] = next((line for line in text.splitlines() if line.startswith("smoke test: ")), "")
     if rc is None:
         status, error = "timed out", f"no result within {limit:.0f} s"
     elif rc != 0 and not (name == "gpu_tests" and rc == 5):
@@ -182,6 +194,8 @@ def headline(name, entry):
         events = f"; {compile_line(f)}" if f.get("recompiles") or f.get("graph_breaks") else ""
         return (f"{f['tokens_per_s']:,.0f} tok/s, {f['step_ms']:.0f} ms, {mfu}, {memory}, first step "
                 f"{f['first_step_s']:.0f} s{top}{switches}{events}")
+    if name == "smoke_test":
+        return f.get("line", "").removeprefix("smoke test: OK: ")
     if name == "sdpa_kernels":
         return "; ".join(f"{case}: {c.get('default_kernel')} (ok: {','.join(c['works'])})"
                          for case, c in f.get("cases", {}).items())

@@ -60,7 +60,7 @@ def test_gpu_check_runs_every_part_and_writes_real_figures(gpu_check):
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "summary.json").read_text())
     names = [name for name, _, _ in bench.gpu.parts(argparse.Namespace(out=str(out), smoke=True, device="cpu"))]
-    assert list(summary["parts"]) == names and len(names) == 10
+    assert list(summary["parts"]) == names and len(names) == 11
     for name, entry in summary["parts"].items():
         assert entry["status"] == "ok", (name, entry)
         assert (out / entry["output"]).read_text().startswith("$ ")  # the part's own output, as it ran
@@ -76,6 +76,7 @@ def test_gpu_check_runs_every_part_and_writes_real_figures(gpu_check):
     assert all(case["works"] and case["ms"]["default"] > 0 for case in parts["sdpa_kernels"]["cases"].values())
     assert parts["gpu_tests"]["skipped"] >= 5  # no CUDA here: every GPU test skips, none fails to import
     assert parts["core_eval"]["attention"]["sdpa"]["prompts_per_s"] > 0
+    assert parts["smoke_test"]["line"].startswith("smoke test: OK: 1 x CPU")
     table = done.stdout[done.stdout.index("summary:"):]
     assert all(f"{name} " in table for name in names)
 
@@ -86,10 +87,10 @@ def test_gpu_check_figures_become_rows_of_results_md(gpu_check, tmp_path, monkey
     monkeypatch.setattr(bench.record, "RAW", str(tmp_path / "raw"))
     bench.gpu.to_results(str(out))
     rows = [line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| 20")]
-    assert len(rows) == 10 and all(f"`python -m bench.gpu --out {out.name} --smoke`" in row for row in rows)
+    assert len(rows) == 11 and all(f"`python -m bench.gpu --out {out.name} --smoke`" in row for row in rows)
     assert any("gpu-train-small-bf16 | ok: " in row and "tok/s" in row for row in rows)
     raw = sorted((tmp_path / "raw").iterdir())
-    assert len(raw) == 10 and all("summary entry:" in path.read_text() for path in raw)
+    assert len(raw) == 11 and all("summary entry:" in path.read_text() for path in raw)
 
 
 def test_the_dry_run_is_compared_with_every_bf16_training_part_and_a_cpu_run_writes_no_calibration(gpu_check, tmp_path,
