@@ -110,10 +110,16 @@ def layout_figures(config, world):
     return ranks
 
 
+@pytest.fixture
+def untraced(monkeypatch):
+    """For tests of the static figures: the compiled step's trace (seconds a plan) stubbed out."""
+    monkeypatch.setattr(dryrun, "compiled_activation_model", lambda *args: (0, 1, "not traced: not what is tested"))
+
+
 @pytest.mark.baseline  # layout_figures knows the baseline's rules (AdamW's two states, Muon's momentum)
 @pytest.mark.parametrize("world,extra", [(1, ()), (4, ()), (8, ("--embed_dtype=bf16", "--reduce_dtype=bf16")),
                                          (4, ("--muon_split_qkv", "--bucket_mb=0"))])
-def test_static_figures_of_every_rank_of_a_simulated_world_are_the_layouts(world, extra, small):
+def test_static_figures_of_every_rank_of_a_simulated_world_are_the_layouts(world, extra, small, untraced):
     config = config_of(*small, "--total_batch_tokens=512", "--device_batch=1", *extra)
     _, order = trace(dryrun.meta_model(train_gpt, config, VOCAB, 0), config.seq_len)
     planned = [dryrun.static_bytes(model, optimizer)
@@ -197,7 +203,10 @@ def test_a_torch_that_cannot_trace_the_compiled_step_gets_the_eager_figure_said_
     assert any("NOT traced" in line and "eager's figure stands in" in line for line in dryrun.report(figures))
 
 
-def test_the_peak_counts_the_compiled_figure_when_the_run_compiles_else_the_eager_one(small):
+def test_the_peak_counts_the_compiled_figure_when_the_run_compiles_else_the_eager_one(small, monkeypatch):
+    traced, real = {}, dryrun.compiled_activation_model  # one model, three --compile modes: traced once
+    monkeypatch.setattr(dryrun, "compiled_activation_model",
+                        lambda *args: traced["figure"] if traced else traced.setdefault("figure", real(*args)))
     lines = {}
     for compile, mode in (("auto", "compiled"), ("blocks", "compiled"), ("false", "eager")):
         figures = dryrun.plan(train_gpt, config_of(*small, f"--compile={compile}"))
@@ -232,8 +241,7 @@ def test_vocab_from_tokenizer_json_only_else_the_presets_known_vocab_else_a_clea
         dryrun.vocab_of(config_of("--tokenizer=/nonexistent"))
 
 
-def test_a_flops_budget_is_reported_as_holding_or_exceeded(capsys, small, monkeypatch):
-    monkeypatch.setattr(dryrun, "compiled_activation_model", lambda *args: (0, 1, "not traced: not what is tested"))
+def test_a_flops_budget_is_reported_as_holding_or_exceeded(capsys, small, untraced):
     figures = dryrun.dry_run(train_gpt, config_of(*small))
     for budget, word in ((figures["model_flops"], "holds"), (figures["model_flops"] / 2, "EXCEEDED")):
         dryrun.dry_run(train_gpt, config_of(*small, f"--flops_budget={budget}"))
