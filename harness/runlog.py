@@ -61,7 +61,8 @@ def cpu_name():
 def environment(device, world):
     env = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
            "device": str(device), "world_size": world, "gpu": None, "driver": None, "cpu": cpu_name(),
-           "threads": torch.get_num_threads()}  # a CPU run's sums depend on both: a replay needs them
+           "threads": torch.get_num_threads(),  # a CPU run's sums depend on these three: a replay needs them
+           "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # the kernels ATen picks (AVX2, AVX512, ...)
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],

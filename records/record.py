@@ -788,7 +788,7 @@ def check_start(run, log, ctx, fail):
 # What a resume must keep of the first start's environment: the hardware and the software that do the math (a CPU
 # run's sums also depend on the CPU model and the thread count; a GPU run's host CPU does not matter)
 SAME_ENVIRONMENT = ("device", "world_size", "gpu", "torch", "cuda")
-SAME_CPU_ENVIRONMENT = ("cpu", "threads")
+SAME_CPU_ENVIRONMENT = ("cpu", "threads", "cpu_capability")
 
 
 def moved_environment(first, segment):

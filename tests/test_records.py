@@ -780,3 +780,15 @@ def test_a_hand_made_log_that_validates_is_caught_by_reproduce(runs, tmp_path):
     assert failures(runs, record) == []
     (problem,) = reproduce(str(record), ["seed1"], steps=3, repo=str(runs["repo"]), echo=lambda line: None)
     assert re.search(r"seed1: step 2: train_loss 5\.000000 in the log, \S+ replayed$", problem)
+
+
+def test_a_replay_asks_for_the_same_digits_only_on_the_same_cpu_model_and_kernels():
+    import torch
+    from harness.runlog import cpu_name
+    from records.reproduce import GPU_TOLERANCE, OTHER_CPU_TOLERANCE, default_tolerance
+    here = {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    assert default_tolerance(here) == 0.0
+    assert default_tolerance({"cpu": here["cpu"]}) == 0.0  # a log from before the capability was logged
+    assert default_tolerance({**here, "cpu_capability": "a kernel level not this one"}) == OTHER_CPU_TOLERANCE
+    assert default_tolerance({**here, "cpu": "another CPU"}) == OTHER_CPU_TOLERANCE
+    assert default_tolerance({**here, "gpu": "NVIDIA H100 80GB HBM3"}) == GPU_TOLERANCE
