@@ -112,8 +112,9 @@ def main(argv=None):
         return 1
     note = (f"bench.calibrate of {os.path.basename(os.path.normpath(args.folder))} (commit "
             f"{str(summary.get('commit'))[:12]}; parts {', '.join(r['part'] for r in rows)})")
-    write_calibration(gpu, calibration_entry(rows, note), args.calibration)
-    print(f"{gpu}: step-time factor x{calibration_entry(rows, note)['factor']:g} written to {args.calibration}")
+    entry = calibration_entry(rows, note)
+    write_calibration(gpu, entry, args.calibration)
+    print(f"{gpu}: step-time factor x{entry['factor']:g} written to {args.calibration}")
     return 0
 
 

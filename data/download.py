@@ -344,16 +344,11 @@ def build_sample(folder, sdist=None):
 # Command line
 
 def measure_overlap(folder, names, manifest):
-    """data/overlap.py on downloaded token shards (the last name is val; data.tokenize does the same for the shards it
-    makes): overlap.json, measured again only when the shards changed."""
+    """data/overlap.py on downloaded token shards (the last name is val; data.tokenize does the same for the shards
+    it makes): overlap.json, measured again only when the shards changed."""
     from data import overlap
     listed = [{"name": name, "sha256": manifest["files"][name]["sha256"]} for name in names]
-    result = overlap.recorded(folder, listed[:-1], listed[-1:])
-    if result is None:
-        paths = [os.path.join(folder, name) for name in names]
-        result = overlap.measure(paths[:-1], paths[-1:])
-        overlap.write(folder, result)
-    print(overlap.summary(result))
+    overlap.ensure(folder, listed[:-1], listed[-1:])
 
 
 def main(argv=None):

@@ -91,8 +91,13 @@ def val_tokens(val_paths):
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint16)
 
 
-def measure(train_paths, val_paths, workers=None, progress=True):
-    """The overlap of the val shards with the train shards, as overlap.json holds it."""
+def identities(paths):
+    return [{"name": os.path.basename(p), "sha256": sha256_file(p)} for p in paths]
+
+
+def measure(train_paths, val_paths, workers=None, progress=True, known=None):
+    """The overlap of the val shards with the train shards, as overlap.json holds it. known: (train, val) shard
+    identities ([{name, sha256}]) already computed, so that the shards are not read again to hash them."""
     val = val_tokens(val_paths)
     val_hashes = chunked_hashes(val, 1)
     val_set = sorted_unique(val_hashes)
@@ -106,8 +111,8 @@ def measure(train_paths, val_paths, workers=None, progress=True):
     shared = sorted_unique(np.concatenate(shared)) if shared else np.zeros(0, dtype=np.uint64)
     return {"ngram": NGRAM, "stride": STRIDE, "val_tokens_checked": int(len(val)),
             "shared_ngrams": int(len(shared)), "fraction": covered_fraction(val_hashes, shared, len(val)),
-            "train_shards": [{"name": os.path.basename(p), "sha256": sha256_file(p)} for p in train_paths],
-            "val_shards": [{"name": os.path.basename(p), "sha256": sha256_file(p)} for p in val_paths]}
+            "train_shards": known[0] if known else identities(train_paths),
+            "val_shards": known[1] if known else identities(val_paths)}
 
 
 def summary(result):
@@ -132,6 +137,18 @@ def recorded(folder, train_shards, val_shards):
         return None
     same = result.get("train_shards") == train_shards and result.get("val_shards") == val_shards
     return result if same else None
+
+
+def ensure(folder, train_shards, val_shards):
+    """overlap.json of the shards in folder named by train_shards and val_shards ([{name, sha256}], as a manifest
+    lists them): measured only when it does not cover exactly these; its summary printed."""
+    result = recorded(folder, train_shards, val_shards)
+    if result is None:
+        paths = lambda shards: [os.path.join(folder, s["name"]) for s in shards]
+        result = measure(paths(train_shards), paths(val_shards), known=(train_shards, val_shards))
+        write(folder, result)
+    print(summary(result))
+    return result
 
 
 def main(argv=None):

@@ -220,14 +220,8 @@ def tokenize_corpus(corpus, tokenizer, out, shard_tokens=100_000_000, workers=No
 
 def check_overlap(out, manifest):
     """overlap.json for the shards in the manifest (measured again only when the shards changed); prints it."""
-    shards = {split: [{"name": s["name"], "sha256": s["sha256"]} for s in manifest["splits"][split]["shards"]]
-              for split in ("train", "val")}
-    result = overlap.recorded(out, shards["train"], shards["val"])
-    if result is None:
-        paths = {split: [os.path.join(out, s["name"]) for s in listed] for split, listed in shards.items()}
-        result = overlap.measure(paths["train"], paths["val"])
-        overlap.write(out, result)
-    print(overlap.summary(result))
+    listed = lambda split: [{"name": s["name"], "sha256": s["sha256"]} for s in manifest["splits"][split]["shards"]]
+    overlap.ensure(out, listed("train"), listed("val"))
 
 
 def main(argv=None):

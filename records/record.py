@@ -453,7 +453,7 @@ def files_changed(diff):
                    and " b/" in line})
 
 
-def code_files_changed(diff):
+def files_that_run(diff):
     """The files a `git diff` changes that are not prose (PROSE_FILE): what could change what runs."""
     return [name for name in files_changed(diff) if not PROSE_FILE.fullmatch(name)]
 
@@ -818,7 +818,7 @@ def check_source(log, ctx, fail):
             fail(diff_path, f"sha256 {diff_sha[:12]} is not the log's diff_sha256 {str(git.get('diff_sha256'))[:12]}")
             return False
         text = diff.decode("utf-8", errors="replace")
-        changed = code_files_changed(text)
+        changed = files_that_run(text)
         if changed:  # the count would run the diff's code, which validate never runs
             fail(diff_path, f"changes code ({', '.join(changed)}): FLOPs are counted only with committed code; "
                             "commit the change, run again and make the record from that commit")

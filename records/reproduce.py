@@ -16,6 +16,7 @@ from the package index) with this checkout's pipeline, as speedrun.sh names its 
 that it is the record's.
 """
 
+import glob
 import json
 import math
 import os
@@ -114,7 +115,6 @@ class MissingData(RecordError):
 
 def missing_data(config, data_root):
     """The first of the config's data paths that is not under data_root, or None."""
-    import glob
     for key in ("tokenizer", "train_files", "val_files"):
         path = os.path.join(data_root, config[key])
         if not glob.glob(path):
