@@ -12,6 +12,7 @@ nanochat's and modded-nanogpt's counts) is each query against the keys of its wi
 import contextlib
 
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
@@ -72,8 +73,58 @@ def trace(model, seq_len):
     return flops // seq_len, first_use.order[::-1] + unused
 
 
+class KernelAttention(TorchFunctionMode):
+    """Counts the calls of an attention kernel (SDPA, FlexAttention) that did not hand over to span_attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention or getattr(func, "__name__", "") == "flex_attention":
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+class MaskSpanAttention(TorchFunctionMode):
+    """On real tensors: each SDPA call ([B, heads, T, head_dim]) replaced by the matmuls of span_attention, the span
+    read off its mask (the most keys any query may see: the window; is_causal or no mask: every key)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        names = ("query", "key", "value", "attn_mask")
+        given = {**dict(zip(names, args)), **kwargs}
+        q, k, v, mask = given["query"], given["key"], given["value"], given.get("attn_mask")
+        if mask is None:
+            span = k.size(-2)
+        else:
+            allowed = mask if mask.dtype == torch.bool else torch.isfinite(mask)
+            span = int(allowed.expand(*allowed.shape[:-2], q.size(-2), k.size(-2)).sum(-1).max())
+        scores = (q @ k[..., :span, :].mT).softmax(-1)
+        return scores @ v[..., :span, :]
+
+
 def flops_per_token(recipe, config, vocab_size):
-    """Training FLOPs per token of a recipe's model at a config, built on the meta device (nothing allocated)."""
-    with torch.device("meta"):
-        model = recipe.GPT(config, vocab_size, bos_id=0)
-    return trace(model, config.seq_len)[0]
+    """Training FLOPs per token of a recipe's model at a config, built on the meta device (nothing allocated). A
+    recipe whose attention does not hand over to span_attention on the meta device (an older train_gpt.py: its
+    attention kernel ran instead, full T x T) is counted again on one real row on the CPU, each attention call
+    counted as the keys its mask allows: the same convention, read off what runs."""
+    kernels = KernelAttention()
+    try:
+        with torch.device("meta"):
+            model = recipe.GPT(config, vocab_size, bos_id=0)
+        with kernels:
+            flops = trace(model, config.seq_len)[0]
+        if not kernels.calls:
+            return flops
+    except (RuntimeError, NotImplementedError):  # an older recipe's code that needs real tensors on the meta device
+        pass
+    model = recipe.GPT(config, vocab_size, bos_id=0)
+    idx = torch.zeros(1, config.seq_len, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        with MaskSpanAttention():
+            logits = model(idx)
+        logits.float().sum().backward()
+    return counter.get_total_flops() // config.seq_len

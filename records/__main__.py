@@ -16,7 +16,7 @@ import tempfile
 
 from records import trust
 from records.compare import compare
-from records.record import TRACKS_FILE, RecordError, load_tracks, new_record, validate
+from records.record import TRACKS_FILE, RecordError, across_records, load_tracks, new_record, validate
 
 RECORDS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(RECORDS_DIR)
@@ -78,7 +78,7 @@ def report_validation(path, failures, notes):
 
 def cmd_validate(args):
     """Each record, then across them: a log (by sha256) in two records fails the one added later
-    (trust.duplicate_logs). With --all, a results.json outside records/<track>/<date>_<slug>/ fails too."""
+    (record.across_records: by what a run did, not its bytes). With --all, a results.json outside records/<track>/<date>_<slug>/ fails too."""
     paths, refused = (trust.find_records(RECORDS_DIR, load_tracks(args.tracks)) if args.all else (args.paths, []))
     for line in refused:
         print(trust.printable(f"FAIL {line}"))
@@ -88,7 +88,7 @@ def cmd_validate(args):
     results = {path: validate(path, args.tracks) for path in paths}
     valid = {path: trust.read_json(os.path.join(path, "results.json")) for path, (failures, _) in results.items()
              if not failures}
-    for path, lines in trust.duplicate_logs(valid).items():
+    for path, lines in across_records(valid).items():
         results[path][0].extend(lines)
     codes = [report_validation(path, *results[path]) for path in paths]
     return max(codes + [1 if refused else 0])

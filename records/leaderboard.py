@@ -15,7 +15,7 @@ import re
 import tempfile
 
 from records import trust
-from records.record import TRACKS_FILE, load_tracks, validate
+from records.record import TRACKS_FILE, across_records, load_tracks, validate
 
 START, END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
 HEADERS = ["date", "record", "author", "description", "metric (mean ± std)", "training time", "model FLOPs", "runs",
@@ -40,7 +40,7 @@ def ranked_records(records_dir, tracks, tracks_file=TRACKS_FILE, report=None):
             valid[path] = trust.read_json(os.path.join(path, "results.json"))
         except trust.RecordError as e:
             report(str(e))
-    for path, lines in trust.duplicate_logs(valid).items():
+    for path, lines in across_records(valid).items():
         report(trust.printable(f"{path}: {lines[0]}"))
         del valid[path]
     board = {track_id: [] for track_id in tracks}

@@ -13,17 +13,17 @@ is only compared with train_gpt.py at the record's commit. Every figure that dec
 the logs' lines (which must agree with each other) and from that commit's own code (its FLOPs formula).
 """
 
-import ast
 import dataclasses
+import datetime
 import hashlib
 import json
 import math
 import os
 import re
 import subprocess
-import types
+import tempfile
 
-from records import trust
+from records import instruments, trust
 from records.stats import mean_std, one_sample_t_test
 from records.trust import RecordError, one_line, printable
 
@@ -229,7 +229,7 @@ SUBMISSION = ("author", "affiliation", "url", "run_link")  # who made a record a
 
 
 def new_record(track_id, slug, run_dirs, out=None, description="", tracks_file=TRACKS_FILE, date=None, author=None,
-               affiliation=None, url=None, run_link=None):
+               affiliation=None, url=None, run_link=None, seeds_note=None, repo=None):
     """Builds a record folder from finished runs; returns its path (then validate it). A missing author is left to
     validate to report (it is required of records dated from trust.AUTHOR_REQUIRED_FROM); any other bad field is
     refused here."""
@@ -243,8 +243,9 @@ def new_record(track_id, slug, run_dirs, out=None, description="", tracks_file=T
         raise RecordError(f"the runs come from {len(commits)} commits ({printable(sorted(map(str, commits)))}); a "
                           "record is one commit's runs")
     metric = track["metric"]
+    repo = repo or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     given = {"author": author, "affiliation": affiliation, "url": url, "run_link": run_link,
-             "modified": modified_files(run_dirs) or None}
+             "seeds_note": seeds_note, "modified": modified_files(run_dirs, next(iter(commits)), repo) or None}
     record = {"schema_version": SCHEMA_VERSION, "track": track_id, "slug": slug,
               "date": date or trust.today().isoformat(), "description": description,
               **{key: value for key, value in given.items() if value is not None}, "commit": commits.pop(),
@@ -263,13 +264,16 @@ def new_record(track_id, slug, run_dirs, out=None, description="", tracks_file=T
     return out
 
 
-def modified_files(run_dirs):
-    """The files the runs' trees changed (their git.diff), for results.json's 'modified'."""
+def modified_files(run_dirs, commit, repo):
+    """The files the runs' trees changed (their git.diff applied to the commit), for results.json's 'modified'."""
     changed = set()
     for run_dir in run_dirs:
         path = os.path.join(run_dir, "git.diff")
         if os.path.lexists(path):
-            changed.update(files_changed(trust.read_bounded(path, trust.DIFF_BYTES).decode("utf-8", errors="replace")))
+            try:
+                changed.update(applied_diff(commit, repo, trust.read_bounded(path, trust.DIFF_BYTES))[0])
+            except DiffError as e:
+                raise RecordError(one_line(path, e)) from None
     return sorted(changed)
 
 
@@ -341,34 +345,30 @@ def source_at_commit(commit, repo):
     return shown.stdout.decode("utf-8") if shown.returncode == 0 else None
 
 
-def commit_definitions(source, names):
-    """The named top-level functions and constants of a train_gpt.py source, with the definitions they use, run in
-    a namespace of their own (only `math` given). The source is train_gpt.py at a commit that is in this
-    repository, i.e. this project's own reviewed code read from git, never text from a record; only these
-    definitions are executed, so nothing is imported (no torch) and the current train_gpt.py plays no part: a
-    record is counted with the formula of the code that made it."""
-    tree = ast.parse(source)
-    defined = {}
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef):
-            defined[node.name] = node
-        elif isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
-            defined.update((t.id, node) for t in node.targets)
-    wanted, todo = set(), list(names)
-    while todo:
-        name = todo.pop()
-        if name in defined and defined[name] not in wanted:
-            wanted.add(defined[name])
-            todo += [n.id for n in ast.walk(defined[name]) if isinstance(n, ast.Name)]
-    namespace = {"math": math}
-    exec(compile(ast.Module(body=[n for n in tree.body if n in wanted], type_ignores=[]), "train_gpt.py@commit",
-                 "exec"), namespace)
-    return namespace
-
-
 def file_at_commit(commit, repo, path):
     """Whether the commit's tree holds the file (what the code at that commit logs: newer checks apply to it)."""
     return subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], capture_output=True, cwd=repo).returncode == 0
+
+
+def resumable_at_commit(source, commit, repo):
+    """The options a resumed run may change at a commit (RESUMABLE_CHANGES, in its train_gpt.py or, later, in
+    harness/checkpoint.py), read as a literal: nothing of the commit runs."""
+    found = instruments.literal(source, RESUMABLE)
+    if found is None:
+        shown = subprocess.run(["git", "show", f"{commit}:harness/checkpoint.py"], capture_output=True, cwd=repo)
+        found = instruments.literal(shown.stdout.decode("utf-8", errors="replace"), RESUMABLE) \
+            if shown.returncode == 0 else None
+    return set(found or ())
+
+
+def commit_time(commit, repo):
+    """The earliest calendar date of a commit: its committer date in the committer's time zone or in UTC."""
+    shown = subprocess.run(["git", "show", "-s", "--format=%cs %ct", commit], capture_output=True, text=True, cwd=repo)
+    if shown.returncode != 0 or len(shown.stdout.split()) != 2:
+        return None
+    local, stamp = shown.stdout.split()
+    utc = datetime.datetime.fromtimestamp(int(stamp), datetime.timezone.utc).date()
+    return min(datetime.date.fromisoformat(local), utc)
 
 
 def is_merged(commit, repo):
@@ -378,101 +378,56 @@ def is_merged(commit, repo):
                           cwd=repo).returncode == 0
 
 
-def literal_at_commit(commit, repo, path, name):
-    """A top-level constant (a literal: dict, set, ...) of a file at a commit, read without running anything."""
-    shown = subprocess.run(["git", "show", f"{commit}:{path}"], capture_output=True, cwd=repo)
-    if shown.returncode != 0:
-        return None
-    for node in ast.parse(shown.stdout.decode("utf-8")).body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
-            return ast.literal_eval(node.value)
-    return None
-
-
-# Run in a copy of the record's commit (the harness counts FLOPs from the model, on the meta device): the count of
-# each (config, vocab) read from stdin, as JSON on stdout.
-COUNT_SCRIPT = """
-import dataclasses, json, sys
-import train_gpt
-from harness.trace import flops_per_token
-fields = {f.name for f in dataclasses.fields(train_gpt.Config)}
-counts = []
-for config, vocab in json.load(sys.stdin):
-    config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in fields}
-    counts.append(flops_per_token(train_gpt, train_gpt.Config(**config), vocab))
-print(json.dumps(counts))
-"""
-_COUNTS = {}  # (commit, config, vocab) -> FLOPs per token: a commit's code counts the same every time
-
-
-def count_at_commit(commit, repo, requests):
-    """FLOPs per token of each (config dict, vocab) with the model code of a merged commit, counted by that commit's
-    harness in a copy of its tree (git archive), in a process of its own."""
-    keys = [(commit, json.dumps(config, sort_keys=True), vocab) for config, vocab in requests]
-    todo = [(config, vocab) for (config, vocab), key in zip(requests, keys) if key not in _COUNTS]
-    if todo:
-        import io
-        import sys
-        import tarfile
-        import tempfile
-        with tempfile.TemporaryDirectory() as tmp:
-            archive = subprocess.run(["git", "archive", "--format=tar", commit], capture_output=True, cwd=repo, check=True)
-            with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-                tar.extractall(tmp, filter="data")
-            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-            done = subprocess.run([sys.executable, "-c", COUNT_SCRIPT], input=json.dumps(todo), capture_output=True,
-                                  text=True, cwd=tmp, env=env)
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no output")
-        for (config, vocab), count in zip(todo, json.loads(done.stdout)):
-            _COUNTS[(commit, json.dumps(config, sort_keys=True), vocab)] = int(count)
-    return [_COUNTS[key] for key in keys]
-
-
-def commit_formula(source, commit, repo):
-    """How the record's commit counts: FLOPs per token (a function of a config namespace and the vocab), its peak
-    FLOP/s table and the options a resume may change. A commit whose train_gpt.py has the formula (before the
-    harness) gives its definitions; a later one counts from the model with its own harness."""
-    if "def flops_per_token(" in source:
-        return commit_definitions(source, ["flops_per_token", "PEAK_BF16_FLOPS", RESUMABLE])
-    count = lambda config, vocab: count_at_commit(commit, repo, [(vars(config), vocab)])[0]
-    return {"flops_per_token": count, "counts": lambda requests: count_at_commit(commit, repo, requests),
-            "PEAK_BF16_FLOPS": literal_at_commit(commit, repo, "harness/runlog.py", "PEAK_BF16_FLOPS"),
-            RESUMABLE: literal_at_commit(commit, repo, "harness/checkpoint.py", RESUMABLE)}
-
-
 # The files a record's tree may have changed: prose, which nothing runs or reads while training (anything else, a
 # shell script, a JSON of tracks, a wheel, pyproject.toml, may change what runs or what is checked)
 PROSE_FILE = re.compile(r"(.*/)?([^/]+\.(md|rst)|(README|LICENSE|NOTICE|CHANGELOG|AUTHORS)(\.(md|rst|txt))?)",
                         re.IGNORECASE)
 
 
-def files_changed(diff):
-    """The files a `git diff` (its text) changes, sorted."""
-    return sorted({line.split(" b/", 1)[1].rstrip() for line in diff.splitlines() if line.startswith("diff --git ")
-                   and " b/" in line})
+PLAIN_FILE_MODE = "100644"  # what a prose file of a modified tree may be: not a symlink, an executable, a submodule
 
 
-def files_that_run(diff):
-    """The files a `git diff` changes that are not prose (PROSE_FILE): what could change what runs."""
-    return [name for name in files_changed(diff) if not PROSE_FILE.fullmatch(name)]
+class DiffError(RecordError):
+    """A run's diff that does not apply to the record's commit."""
 
 
-def apply_diff(source, diff):
-    """train_gpt.py with the train_gpt.py part of a `git diff HEAD` (its bytes) applied, or None when it does not
-    apply."""
-    import tempfile
+def applied_diff(commit, repo, diff):
+    """What a `git diff HEAD` (its bytes) does to the commit's tree, read off the result of applying it with git (never
+    parsed as text: a hunk under a crafted header, or with no `diff --git` header at all, is applied as git applies
+    it): ({path: its mode after, None when deleted}, train_gpt.py after). The objects go to a scratch repository that
+    borrows this one's (alternates), so nothing is written here. DiffError when it does not apply."""
+    objects = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], capture_output=True,
+                             text=True, cwd=repo, check=True).stdout.strip() + "/objects"
     with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "train_gpt.py"), "w", encoding="utf-8") as f:
-            f.write(source)
-        with open(os.path.join(tmp, "record.diff"), "wb") as f:
+        scratch = os.path.join(tmp, "scratch.git")
+        subprocess.run(["git", "init", "-q", "--bare", scratch], capture_output=True, check=True)
+        with open(os.path.join(scratch, "objects", "info", "alternates"), "w") as f:
+            f.write(objects + "\n")
+        with open(os.path.join(tmp, "run.diff"), "wb") as f:
             f.write(diff)
-        applied = subprocess.run(["git", "apply", "--include=train_gpt.py", "record.diff"], cwd=tmp,
-                                 capture_output=True)
+        env = {**os.environ, "GIT_DIR": scratch, "GIT_INDEX_FILE": os.path.join(tmp, "index")}
+        git = lambda *args: subprocess.run(["git", *args], capture_output=True, env=env, cwd=tmp)
+        if git("read-tree", commit).returncode != 0:
+            raise DiffError(f"commit {commit[:12]} cannot be read")
+        applied = git("apply", "--cached", "--whitespace=nowarn", "run.diff")
         if applied.returncode != 0:
-            return None
-        with open(os.path.join(tmp, "train_gpt.py"), encoding="utf-8") as f:
-            return f.read()
+            reason = applied.stderr.decode("utf-8", errors="replace").strip().splitlines() or ["no reason given"]
+            raise DiffError(f"does not apply to commit {commit[:12]} with git apply ({reason[0]})")
+        tree = git("write-tree").stdout.decode().strip()
+        raw = git("diff-tree", "-r", "--no-renames", "-z", commit, tree).stdout.decode("utf-8", errors="replace")
+        source = git("show", f"{tree}:train_gpt.py")
+    fields, changes = raw.split("\0"), {}
+    for meta, path in zip(fields[0::2], fields[1::2]):  # ":old_mode new_mode old_sha new_sha status", then the path
+        if meta.startswith(":"):
+            mode = meta[1:].split()[1]
+            changes[path] = None if set(mode) == {"0"} else mode
+    return changes, (source.stdout.decode("utf-8", errors="replace") if source.returncode == 0 else None)
+
+
+def code_changes(changes):
+    """The changes of applied_diff that are not prose in a plain file: what could change what runs or is read."""
+    return sorted(path for path, mode in changes.items()
+                  if not PROSE_FILE.fullmatch(path) or mode not in (None, PLAIN_FILE_MODE))
 
 
 RUN_SCHEMA = {"run_id": str, "log": str, "seed": int, "steps": int, "tokens": int, "vocab_size": int,
@@ -748,8 +703,6 @@ def check_run(run, log, ctx, fail):
     if replayed is None:
         return None
     check_figures(run, log, replayed, fail)
-    if ctx["formula"] is not None and not check_flops(run, log, replayed, ctx, fail):
-        return None
     check_place(run, log, ctx, fail)
     return replayed
 
@@ -817,17 +770,17 @@ def check_source(log, ctx, fail):
         if diff_sha != git.get("diff_sha256"):
             fail(diff_path, f"sha256 {diff_sha[:12]} is not the log's diff_sha256 {str(git.get('diff_sha256'))[:12]}")
             return False
-        text = diff.decode("utf-8", errors="replace")
-        changed = files_that_run(text)
-        if changed:  # the count would run the diff's code, which validate never runs
-            fail(diff_path, f"changes code ({', '.join(changed)}): FLOPs are counted only with committed code; "
+        try:
+            changes, committed = applied_diff(commit, ctx["repo"], diff)
+        except DiffError as e:
+            fail(diff_path, e)
+            return False
+        code = code_changes(changes)
+        if code:  # validate never runs a diff's code, and a record's figures are those of committed code
+            fail(diff_path, f"changes more than prose in plain files ({', '.join(code)}, as git applies it): "
                             "commit the change, run again and make the record from that commit")
             return False
-        ctx["modified"].update(files_changed(text))
-        committed = apply_diff(committed, diff)
-        if committed is None:
-            fail(diff_path, f"does not apply to train_gpt.py at commit {commit[:12]}")
-            return False
+        ctx["modified"].update(changes)
     if log.source != committed:
         fail(log.path, f"the train_gpt.py source in the log does not match train_gpt.py at commit {commit[:12]}"
                        f"{' with the diff' if git.get('dirty') else ''} (sha256 "
@@ -866,27 +819,33 @@ def check_figures(run, log, replayed, fail):
         fail(log.path, f"stopped at the target val loss {target!r}, but its val loss is {replayed['val_loss']}")
 
 
-def check_flops(run, log, replayed, ctx, fail):
-    """FLOPs per token recomputed with the record's commit's own formula (its config already in range), tokens and
-    model FLOPs from steps x batch, and MFU with that commit's peak table; False when the formula fails."""
-    config, model, results_path = log.segments[0]["config"], log.segments[0]["model"], ctx["results_path"]
+def check_flops(runs, logs, replays, ctx, fail):
+    """FLOPs per token counted by this checkout's harness (records/instruments.py) for the recipe of the record's
+    commit, one count per config (one child process for the record), against the log's model line and results.json;
+    tokens and model FLOPs from steps x batch; MFU with the track's peak. A commit whose own harness counted
+    otherwise is refused here, with both figures."""
+    if not ctx["merged"]:
+        return
+    starts = [logs[os.path.normpath(run["log"])].segments[0] for run in runs]
+    requests = [({k: v for k, v in start["config"].items() if k not in PER_RUN_SETTINGS},
+                 start["model"]["vocab_size"]) for start in starts]
     try:
-        per_token = ctx["formula"]["flops_per_token"](types.SimpleNamespace(**config), model["vocab_size"])
-    except Exception as e:  # the commit's formula on the logged config: any failure is the record's problem
-        fail(log.path, f"the FLOPs formula of train_gpt.py at the record's commit fails on this config "
-                       f"({type(e).__name__}: {e})")
-        return False
-    if per_token != run["model_flops_per_token"] or per_token != model["flops_per_token"]:
-        fail(results_path, f"run {run['run_id']}: {run['model_flops_per_token']:,} FLOPs per token claimed "
-                           f"({model['flops_per_token']:,} in the log), {per_token:,} recomputed from the config "
-                           "with the formula of the record's commit")
-    tokens = replayed["steps"] * config["total_batch_tokens"]
-    if run["tokens"] != tokens or run["model_flops"] != per_token * tokens:
-        fail(results_path, f"run {run['run_id']}: tokens or model FLOPs do not follow from steps x batch "
-                           f"({tokens:,} tokens, {per_token * tokens:,} FLOPs)")
-    env = log.segments[0]["environment"]
-    check_mfu(run, config, env, per_token * tokens, ctx["formula"].get("PEAK_BF16_FLOPS"), results_path, fail)
-    return True
+        counts = instruments.count_flops(ctx["record"]["commit"], requests, ctx["repo"])
+    except Exception as e:  # the recipe on the logged config: any failure is the record's problem
+        return fail(ctx["results_path"], f"this checkout's FLOPs count fails on the recipe of commit "
+                                         f"{ctx['record']['commit'][:12]} ({type(e).__name__}: {e})")
+    for run, start, per_token in zip(runs, starts, counts):
+        config, model, results_path = start["config"], start["model"], ctx["results_path"]
+        if per_token != run["model_flops_per_token"] or per_token != model["flops_per_token"]:
+            fail(results_path, f"run {run['run_id']}: {run['model_flops_per_token']:,} FLOPs per token claimed "
+                               f"({model['flops_per_token']:,} in the log's model line, counted at its commit), "
+                               f"{per_token:,} counted by this checkout's harness for the same recipe: the record's "
+                               "commit counts otherwise, and records are counted with one instrument")
+        tokens = replays[run["run_id"]]["steps"] * config["total_batch_tokens"]
+        if run["tokens"] != tokens or run["model_flops"] != per_token * tokens:
+            fail(results_path, f"run {run['run_id']}: tokens or model FLOPs do not follow from steps x batch "
+                               f"({tokens:,} tokens, {per_token * tokens:,} FLOPs)")
+        check_mfu(run, config, start["environment"], per_token * tokens, ctx["track"], results_path, fail)
 
 
 def check_place(run, log, ctx, fail):
@@ -912,20 +871,19 @@ def check_place(run, log, ctx, fail):
     check_core(log, run, track, fail)
 
 
-def check_mfu(run, config, env, model_flops, peak_table, results_path, fail):
-    """MFU as train_gpt.py computes it: model FLOPs / (training time x processes x peak FLOP/s per device)."""
-    peak = config.get("peak_flops") or None
-    if peak is None and isinstance(peak_table, dict) and env.get("gpu"):
-        peak = next((flops for key, flops in peak_table.items() if key in env["gpu"]), None)
-    if peak_table is None and not config.get("peak_flops"):  # a commit without the table: MFU is only bounded
-        if run["mfu"] is not None and not 0 < run["mfu"] <= 1:
-            fail(results_path, f"run {run['run_id']}: MFU {run['mfu']:.3f} is outside (0, 1]")
-        return
+def check_mfu(run, config, env, model_flops, track, results_path, fail):
+    """MFU = model FLOPs / (training time x processes x peak FLOP/s per device), the peak the track's (or this
+    checkout's table by GPU name: records/instruments.track_peak), never the run's --peak_flops: a claimed MFU must be
+    that figure (a run that set its own peak says so), and the figure at most 1."""
+    peak = instruments.track_peak(track, env.get("gpu") if isinstance(env, dict) else None)
     expected = model_flops / (run["training_time_s"] * run["world_size"] * peak) if peak else None
-    if (expected is None) != (run["mfu"] is None) or (expected is not None and not close(expected, run["mfu"], 1e-6)):
-        fail(results_path, f"run {run['run_id']}: MFU {run['mfu']} claimed, {expected} recomputed")
-    elif expected is not None and not 0 < expected <= 1:
-        fail(results_path, f"run {run['run_id']}: MFU {expected:.3f} is outside (0, 1]: the time or the peak is wrong")
+    if expected is not None and not 0 < expected <= 1:
+        return fail(results_path, f"run {run['run_id']}: MFU {expected:.3f} with the track's peak of {peak:.4g} "
+                                  "FLOP/s per device is above 1: the time or the FLOPs are wrong")
+    if config.get("peak_flops") or run["mfu"] is None or expected is None:
+        return None  # its own peak (an unlisted GPU), or none: the figure shown is the one computed here
+    if not close(expected, run["mfu"], 1e-6):
+        fail(results_path, f"run {run['run_id']}: MFU {run['mfu']} claimed, {expected} with the track's peak")
 
 
 def validate(path, tracks_file=TRACKS_FILE, repo=None):
@@ -953,6 +911,7 @@ def check_record(path, tracks_file, repo, failures, notes):
         failures.append(one_line(file, reason) if file is not None else printable(" ".join(str(reason).split())))
 
     failures += trust.folder_problems(path)
+    failures += trust.unknown_files(path) if not failures else []
     if failures:
         return
     try:
@@ -963,6 +922,8 @@ def check_record(path, tracks_file, repo, failures, notes):
     if failures:
         return
     ctx = commit_context(record, track, results_path, repo, fail)
+    check_date(record, ctx, fail)
+    check_tracks_file(path, tracks_file, repo, fail)
     runs, logs, replays = record["runs"], {}, {}
     for i, run in enumerate(runs):
         log = check_entry(i, run, path, logs, replays, fail)
@@ -971,12 +932,88 @@ def check_record(path, tracks_file, repo, failures, notes):
             replays[run["run_id"]] = check_run(run, log, ctx, fail)
     if failures:
         return
+    check_orphans(path, runs, fail)
+    check_flops(runs, logs, replays, ctx, fail)
     check_modified(record, ctx["modified"], results_path, fail)
+    check_seeds(record, results_path, fail)
     check_distinct(runs, logs, replays, results_path, fail)
     check_one_recipe(runs, logs, results_path, fail)
     check_claims(path, record, track, fail)
     if not failures:
         check_statistics(path, record, track, fail)
+
+
+def check_date(record, ctx, fail):
+    """A record is not dated before its own commit existed (the commit's earliest calendar date: its committer's
+    time zone or UTC)."""
+    if ctx["source"] is None:
+        return
+    made = commit_time(record["commit"], ctx["repo"])
+    if made is not None and datetime.date.fromisoformat(record["date"]) < made:
+        fail(ctx["results_path"], f"dated {record['date']}, before its commit {record['commit'][:12]} existed "
+                                  f"({made}): a record is dated when it was made")
+
+
+def check_tracks_file(path, tracks_file, repo, fail):
+    """The track's rules are this checkout's, set before the record: the change that adds a record does not also
+    change tracks.json (the commit that added its results.json; an uncommitted record: the working tree)."""
+    if os.path.abspath(tracks_file) != os.path.abspath(TRACKS_FILE):
+        return  # a tracks file of the caller's own (tests, a private board): not this repository's rules
+    rel = os.path.relpath(TRACKS_FILE, repo)
+    added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", "results.json"], cwd=path,
+                           capture_output=True, text=True)
+    commits = added.stdout.split() if added.returncode == 0 else []
+    if commits:
+        touched = subprocess.run(["git", "diff-tree", "--no-commit-id", "--name-only", "-r", "--root", commits[-1],
+                                  "--", rel], cwd=repo, capture_output=True, text=True).stdout.split()
+        if touched:
+            fail(TRACKS_FILE, f"changed by commit {commits[-1][:12]}, which adds the record {printable(path)}: a "
+                              "track's rules change in a change of their own, before any record is judged by them")
+    elif subprocess.run(["git", "diff", "--quiet", "HEAD", "--", rel], cwd=repo).returncode == 1:
+        fail(TRACKS_FILE, f"is modified in this checkout beside the uncommitted record {printable(path)}: a track's "
+                          "rules change in a change of their own; commit or restore tracks.json first")
+
+
+def train_curve(log_path):
+    """{step: train loss} of a log's step lines (the last line of a step wins, as after a resume)."""
+    return {e["step"]: e["train_loss"] for _, kind, e in parse_log(log_path).events if kind == "train"}
+
+
+def across_records(records):
+    """{record folder: [failure lines]} of the checks across records that validate (records: {folder: results}): a
+    run counts in one record only, by what it did (trust.duplicate_runs)."""
+    curves = {}
+    for path, record in records.items():
+        for run in record.get("runs", []) if isinstance(record, dict) else []:
+            try:
+                curves[(path, run["run_id"])] = train_curve(os.path.join(path, run["log"]))
+            except (RecordError, KeyError, TypeError):
+                pass  # validate passed it: a run it cannot read again is left to duplicate_runs's own read
+    return trust.duplicate_runs(records, curves)
+
+
+def check_orphans(path, runs, fail):
+    """Every logs/ file belongs to a run of results.json: its log or, beside it, its diff."""
+    stems = {os.path.splitext(os.path.basename(run["log"]))[0] for run in runs}
+    for name in sorted(os.listdir(os.path.join(path, "logs"))) if os.path.isdir(os.path.join(path, "logs")) else []:
+        if os.path.splitext(name)[0] not in stems:
+            fail(os.path.join(path, "logs", name), "belongs to no run of results.json: remove it")
+
+
+def check_seeds(record, results_path, fail):
+    """No selection: a record's runs are seeds 0..N-1 of one command. Other seeds need 'seeds_note' (why: one
+    line, shown on the leaderboard, which ranks such a record below those that ran seeds 0..N-1)."""
+    seeds = sorted(run["seed"] for run in record["runs"])
+    note = record.get("seeds_note")
+    if seeds == list(range(len(seeds))):
+        if note is not None:
+            fail(results_path, "'seeds_note' is for records whose seeds are not 0..N-1; remove it")
+        return
+    problem = trust.text_problem("seeds_note", note, required=True)
+    if problem:
+        fail(results_path, f"seeds {', '.join(map(str, seeds))} are not 0..{len(seeds) - 1}: a record holds every run "
+                           "of seeds 0..N-1 (none dropped), or says why in 'seeds_note' and ranks below those that do "
+                           f"({problem})")
 
 
 def check_modified(record, changed, results_path, fail):
@@ -1020,8 +1057,9 @@ def check_header(path, record, tracks_file, fail):
 
 
 def commit_context(record, track, results_path, repo, fail):
-    """What the runs are checked against: the commit's train_gpt.py (if the commit is in the repository) and, once
-    the commit is merged into HEAD, its FLOPs formula, peak table and resumable options."""
+    """What the runs are checked against: the commit's train_gpt.py (if the commit is in the repository), whether it
+    is merged into HEAD (only then does its recipe run, in the FLOPs count's child process) and the options a resume
+    may change (read as a literal)."""
     source = source_at_commit(record["commit"], repo)
     if source is None:
         fail(results_path, f"commit {record['commit']} is not in this repository ({repo}): the logs' source and "
@@ -1029,16 +1067,10 @@ def commit_context(record, track, results_path, repo, fail):
     merged = source is not None and is_merged(record["commit"], repo)
     if source is not None and not merged:
         fail(results_path, f"commit {record['commit'][:12]} is not merged into this checkout's HEAD: validate runs "
-                           "no code of a commit before it is reviewed and merged (its FLOPs count); merge it, or "
+                           "no recipe of a commit before it is reviewed and merged (its FLOPs count); merge it, or "
                            "check out the branch that holds it, and validate again")
-    try:
-        formula = commit_formula(source, record["commit"], repo) if merged else None
-    except Exception as e:
-        formula = None
-        fail(results_path, f"train_gpt.py at commit {record['commit'][:12]} has no usable FLOPs formula "
-                           f"({type(e).__name__}: {e})")
-    return {"record": record, "track": track, "results_path": results_path, "source": source, "formula": formula,
-            "resumable": set((formula or {}).get(RESUMABLE) or ()),
+    return {"record": record, "track": track, "results_path": results_path, "source": source, "merged": merged,
+            "repo": repo, "resumable": resumable_at_commit(source, record["commit"], repo) if source else set(),
             "overlap_required": source is not None and file_at_commit(record["commit"], repo, "data/overlap.py"),
             "modified": set()}  # the files the runs' diffs change (check_source fills it)
 
@@ -1113,8 +1145,8 @@ def check_statistics(path, record, track, fail):
 
 
 def check_distinct(runs, logs, replays, results_path, fail):
-    """Runs are distinct: different seeds, different logs, train-loss curves apart by more than
-    trust.COPY_TOLERANCE at some step (a copy nudged in its last digits is still a copy), other step times."""
+    """Runs are distinct: different seeds, different logs, train-loss curves that are not one run (trust.same_run: a
+    copy nudged in its digits, shifted, scaled or noised a little is still a copy), other step times."""
     seeds = [run["seed"] for run in runs]
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
@@ -1125,10 +1157,8 @@ def check_distinct(runs, logs, replays, results_path, fail):
             fail(log.path, f"is the same file as {seen[log.sha256]}: one run counted twice")
         seen.setdefault(log.sha256, log.path)
     curves = {run["run_id"]: replays[run["run_id"]]["curve"] for run in runs}
-    for a, b, gap in trust.copied_curves(curves):
-        fail(results_path, f"runs {a} and {b} log the same train losses at every step: one run counted twice (they "
-                           f"differ by at most {gap:.2g} over their common steps; runs apart by less than "
-                           f"{trust.COPY_TOLERANCE:g} are one)")
+    for a, b, why in trust.copied_curves(curves):
+        fail(results_path, f"runs {a} and {b} are one run counted twice: {why}")
     seen = {}
     for run in runs:
         found = replays[run["run_id"]]["step_times"]

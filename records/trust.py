@@ -113,6 +113,30 @@ def folder_problems(path):
     return problems
 
 
+# The only files a record folder may hold (relative paths): nothing else (a pickle, a conftest.py, a sitecustomize.py,
+# a shell script) lies beside its logs, whatever it would be used for
+RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}"
+KNOWN_FILES = re.compile(rf"README\.md|results\.json|statistics\.md|logs/{RUN_NAME}\.(txt|diff)|"
+                         rf"replays/{RUN_NAME}\.json|replays/{RUN_NAME}/{RUN_NAME}\.txt", re.ASCII)
+KNOWN_FOLDERS = re.compile(rf"logs|replays|replays/{RUN_NAME}", re.ASCII)
+
+
+def unknown_files(path):
+    """A line for each file or folder in a record folder that a record does not hold (KNOWN_FILES, KNOWN_FOLDERS)."""
+    problems = []
+    for root, folders, files in os.walk(path, followlinks=False):
+        for name in sorted(folders + files):
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, path).replace(os.sep, "/")
+            known = KNOWN_FOLDERS if os.path.isdir(full) and not os.path.islink(full) else KNOWN_FILES
+            if not known.fullmatch(rel):
+                problems.append(one_line(full, "is not a file a record holds (README.md, results.json, "
+                                               "statistics.md, logs/<run>.txt and .diff, replays/): remove it"))
+        folders[:] = [f for f in folders if KNOWN_FOLDERS.fullmatch(
+            os.path.relpath(os.path.join(root, f), path).replace(os.sep, "/"))]
+    return problems
+
+
 # -----------------------------------------------------------------------------
 # Names, dates and the text a record shows
 
@@ -122,7 +146,7 @@ RECORD_FOLDER = re.compile(r"(\d{4}-\d{2}-\d{2})_([a-z0-9][a-z0-9-]{0,63})", re.
 LOG_NAME = re.compile(r"logs/[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}\.txt", re.ASCII)
 FIRST_DATE = datetime.date(2024, 1, 1)      # no record is older than the project
 AUTHOR_REQUIRED_FROM = datetime.date(2026, 12, 4)  # records dated from here on name their author
-TEXT_CAPS = {"description": 1000, "author": 100, "affiliation": 200}
+TEXT_CAPS = {"description": 1000, "author": 100, "affiliation": 200, "seeds_note": 1000}
 URL_CAP = 500
 
 
@@ -248,36 +272,62 @@ def model_problems(model):
 
 
 # -----------------------------------------------------------------------------
-# Runs distinct by their loss curves: a copy nudged in its digits is still a copy
+# Runs distinct by their loss curves: a copy nudged in its digits, shifted, scaled a little or noised a little is
+# still a copy. A run is identified by what it did, not by the bytes of its log.
 
-COPY_TOLERANCE = 1e-4  # max |loss difference| over the common logged steps below which two runs are one. Losses
+COPY_TOLERANCE = 1e-4  # max |loss difference| at every common logged step below which two runs are one. Losses
                        # are printed to 1e-6; runs of different seeds differ by ~1e-2 (tests: more than 100x this)
+NEAR_COPY_SPREAD = 0.005  # the median absolute deviation of two curves' per-step difference around its median below
+                          # which they are one run moved by a constant, a scale or noise. Two seeds of the committed
+                          # cpu-smoke record: 0.059-0.085 (seeds order the data too); a copy times 1.01: 0.0033
+NEAR_COPY_MIN_STEPS = 10  # fewer common steps than this: only COPY_TOLERANCE tells
 
 
 def curve_gap(a, b):
-    """The largest |difference| of two train-loss curves ({step: loss}) over their common steps; None if none are
-    common. Stops early once the gap exceeds COPY_TOLERANCE (different runs stop at once)."""
+    """How far apart two train-loss curves ({step: loss}) are over their common steps: (the largest |difference|,
+    the median absolute deviation of the difference around its median); None if no step is common. A NaN is no
+    match (infinite)."""
     common = sorted(a.keys() & b.keys())
     if not common:
         return None
-    gap = 0.0
-    for step in common:
-        difference = abs(a[step] - b[step])
-        if not difference < COPY_TOLERANCE:  # a NaN is no match either
-            return math.inf
-        gap = max(gap, difference)
-    return gap
+    differences = [a[step] - b[step] for step in common]
+    if not all(math.isfinite(d) for d in differences):
+        return math.inf, math.inf
+    middle = median(differences)
+    return max(abs(d) for d in differences), median([abs(d - middle) for d in differences])
+
+
+def median(values):
+    ordered = sorted(values)
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
+
+
+def same_run(a, b):
+    """Why two curves are one run ('' when they are two): the same losses at every common step, or, over at least
+    NEAR_COPY_MIN_STEPS common steps, a difference that is nearly constant (a shifted, scaled or noised copy)."""
+    gap = curve_gap(a, b)
+    if gap is None:
+        return ""
+    largest, spread = gap
+    if largest < COPY_TOLERANCE:
+        return f"the same train losses at every common step (apart by at most {largest:.2g})"
+    if len(a.keys() & b.keys()) >= NEAR_COPY_MIN_STEPS and spread < NEAR_COPY_SPREAD:
+        return (f"train losses that differ by a nearly constant amount (its median absolute deviation "
+                f"{spread:.2g} over {len(a.keys() & b.keys())} steps; two seeds deviate by {NEAR_COPY_SPREAD:g} or "
+                "more): one run, moved")
+    return ""
 
 
 def copied_curves(curves):
-    """(run a, run b, gap) for each pair of runs ({run id: curve}) whose curves are within COPY_TOLERANCE."""
+    """(run a, run b, why) for each pair of runs ({run id: curve}) that are one run (same_run)."""
     ids = list(curves)
     copies = []
     for i, a in enumerate(ids):
         for b in ids[i + 1:]:
-            gap = curve_gap(curves[a], curves[b])
-            if gap is not None and gap < COPY_TOLERANCE:
-                copies.append((a, b, gap))
+            why = same_run(curves[a], curves[b])
+            if why:
+                copies.append((a, b, why))
     return copies
 
 
@@ -336,32 +386,41 @@ def added_generation(path):
     return int(count.stdout) if count.returncode == 0 and count.stdout.strip().isdigit() else math.inf
 
 
-def duplicate_logs(records):
-    """{record folder: [failure lines]} for logs (by sha256) that an earlier record already holds. records is {folder:
-    results dict} of records that validate. Earlier: added to git first, else dated first, else first by path. One
-    run may be filed in two tracks by the same author at the same commit; otherwise a log counts once."""
+def record_order(records):
+    """Record folders, earliest first: added to git first (whatever dates they claim), else dated first, else by path."""
+    return sorted(records, key=lambda p: (added_generation(p), str(records[p].get("date")), p))
+
+
+def duplicate_runs(records, curves):
+    """{record folder: [failure lines]} for runs that an earlier record already holds, by what they did: the same
+    log bytes, or curves that are one run (same_run), whatever was edited around them. records is {folder: results
+    dict} of records that validate, curves {(folder, run id): curve}. The earliest record (record_order) keeps the
+    run. One run may be filed in two tracks by the same author at the same commit; otherwise a run counts once."""
     records = {path: record for path, record in records.items() if isinstance(record, dict)}
-    order = sorted(records, key=lambda p: (added_generation(p), str(records[p].get("date")), p))
-    owners, flagged = {}, {}
-    for path in order:
+    owners, flagged = [], {}  # owners: (folder, run id, log path, sha256, curve) of the runs kept so far
+    for path in record_order(records):
         record = records[path]
         runs = record.get("runs") if isinstance(record.get("runs"), list) else []
         for run in runs:
             if not isinstance(run, dict) or not LOG_NAME.fullmatch(str(run.get("log"))):
-                continue  # validate refuses such a run; nothing here to hash
+                continue  # validate refuses such a run; nothing here to compare
             log = os.path.join(path, run["log"])
             try:
                 digest = hashlib.sha256(read_bounded(log, LOG_BYTES)).hexdigest()
             except RecordError as e:
                 flagged.setdefault(path, []).append(str(e))
                 continue
-            owner = owners.get(digest)
-            if owner is None:
-                owners[digest] = (path, log)
-            elif owner[0] != path and not same_submission(records[owner[0]], record):
-                flagged.setdefault(path, []).append(one_line(log, (
-                    f"the same log (sha256 {digest[:12]}) as {printable(owner[1])}, a record added before this one: "
-                    "a log counts in one record only")))
+            curve = curves.get((path, run.get("run_id"))) or {}
+            for owner, _, owner_log, owner_digest, owner_curve in owners:
+                if owner == path or same_submission(records[owner], record):
+                    continue
+                why = "the same log bytes" if digest == owner_digest else same_run(curve, owner_curve)
+                if why:
+                    flagged.setdefault(path, []).append(one_line(log, (
+                        f"is the run of {printable(owner_log)}, a record added before this one ({why}): a run counts "
+                        "in one record only")))
+                    break
+            owners.append((path, run.get("run_id"), log, digest, curve))
     return flagged
 
 
