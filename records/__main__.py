@@ -55,7 +55,7 @@ def cmd_new(args):
     try:
         built = new_record(args.track, args.slug, args.runs, os.path.join(staging, "record"), args.description,
                            args.tracks, author=author, affiliation=args.affiliation, url=args.url,
-                           run_link=args.run_link)
+                           run_link=args.run_link, seeds_note=args.seeds_note)
         os.rename(built, out)
         made = []
     finally:
@@ -101,7 +101,11 @@ def cmd_reproduce(args):
         if track is None:
             raise RecordError(f"{args.record}: not in a track folder (records/<track>/<date>_<slug>)")
         prepare_data(track, os.path.abspath(args.data_root or REPO_DIR), REPO_DIR)
-    problems = reproduce(args.record, args.runs, args.steps, REPO_DIR, args.data_root, args.tolerance)
+    by = (args.by or git_user_name()) if args.attest else None
+    if args.attest and not by:
+        raise RecordError("--attest needs --by NAME (or git config user.name): an attestation says who replayed")
+    problems = reproduce(args.record, args.runs, args.steps, REPO_DIR, args.data_root, args.tolerance,
+                         tracks_file=args.tracks, attest_by=by)
     for problem in problems:
         print(f"FAIL {problem}")
     print(f"{args.record}: {'replayed' if not problems else f'{len(problems)} problem(s)'}")
@@ -144,6 +148,8 @@ def main(argv=None):
     new.add_argument("--affiliation", help="optional: a lab, company or team")
     new.add_argument("--url", help="optional: http(s) link to the code or write-up")
     new.add_argument("--run-link", dest="run_link", help="optional: http(s) link to the runs (e.g. wandb)")
+    new.add_argument("--seeds-note", dest="seeds_note", help="why the runs are not seeds 0..N-1 (such a record ranks "
+                                                             "below those that are)")
     new.add_argument("--out", help="default: records/<track>/<date>_<slug>")
     new.add_argument("runs", nargs="+", help="run folders (runs/<run_id>) with log.txt and results.json")
     new.set_defaults(run=cmd_new)
@@ -175,8 +181,12 @@ def main(argv=None):
     again.add_argument("--data-root", default=None, help="where the config's data paths are (default: this checkout)")
     again.add_argument("--prepare-data", action="store_true", help="first build the track's data under --data-root "
                        "with this checkout's pipeline (tracks whose tracks.json entry has replay_data)")
-    again.add_argument("--tolerance", type=float, default=None, help="allowed loss difference (default: 0 for CPU "
-                       "runs, records/reproduce.py's GPU_TOLERANCE for GPU runs)")
+    again.add_argument("--tolerance", type=float, default=None, help="allowed difference (default, by where the "
+                       "replay runs: the same digits on the log's CPU model and kernel level, else "
+                       "records/attest.py's OTHER_CPU_TOLERANCE; GPU_TOLERANCE on a GPU)")
+    again.add_argument("--attest", action="store_true", help="write the agreeing replay into the record as evidence "
+                       "(replays/<date>_<who>.json and its logs), for validate and the leaderboard")
+    again.add_argument("--by", default=None, help="who replays, for --attest (default: git config user.name)")
     again.set_defaults(run=cmd_reproduce)
     board = commands.add_parser("leaderboard", help="regenerate the README table and records/leaderboard.html")
     board.add_argument("--readme", default=os.path.join(os.path.dirname(RECORDS_DIR), "README.md"))

@@ -15,11 +15,12 @@ import re
 import tempfile
 
 from records import trust
+from records.attest import LEVELS
 from records.record import TRACKS_FILE, across_records, load_tracks, validate
 
 START, END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
 HEADERS = ["date", "record", "author", "description", "metric (mean ± std)", "training time", "model FLOPs", "runs",
-           "commit", "folder", "links"]
+           "replayed", "commit", "folder", "links"]
 LINKS = (("url", "code"), ("run_link", "run"))  # results.json key, the link's label
 
 
@@ -30,9 +31,10 @@ def ranked_records(records_dir, tracks, tracks_file=TRACKS_FILE, report=None):
     paths, refused = trust.find_records(records_dir, tracks)
     for line in refused:
         report(line)
-    valid = {}
+    valid, levels = {}, {}
     for path in paths:
-        failures, _ = validate(path, tracks_file)
+        failures, notes = validate(path, tracks_file)
+        levels[path] = next((n[len("replay: "):] for n in notes if n.startswith("replay: ")), LEVELS[-1])
         if failures:
             report(trust.printable(f"{path}: {len(failures)} problem(s), the first: {failures[0]}"))
             continue
@@ -46,7 +48,7 @@ def ranked_records(records_dir, tracks, tracks_file=TRACKS_FILE, report=None):
     board = {track_id: [] for track_id in tracks}
     for path, record in sorted(valid.items()):
         try:
-            board[record["track"]].append(entry(path, record, tracks[record["track"]], records_dir))
+            board[record["track"]].append(entry(path, record, tracks[record["track"]], records_dir, levels[path]))
         except Exception as e:  # a field validate let through that the board cannot show: left out, not a crash
             report(trust.one_line(path, f"cannot be listed ({type(e).__name__}: {e})"))
     for records in board.values():
@@ -54,9 +56,10 @@ def ranked_records(records_dir, tracks, tracks_file=TRACKS_FILE, report=None):
     return board
 
 
-def entry(path, record, track, records_dir):
-    """What the board shows of one record: its cells, links and chart point, and its rank key (the track's rank_by
-    mean, then the date, then the slug)."""
+def entry(path, record, track, records_dir, level=LEVELS[-1]):
+    """What the board shows of one record: its cells, links and chart point, and its rank key: a record of seeds
+    0..N-1 before one that chose its seeds (seeds_note), then the track's rank_by mean, the date, the slug. `level`:
+    how far it was replayed (records/attest.py), shown beside it."""
     s = record["summary"]
     metric, time_s, flops = s.get(track["metric"], {}), s["training_time_s"], s["model_flops"]["mean"]
     values = [metric.get("mean", math.nan), metric.get("std", math.nan), time_s["mean"], time_s["std"], flops]
@@ -70,14 +73,16 @@ def entry(path, record, track, records_dir):
     name = record["slug"]
     if record.get("modified"):  # validate checked that the runs' diffs change exactly these files, all prose
         name += f" (modified tree: {', '.join(record['modified'])})"
+    if record.get("seeds_note"):  # validate checked it is one line of text
+        name += f" (seeds chosen: {record['seeds_note']})"
     cells = [record["date"], name, author, record["description"],
              f"{values[0]:.4f} ± {values[1]:.4f}", f"{values[2]:.1f} s ± {values[3]:.1f}", f"{flops:.3g}",
-             str(len(record["runs"])), record["commit"][:10], os.path.relpath(path, os.path.dirname(records_dir))]
+             str(len(record["runs"])), level, record["commit"][:10], os.path.relpath(path, os.path.dirname(records_dir))]
     if not all(isinstance(c, str) for c in cells):
         raise ValueError("a field shown is not a string")
     links = [(label, record[key]) for key, label in LINKS if record.get(key)]
     point = (flops, values[0], record["slug"]) if math.isfinite(values[0]) else None
-    rank = (s[track["rank_by"]]["mean"], record["date"], record["slug"])
+    rank = (bool(record.get("seeds_note")), s[track["rank_by"]]["mean"], record["date"], record["slug"])
     return {"record": record, "cells": cells, "links": links, "point": point, "rank": rank}
 
 

@@ -23,7 +23,7 @@ import re
 import subprocess
 import tempfile
 
-from records import instruments, trust
+from records import attest, instruments, trust
 from records.stats import mean_std, one_sample_t_test
 from records.trust import RecordError, one_line, printable
 
@@ -941,6 +941,8 @@ def check_record(path, tracks_file, repo, failures, notes):
     check_claims(path, record, track, fail)
     if not failures:
         check_statistics(path, record, track, fail)
+    if not failures:
+        notes.append(f"replay: {attest.check_attestations(path, record, logs, ctx, fail, parse_log)}")
 
 
 def check_date(record, ctx, fail):

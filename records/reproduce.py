@@ -16,25 +16,25 @@ from the package index) with this checkout's pipeline, as speedrun.sh names its 
 that it is the record's.
 """
 
+import ast
+import datetime
 import glob
 import json
-import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 
-from records.record import RecordError, is_merged, parse_log
+from records import attest, trust
+from records.attest import GPU_TOLERANCE, OTHER_CPU_TOLERANCE  # noqa: F401  (the tolerances live with the checks)
+from records.record import MAX_VAL_OVERLAP, RecordError, is_merged, load_tracks, parse_log, source_at_commit, \
+    track_pins
 
-GPU_TOLERANCE = 0.005  # loss units; a default until the same seed run twice on a GPU measures it
-# A CPU run replays to the same digits on the same CPU model with the same thread count (the log's environment names
-# both, and the replay takes the thread count). Elsewhere float sums round differently and training amplifies it:
-# the committed cpu-smoke record (made on a machine the log does not name) replayed on this project's 2-core Xeon
-# drifted by up to 0.015 in train loss and 0.004 in the final val loss over 150 steps, so the tolerance is wider.
-OTHER_CPU_TOLERANCE = 0.05
 # options that say where and how a run keeps its files, not what it computes: set for the replay
 BOOKKEEPING = {"run_id", "out_dir", "resume", "stop_after", "save_every", "save_final", "wandb", "preset",
-               "dry_run", "gpu", "world"}
+               "dry_run", "gpu", "world", "peak_flops"}
+DATA_PATHS = ("train_files", "val_files", "tokenizer")  # the track's own (tracks.json replay_paths), never the log's
 
 
 def as_argument(key, value):
@@ -45,12 +45,51 @@ def as_argument(key, value):
     return f"--{key}={value}"
 
 
-def replay_arguments(config, data_root, out_dir, steps):
-    """The command line that trains the logged config again: data paths resolved against data_root, files in
-    out_dir, no checkpoints, and a stop after `steps` when that is before the end."""
-    args = [as_argument(k, v) for k, v in config.items() if k not in BOOKKEEPING]
-    for key in ("train_files", "val_files", "tokenizer"):
-        args.append(as_argument(key, os.path.join(data_root, config[key])))
+def config_fields(source):
+    """The field names of the Config dataclass of a train_gpt.py source, read from its syntax (nothing runs)."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef) and node.name == "Config":
+            return {n.target.id for n in node.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    return set()
+
+
+SCALAR = (bool, int, float, str, type(None))
+
+
+def replay_config(config, fields):
+    """The settings the replay passes on: only Config fields of the record's commit, only plain values (a number, a
+    flag, a word, a list of them), never bookkeeping or a data path. RecordError names a key that is none of these."""
+    if not isinstance(config, dict):
+        raise RecordError("the log's config is not a JSON object")
+    for key, value in config.items():
+        if key not in fields:
+            raise RecordError(f"the log's config has {printable_key(key)}, which train_gpt.py at the record's commit "
+                              "has no field for: the replay passes Config fields only")
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, SCALAR) for v in values) or any(isinstance(v, str) and ("\n" in v or "\0" in v)
+                                                                 for v in values):
+            raise RecordError(f"the log's {printable_key(key)} is not a plain value")
+    return {k: v for k, v in config.items() if k not in BOOKKEEPING and k not in DATA_PATHS}
+
+
+def printable_key(key):
+    return trust.printable(repr(key))[:60]
+
+
+def track_paths(track, vocab, data_root):
+    """The track's own data under data_root (tracks.json replay_paths, '{vocab}' filled with the record's vocab)."""
+    layout = track.get("replay_paths")
+    if not isinstance(layout, dict) or set(layout) != set(DATA_PATHS):
+        raise RecordError(f"track {track['id']}: tracks.json says not where its data lies (replay_paths); a replay "
+                          "trains only on the track's own data")
+    return {key: os.path.join(data_root, layout[key].format(vocab=int(vocab))) for key in DATA_PATHS}
+
+
+def replay_arguments(config, paths, out_dir, steps):
+    """The command line that trains the logged recipe again: its plain Config fields, the track's data paths, files
+    in out_dir, no checkpoints, and a stop after `steps` when that is before the end."""
+    args = [as_argument(k, v) for k, v in config.items()]
+    args += [as_argument(key, paths[key]) for key in DATA_PATHS]
     args += [f"--out_dir={out_dir}", "--run_id=replay", "--save_every=0", "--save_final=false"]
     if steps:
         args.append(f"--stop_after={steps}")
@@ -76,80 +115,87 @@ def train_again(tree, args, world, threads=None):
 
 
 def default_tolerance(env):
-    """0 (the same digits) for a CPU run made on this CPU model with the kernels this torch picks here (a
-    virtual machine's model name can be generic: the ISA level tells kernels apart); else the stated tolerances."""
-    if env.get("gpu"):
-        return GPU_TOLERANCE
+    """The replayer's tolerance, chosen by where the replay runs, not by what the record says of itself: on a GPU,
+    GPU_TOLERANCE; on a CPU, the same digits when the log names this CPU model and kernel level (a virtual machine's
+    model name can be generic: the level tells kernels apart; the replay takes the log's threads), else
+    OTHER_CPU_TOLERANCE (with no systematic shift: attest.BIAS_TOLERANCE)."""
     import torch
     from harness.runlog import cpu_name
-    same_kernels = env.get("cpu_capability", torch.backends.cpu.get_cpu_capability()) == \
-        torch.backends.cpu.get_cpu_capability()  # older logs do not name it: the model name decides
-    return 0.0 if env.get("cpu") and env.get("cpu") == cpu_name() and same_kernels else OTHER_CPU_TOLERANCE
-
-
-def losses(log, steps):
-    """{(kind, step): the logged value as text} of the train and validation lines up to `steps`."""
-    found = {}
-    for _, kind, event in log.events:
-        if kind in ("train", "val") and (not steps or event["step"] <= steps):
-            found[(kind, event["step"])] = f"{float(event['train_loss' if kind == 'train' else 'val_loss']):.6f}"
-    return found
-
-
-def differences(logged, replayed, tolerance):
-    """The first disagreement of two {(kind, step): value} maps, in step order, or None."""
-    for key in sorted(set(logged) | set(replayed), key=lambda k: (k[1], k[0])):
-        a, b = logged.get(key), replayed.get(key)
-        what = "train_loss" if key[0] == "train" else "val_loss"
-        if a is None or b is None:
-            return f"step {key[1]}: {what} {'missing from the log' if a is None else 'not replayed'}"
-        same = a == b if tolerance == 0 else (math.isfinite(float(b)) and abs(float(a) - float(b)) <= tolerance)
-        if not same:
-            return f"step {key[1]}: {what} {a} in the log, {b} replayed"
-    return None
+    if torch.cuda.is_available():
+        return GPU_TOLERANCE
+    here = torch.backends.cpu.get_cpu_capability()
+    same_kernels = env.get("cpu_capability", here) == here  # older logs do not name it: the model name decides
+    return 0.0 if env.get("cpu") and env.get("cpu") == cpu_name() and same_kernels and not env.get("gpu") \
+        else OTHER_CPU_TOLERANCE
 
 
 class MissingData(RecordError):
     """The record's data is not where the replay looks: the same for every run of the record."""
 
 
-def missing_data(config, data_root):
-    """The first of the config's data paths that is not under data_root, or None."""
-    for key in ("tokenizer", "train_files", "val_files"):
-        path = os.path.join(data_root, config[key])
-        if not glob.glob(path):
-            return path
-    return None
+def missing_data(paths):
+    """The first of the track's data paths that holds nothing, or None."""
+    return next((paths[key] for key in DATA_PATHS if not glob.glob(paths[key])), None)
 
 
-def reproduce_run(record_dir, run, commit, repo, data_root, steps, tolerance):
-    """One run of a record replayed: a line saying what agreed, or RecordError naming the first disagreement."""
+def reproduce_run(record_dir, run, record, track, repo, data_root, steps, tolerance, keep=None):
+    """One run of a record replayed on the track's data: a line saying what agreed (and the replay's log copied to
+    `keep`), or RecordError naming the first disagreement. Every ranked figure is compared: the train and val losses
+    and bits per byte at every logged step, the model line (vocab, FLOPs per token, steps, batch) and the tokens."""
     log = parse_log(os.path.join(record_dir, run["log"]))
     start = log.segments[0]
-    config, world = start["config"], start["environment"].get("world_size") or 1
-    tolerance = default_tolerance(start["environment"]) if tolerance is None else tolerance
-    missing = missing_data(config, data_root)
+    config, env = start["config"], start["environment"] if isinstance(start["environment"], dict) else {}
+    source = source_at_commit(record["commit"], repo) or ""
+    settings = replay_config(config, config_fields(source))
+    paths = track_paths(track, start["model"]["vocab_size"], data_root)
+    missing = missing_data(paths)
     if missing:
         raise MissingData(f"no data at {missing}: add --prepare-data to build the track's data, or point --data-root "
-                          "at the folder that holds the record's data/ paths")
+                          "at the folder that holds the track's data/")
+    tolerance = default_tolerance(env) if tolerance is None else tolerance
     with tempfile.TemporaryDirectory() as tmp:
         tree = os.path.join(tmp, "tree")
-        clean_copy(repo, commit, tree)
+        clean_copy(repo, record["commit"], tree)
         try:
-            train_again(tree, replay_arguments(config, data_root, os.path.join(tmp, "runs"), steps), world,
-                        start["environment"].get("threads"))
-            replayed = parse_log(os.path.join(tmp, "runs", "replay", "log.txt"))
+            train_again(tree, replay_arguments(settings, paths, os.path.join(tmp, "runs"), steps),
+                        env.get("world_size") or 1, env.get("threads"))
+            replay_path = os.path.join(tmp, "runs", "replay", "log.txt")
+            replayed = parse_log(replay_path)
+            if keep:
+                os.makedirs(os.path.dirname(keep), exist_ok=True)
+                shutil.copyfile(replay_path, keep)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=repo, capture_output=True)
-    if replayed.segments[0].get("data") != start.get("data"):
-        raise RecordError(f"{run['run_id']}: replayed on other data than the log's (its data line differs): point "
-                          "--data-root at the folder that holds the record's data/ paths")
-    expected = losses(log, steps)
-    found = differences(expected, losses(replayed, steps), tolerance)
-    if found:
-        raise RecordError(f"{run['run_id']}: {found}")
+    check_replayed_data(run, start, replayed.segments[0], track)
+    if replayed.segments[0].get("model") != start["model"]:
+        raise RecordError(f"{run['run_id']}: the replay's model line {replayed.segments[0].get('model')} is not the "
+                          f"log's {start['model']}")
+    logged = attest.figures(log, steps)
+    largest, problem = attest.compare_figures(logged, attest.figures(replayed, steps), tolerance)
+    if problem:
+        raise RecordError(f"{run['run_id']}: {problem}")
+    if not steps and run.get("tokens") != max(s for _, s in logged) * start["model"]["batch_tokens"]:
+        raise RecordError(f"{run['run_id']}: {run.get('tokens')} tokens claimed, the replay trained "
+                          f"{max(s for _, s in logged) * start['model']['batch_tokens']:,}")
     exact = "the same digits" if tolerance == 0 else f"within {tolerance}"
-    return f"{run['run_id']}: {len(expected)} losses up to step {max(s for _, s in expected)} replayed, {exact}"
+    train = sum(1 for kind, _ in logged if kind == "train_loss")
+    return (f"{run['run_id']}: {train} losses up to step {max(s for _, s in logged)} replayed, {exact}",
+            {"run_id": run["run_id"], "largest_difference": largest, "tolerance": tolerance})
+
+
+def check_replayed_data(run, start, replay_start, track):
+    """The replay's own data line (what it read of the track's data: every shard by sha256, the tokenizer, and the
+    val/train overlap measured beside the track's shards by this checkout's pipeline) against the log's."""
+    ours, theirs = replay_start.get("data") or {}, start.get("data") or {}
+    for key in ("tokenizer_sha256", "train_shards", "val_shards", "val_tokens", "val_bytes"):
+        if ours.get(key) != theirs.get(key):
+            raise RecordError(f"{run['run_id']}: the log's data line is not the track's data ({key} differs from what "
+                              "the replay read): the run trained or was scored on other data")
+    overlap = (ours.get("val_overlap") or {}).get("fraction")
+    limit = track_pins(track)[0].get("max_val_overlap") or MAX_VAL_OVERLAP
+    if overlap is not None and overlap > limit:
+        raise RecordError(f"{run['run_id']}: the track's data holds {overlap:.2%} of its val tokens in its train "
+                          f"shards (limit {limit:.2%})")
 
 
 def prepare_data(track, data_root, repo=".", echo=print):
@@ -174,26 +220,57 @@ def prepare_data(track, data_root, repo=".", echo=print):
             raise RecordError(f"building track {track['id']}'s data failed at python -m {module}: {last}")
 
 
-def reproduce(record_dir, run_ids=None, steps=None, repo=".", data_root=None, tolerance=None, echo=print):
-    """Replays the chosen runs (default: all) of a record; returns the problems (empty when every run agreed)."""
+def reproduce(record_dir, run_ids=None, steps=None, repo=".", data_root=None, tolerance=None, echo=print,
+              tracks_file=None, attest_by=None):
+    """Replays the chosen runs (default: all) of a record; returns the problems (empty when every run agreed). With
+    attest_by (the replayer's name), an agreeing replay is written into the record as evidence (records/attest.py)."""
     try:
-        with open(os.path.join(record_dir, "results.json"), encoding="utf-8") as f:
-            record = json.loads(f.read(1 << 20))
+        record = trust.read_json(os.path.join(record_dir, "results.json"))
         commit, runs = str(record["commit"]), list(record["runs"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        track = load_tracks(*([tracks_file] if tracks_file else []))[record["track"]]
+    except (RecordError, KeyError, TypeError) as e:
         return [f"{record_dir}: not a readable record ({type(e).__name__}: {e}); run python -m records validate on it"]
-    problems = []
     if not is_merged(commit, repo):
         return [f"{record_dir}: commit {commit[:12]} is not merged into this checkout's HEAD: a replay runs its code "
                 "only once it is reviewed and merged; check out the branch that holds it"]
     chosen = [run for run in runs if not run_ids or run["run_id"] in run_ids]
     if run_ids and len(chosen) != len(set(run_ids)):
         return [f"{record_dir}: no run {sorted(set(run_ids) - {r['run_id'] for r in chosen})} in the record"]
-    for run in chosen:
-        try:
-            echo(reproduce_run(record_dir, run, commit, repo, os.path.abspath(data_root or repo), steps, tolerance))
-        except RecordError as e:
-            problems.append(f"{record_dir}: {e}")
-            if isinstance(e, MissingData):
-                break  # the other runs read the same data
+    name = attest.attestation_name(attest_by) if attest_by else None
+    staging = tempfile.mkdtemp(prefix=".replay.") if name else None
+    problems, entries = [], []
+    try:
+        for run in chosen:
+            keep = os.path.join(staging, f"{run['run_id']}.txt") if staging else None
+            try:
+                line, entry = reproduce_run(record_dir, run, record, track, repo,
+                                            os.path.abspath(data_root or repo), steps, tolerance, keep)
+                echo(line)
+                entries.append(entry)
+            except RecordError as e:
+                problems.append(f"{record_dir}: {e}")
+                if isinstance(e, MissingData):
+                    break  # the other runs read the same data
+        if name and not problems:
+            echo(f"wrote {write_attestation(record_dir, name, attest_by, record, steps, entries, staging, repo)}")
+    finally:
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
     return problems
+
+
+def write_attestation(record_dir, name, by, record, steps, entries, staging, repo):
+    """replays/<name>.json and replays/<name>/<run>.txt in the record (records/attest.py says what validate checks)."""
+    folder = os.path.join(record_dir, "replays", name)
+    if os.path.lexists(folder) or os.path.lexists(folder + ".json"):
+        raise RecordError(f"{folder} exists: one attestation per replayer and day")
+    os.makedirs(folder)
+    for entry in entries:
+        shutil.copyfile(os.path.join(staging, f"{entry['run_id']}.txt"), os.path.join(folder, f"{entry['run_id']}.txt"))
+        entry["log"] = f"replays/{name}/{entry['run_id']}.txt"
+    checkout = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    attestation = {"schema_version": 1, "by": by, "date": datetime.date.today().isoformat(), "checkout": checkout,
+                   "record_commit": record["commit"], "steps": steps, "runs": entries}
+    with open(folder + ".json", "w") as f:
+        json.dump(attestation, f, indent=2)
+    return folder + ".json"
