@@ -957,23 +957,52 @@ def check_date(record, ctx, fail):
 
 
 def check_tracks_file(path, tracks_file, repo, fail):
-    """The track's rules are this checkout's, set before the record: the change that adds a record does not also
-    change tracks.json (the commit that added its results.json; an uncommitted record: the working tree)."""
+    """The track's rules are this checkout's, set before the record: the change that brought a record in does not
+    also change tracks.json. That change is the commit on HEAD's first-parent line that first holds the commit which
+    added the record's results.json: the commit itself (committed to main, or squashed), or the merge of the branch it
+    came on (so a pull request of several commits counts as one change); an uncommitted record: the working tree."""
     if os.path.abspath(tracks_file) != os.path.abspath(TRACKS_FILE):
         return  # a tracks file of the caller's own (tests, a private board): not this repository's rules
     rel = os.path.relpath(TRACKS_FILE, repo)
     added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", "results.json"], cwd=path,
                            capture_output=True, text=True)
     commits = added.stdout.split() if added.returncode == 0 else []
-    if commits:
-        touched = subprocess.run(["git", "diff-tree", "--no-commit-id", "--name-only", "-r", "--root", commits[-1],
-                                  "--", rel], cwd=repo, capture_output=True, text=True).stdout.split()
-        if touched:
-            fail(TRACKS_FILE, f"changed by commit {commits[-1][:12]}, which adds the record {printable(path)}: a "
-                              "track's rules change in a change of their own, before any record is judged by them")
-    elif subprocess.run(["git", "diff", "--quiet", "HEAD", "--", rel], cwd=repo).returncode == 1:
-        fail(TRACKS_FILE, f"is modified in this checkout beside the uncommitted record {printable(path)}: a track's "
-                          "rules change in a change of their own; commit or restore tracks.json first")
+    if not commits:
+        if subprocess.run(["git", "diff", "--quiet", "HEAD", "--", rel], cwd=repo).returncode == 1:
+            fail(TRACKS_FILE, f"is modified in this checkout beside the uncommitted record {printable(path)}: a "
+                              "track's rules change in a change of their own; commit or restore tracks.json first")
+        return
+    change = bringing_change(commits[-1], repo)
+    if change is None:
+        return  # not on HEAD's line (another branch checked out): the record's own commit is checked below
+    parent = subprocess.run(["git", "rev-parse", "--verify", "-q", f"{change}^1"], cwd=repo, capture_output=True,
+                            text=True).stdout.strip()
+    diff = ["git", "diff", "--quiet", parent, change, "--", rel] if parent else \
+        ["git", "diff-tree", "--quiet", "--root", change, "--", rel]
+    if subprocess.run(diff, cwd=repo, capture_output=True).returncode == 1:
+        what = "which adds the record" if change == commits[-1] else f"the merge that brought in commit " \
+                                                                    f"{commits[-1][:12]}, which adds the record"
+        fail(TRACKS_FILE, f"changed by commit {change[:12]}, {what} {printable(path)}: a track's rules change in a "
+                          "change of their own, before any record is judged by them")
+
+
+def bringing_change(commit, repo):
+    """The oldest commit on HEAD's first-parent line that holds `commit` (a binary search: holding it is monotone
+    along that line), or None when HEAD does not hold it."""
+    line = subprocess.run(["git", "rev-list", "--first-parent", "HEAD"], cwd=repo, capture_output=True,
+                          text=True).stdout.split()[::-1]  # oldest first
+    holds = lambda c: subprocess.run(["git", "merge-base", "--is-ancestor", commit, c], cwd=repo,
+                                     capture_output=True).returncode == 0
+    if not line or not holds(line[-1]):
+        return None
+    low, high = 0, len(line) - 1
+    while low < high:
+        middle = (low + high) // 2
+        if holds(line[middle]):
+            high = middle
+        else:
+            low = middle + 1
+    return line[low]
 
 
 def train_curve(log_path):

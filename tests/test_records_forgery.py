@@ -16,7 +16,7 @@ import pytest
 from records import attest, trust
 from records.record import check_mfu, parse_log, train_curve
 from records.reproduce import replay_config, reproduce
-from tests.test_records import commit_all, edit_json, edit_log, failures, make, runs  # noqa: F401  (fixtures)
+from tests.test_records import commit_all, edit_json, edit_log, failures, git, make, runs  # noqa: F401  (fixtures)
 from tests.test_records_trust import board_record
 from tests.test_train import shards  # noqa: F401  (fixture)
 
@@ -93,6 +93,34 @@ def test_a_tracks_file_changed_in_the_commit_that_adds_a_record_is_refused(runs,
     commit_all(repo, "a record, and the track's target loosened with it")
     (problem,) = check()
     assert "which adds the record" in problem and "a track's rules change in a change of their own" in problem
+
+
+def test_a_tracks_file_changed_on_the_branch_that_brings_a_record_is_refused(runs, tmp_path, monkeypatch):
+    """A pull request of two commits, the rules loosened in the first and the record added in the second, merged:
+    the merge is the change, and it changes tracks.json. A record merged alone passes."""
+    repo = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(runs["repo"]), str(repo)], check=True)
+    tracks = repo / "records" / "tracks.json"
+    tracks.parent.mkdir()
+    tracks.write_text(runs["tracks"].read_text())
+    commit_all(repo, "the tracks")
+    monkeypatch.setattr("records.record.TRACKS_FILE", str(tracks))
+    main = git(repo, "rev-parse", "--abbrev-ref", "HEAD")
+    for loosen, name in ((False, "2026-01-01_honest"), (True, "2026-01-02_loose")):
+        git(repo, "checkout", "-q", "-b", name)
+        if loosen:
+            loose = json.loads(tracks.read_text())
+            loose["tracks"][0]["target"] = 1000.0
+            tracks.write_text(json.dumps(loose))
+            commit_all(repo, "loosen the target")
+        board_record(runs, repo / "records", "below", name, author="A")
+        commit_all(repo, "the record")
+        git(repo, "checkout", "-q", main)
+        git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "merge", "-q", "--no-ff", "-m", f"merge {name}", name)
+        if not loosen:
+            assert subprocess_free_validate(repo / "records" / "below" / name, tracks, repo) == []
+    (problem,) = subprocess_free_validate(repo / "records" / "below" / "2026-01-02_loose", tracks, repo)
+    assert "the merge that brought in commit" in problem and "a track's rules change in a change of their own" in problem
 
 
 def subprocess_free_validate(record, tracks, repo):
