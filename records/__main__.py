@@ -105,7 +105,8 @@ def cmd_reproduce(args):
     if args.attest and not by:
         raise RecordError("--attest needs --by NAME (or git config user.name): an attestation says who replayed")
     problems = reproduce(args.record, args.runs, args.steps, REPO_DIR, args.data_root, args.tolerance,
-                         tracks_file=args.tracks, attest_by=by)
+                         tracks_file=args.tracks, attest_by=by, core_args=["--bundle-dir", args.core_bundle_dir]
+                         if args.core_bundle_dir else None)
     for problem in problems:
         print(f"FAIL {problem}")
     print(f"{args.record}: {'replayed' if not problems else f'{len(problems)} problem(s)'}")
@@ -187,6 +188,8 @@ def main(argv=None):
     again.add_argument("--attest", action="store_true", help="write the agreeing replay into the record as evidence "
                        "(replays/<date>_<who>.json and its logs), for validate and the leaderboard")
     again.add_argument("--by", default=None, help="who replays, for --attest (default: git config user.name)")
+    again.add_argument("--core-bundle-dir", default=None, help="on a track ranked by CORE: where eval_core.py keeps the "
+                       "eval bundle it downloads and checks (default: its own, ~/.cache/speedrun)")
     again.set_defaults(run=cmd_reproduce)
     board = commands.add_parser("leaderboard", help="regenerate the README table and records/leaderboard.html")
     board.add_argument("--readme", default=os.path.join(os.path.dirname(RECORDS_DIR), "README.md"))

@@ -187,6 +187,9 @@ def check_replayed_run(path, name, entry, runs, steps, ctx, parse_log):
     largest, problem = compare_figures(logged, figures(replay_log, steps), tolerance)
     if problem:
         raise RecordError(f"run {run_id}: {problem} (tolerance {tolerance:g} for this replay's hardware)")
+    if ctx["track"].get("metric") == "core" and not steps:  # a whole replay of a CORE track evaluated again
+        from records.reproduce import check_core_replayed
+        check_core_replayed(entry, record_log, replay_log, tolerance)
     stated = entry.get("largest_difference")
     if not isinstance(stated, (int, float)) or isinstance(stated, bool) or abs(stated - largest) > 1e-9:
         raise RecordError(f"run {run_id}: states a largest difference of {printable(stated)}, {largest:.6g} found")

@@ -138,10 +138,12 @@ def missing_data(paths):
     return next((paths[key] for key in DATA_PATHS if not glob.glob(paths[key])), None)
 
 
-def reproduce_run(record_dir, run, record, track, repo, data_root, steps, tolerance, keep=None):
+def reproduce_run(record_dir, run, record, track, repo, data_root, steps, tolerance, keep=None, core_args=None):
     """One run of a record replayed on the track's data: a line saying what agreed (and the replay's log copied to
     `keep`), or RecordError naming the first disagreement. Every ranked figure is compared: the train and val losses
-    and bits per byte at every logged step, the model line (vocab, FLOPs per token, steps, batch) and the tokens."""
+    and bits per byte at every logged step, the model line (vocab, FLOPs per token, steps, batch) and the tokens; on a
+    track ranked by CORE, a whole replay is evaluated again (the commit's eval_core.py on the replayed checkpoint,
+    core_args naming the bundle) and its CORE compared."""
     log = parse_log(os.path.join(record_dir, run["log"]))
     start = log.segments[0]
     config, env = start["config"], start["environment"] if isinstance(start["environment"], dict) else {}
@@ -153,12 +155,17 @@ def reproduce_run(record_dir, run, record, track, repo, data_root, steps, tolera
         raise MissingData(f"no data at {missing}: add --prepare-data to build the track's data, or point --data-root "
                           "at the folder that holds the track's data/")
     tolerance = default_tolerance(env) if tolerance is None else tolerance
+    core = track.get("metric") == "core" and not steps
     with tempfile.TemporaryDirectory() as tmp:
         tree = os.path.join(tmp, "tree")
         clean_copy(repo, record["commit"], tree)
         try:
-            train_again(tree, replay_arguments(settings, paths, os.path.join(tmp, "runs"), steps),
-                        env.get("world_size") or 1, env.get("threads"))
+            args = replay_arguments(settings, paths, os.path.join(tmp, "runs"), steps)
+            train_again(tree, args + (["--save_final=true"] if core else []), env.get("world_size") or 1,
+                        env.get("threads"))
+            if core:
+                evaluate_again(tree, os.path.join(tmp, "runs", "replay"), core_args or [], env.get("world_size") or 1,
+                               env.get("threads"))
             replay_path = os.path.join(tmp, "runs", "replay", "log.txt")
             replayed = parse_log(replay_path)
             if keep:
@@ -174,6 +181,8 @@ def reproduce_run(record_dir, run, record, track, repo, data_root, steps, tolera
     largest, problem = attest.compare_figures(logged, attest.figures(replayed, steps), tolerance)
     if problem:
         raise RecordError(f"{run['run_id']}: {problem}")
+    if core:
+        check_core_replayed(run, log, replayed, tolerance)
     if not steps and run.get("tokens") != max(s for _, s in logged) * start["model"]["batch_tokens"]:
         raise RecordError(f"{run['run_id']}: {run.get('tokens')} tokens claimed, the replay trained "
                           f"{max(s for _, s in logged) * start['model']['batch_tokens']:,}")
@@ -181,6 +190,44 @@ def reproduce_run(record_dir, run, record, track, repo, data_root, steps, tolera
     train = sum(1 for kind, _ in logged if kind == "train_loss")
     return (f"{run['run_id']}: {train} losses up to step {max(s for _, s in logged)} replayed, {exact}",
             {"run_id": run["run_id"], "largest_difference": largest, "tolerance": tolerance})
+
+
+CORE_TOLERANCE = 0.01  # CORE units, where a tolerance is allowed: a guess until a GPU evaluates one checkpoint twice
+
+
+def evaluate_again(tree, run_dir, core_args, world, threads=None):
+    """The commit's eval_core.py on the replayed run (its core line goes to the replay's log)."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"] \
+        if world > 1 else [sys.executable]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    done = subprocess.run([*launch, "eval_core.py", "--run-dir", run_dir, *core_args], cwd=tree, env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        raise RecordError(f"the replay's CORE evaluation did not run: {last}")
+
+
+def check_core_replayed(run, log, replayed, tolerance):
+    """The replay's CORE line against the log's: the same bundle, rows and tasks, CORE within the tolerance (the
+    same six decimals when none is allowed)."""
+    last = lambda events: next((e for _, kind, e in reversed(events) if kind == "core"), None)
+    ours, theirs = last(replayed.events), last(log.events)
+    if theirs is None:
+        raise RecordError(f"{run['run_id']}: the log has no core line, and the track ranks by CORE")
+    if ours is None:
+        raise RecordError(f"{run['run_id']}: the replay's evaluation wrote no core line")
+    for key in ("bundle_zip_sha256", "max_per_task"):
+        if ours[key] != theirs[key]:
+            raise RecordError(f"{run['run_id']}: CORE replayed with {key} {ours[key]}, the log's is {theirs[key]}: "
+                              "give the replay the record's bundle")
+    if set(ours["tasks"]) != set(theirs["tasks"]):
+        raise RecordError(f"{run['run_id']}: CORE replayed over other tasks than the log's")
+    allowed = min(tolerance, CORE_TOLERANCE) if tolerance else 0.0
+    same = f"{ours['core']:.6f}" == f"{theirs['core']:.6f}" if not allowed else abs(ours["core"] - theirs["core"]) <= allowed
+    if not same:
+        raise RecordError(f"{run['run_id']}: CORE {theirs['core']:.6f} in the log, {ours['core']:.6f} replayed")
 
 
 def check_replayed_data(run, start, replay_start, track):
@@ -221,7 +268,7 @@ def prepare_data(track, data_root, repo=".", echo=print):
 
 
 def reproduce(record_dir, run_ids=None, steps=None, repo=".", data_root=None, tolerance=None, echo=print,
-              tracks_file=None, attest_by=None):
+              tracks_file=None, attest_by=None, core_args=None):
     """Replays the chosen runs (default: all) of a record; returns the problems (empty when every run agreed). With
     attest_by (the replayer's name), an agreeing replay is written into the record as evidence (records/attest.py)."""
     try:
@@ -244,7 +291,7 @@ def reproduce(record_dir, run_ids=None, steps=None, repo=".", data_root=None, to
             keep = os.path.join(staging, f"{run['run_id']}.txt") if staging else None
             try:
                 line, entry = reproduce_run(record_dir, run, record, track, repo,
-                                            os.path.abspath(data_root or repo), steps, tolerance, keep)
+                                            os.path.abspath(data_root or repo), steps, tolerance, keep, core_args)
                 echo(line)
                 entries.append(entry)
             except RecordError as e:

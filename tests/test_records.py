@@ -91,7 +91,8 @@ def runs(tmp_path_factory, shards, tokenizer_dir, corpus):  # noqa: F811
         (repo / package).mkdir()
         for path in (REPO / package).glob("*.py"):
             (repo / package / path.name).write_text(path.read_text())
-    (repo / "train_gpt.py").write_text((REPO / "train_gpt.py").read_text())
+    for script in ("train_gpt.py", "eval_core.py"):  # eval_core.py: a replay of a CORE track evaluates again
+        (repo / script).write_text((REPO / script).read_text())
     (repo / "README.md").write_text("# the checkout\n")  # not code: a tree whose only change is here may validate
     commit_a = commit_all(repo, "A")
     (repo / "train_gpt.py").write_text((REPO / "train_gpt.py").read_text() + "# a change\n")

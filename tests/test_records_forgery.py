@@ -286,3 +286,30 @@ def test_an_attestation_is_checked_like_a_run_and_a_forged_one_is_refused(runs, 
     Path(attestation).write_text(json.dumps(data))
     (problem,) = failures(runs, record)
     assert "replays a run the record does not hold" in problem
+
+
+def test_a_record_ranked_by_core_is_evaluated_again_and_an_edited_core_is_caught(runs, tmp_path):
+    """On a track ranked by CORE, a whole replay trains the run again, runs the commit's eval_core.py on it (here the
+    fixture bundle, as the record's was) and compares CORE: the same digits on this CPU."""
+    import eval_core
+    from tests.core_fixture import write_bundle
+    from tests.test_records import relabel
+    from tests.test_train import run
+    bundle = write_bundle(tmp_path / "bundle")
+    out = tmp_path / "runs"
+    dirs = []
+    for seed in range(2):
+        run(dict(runs["opts"], out_dir=str(out), save_final="true"), run_id=f"seed{seed}", seed=seed)
+        eval_core.main(["--run-dir", str(out / f"seed{seed}"), "--bundle", bundle, "--bpb-tokens", "0"])
+        relabel(out / f"seed{seed}", runs["a"])
+        dirs.append(out / f"seed{seed}")
+    record = make(runs, tmp_path, track="core", dirs=dirs)
+    said = []
+    replay = lambda: reproduce(str(record), ["seed0"], repo=str(runs["repo"]), echo=said.append,
+                               tracks_file=str(runs["tracks"]), core_args=["--bundle", bundle, "--bpb-tokens", "0"])
+    assert replay() == [] and said[-1].startswith("seed0: ")
+    logged = next(l for l in (record / "logs" / "seed0.txt").read_text().splitlines() if l.startswith("core:"))
+    better = f"core:{float(logged.split()[0][5:]) + 0.05:.6f}"
+    edit_log(record / "logs" / "seed0.txt", lambda l: " ".join([better] + l.split()[1:]) if l.startswith("core:") else l)
+    (problem,) = replay()
+    assert "seed0: CORE" in problem and "in the log" in problem and "replayed" in problem
