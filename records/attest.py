@@ -140,9 +140,9 @@ def check_attestation(path, rel, runs, ctx, parse_log):
     from records.record import schema_problem  # one schema rule for a record and its attestations
     bad = [f"'{key}' {problem}" for key, kind in SCHEMA.items() if (problem := schema_problem(attestation.get(key),
                                                                                                kind))]
-    bad += [problem for problem in [trust.text_problem("author", attestation.get("by"), required=True)] if problem]
+    bad += [problem for problem in [trust.text_problem("by", attestation.get("by"), required=True)] if problem]
     if bad:
-        raise RecordError("; ".join(bad).replace("'author'", "'by'"))
+        raise RecordError("; ".join(bad))
     if attestation["record_commit"] != ctx["record"]["commit"]:
         raise RecordError(f"replays commit {attestation['record_commit'][:12]}, not the record's")
     if trust.date_problem(attestation["date"]) or attestation["date"] < ctx["record"]["date"]:
@@ -176,9 +176,9 @@ def check_replayed_run(path, name, entry, runs, steps, ctx, parse_log):
     recipe = lambda config: {k: v for k, v in config.items() if k not in ignored or k == "seed"}
     if not isinstance(start.get("config"), dict) or recipe(start["config"]) != recipe(first["config"]):
         raise RecordError(f"run {run_id}: the replay ran other settings than the record's log")
-    if start.get("data", {}).get("train_shards") != first.get("data", {}).get("train_shards") or \
-            start.get("data", {}).get("val_shards") != first.get("data", {}).get("val_shards") or \
-            start.get("data", {}).get("tokenizer_sha256") != first.get("data", {}).get("tokenizer_sha256"):
+    ours, theirs = start.get("data") or {}, first.get("data") or {}
+    if any(ours.get(key) != theirs.get(key) for key in ("tokenizer_sha256", "train_shards", "val_shards", "val_tokens",
+                                                        "val_bytes")):
         raise RecordError(f"run {run_id}: the replay ran on other data than the record's log (its data line)")
     if start.get("model") != first.get("model"):
         raise RecordError(f"run {run_id}: the replay's model line is not the record's")

@@ -146,7 +146,7 @@ RECORD_FOLDER = re.compile(r"(\d{4}-\d{2}-\d{2})_([a-z0-9][a-z0-9-]{0,63})", re.
 LOG_NAME = re.compile(r"logs/[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}\.txt", re.ASCII)
 FIRST_DATE = datetime.date(2024, 1, 1)      # no record is older than the project
 AUTHOR_REQUIRED_FROM = datetime.date(2026, 12, 4)  # records dated from here on name their author
-TEXT_CAPS = {"description": 1000, "author": 100, "affiliation": 200, "seeds_note": 1000}
+TEXT_CAPS = {"description": 1000, "author": 100, "affiliation": 200, "seeds_note": 1000, "by": 100}
 URL_CAP = 500
 
 

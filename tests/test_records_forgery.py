@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from records import attest, trust
-from records.record import check_mfu, parse_log, train_curve
+from records.record import check_mfu, train_curve
 from records.reproduce import replay_config, reproduce
 from tests.test_records import commit_all, edit_json, edit_log, failures, git, make, runs  # noqa: F401  (fixtures)
 from tests.test_records_trust import board_record
