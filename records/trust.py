@@ -280,7 +280,8 @@ COPY_TOLERANCE = 1e-4  # max |loss difference| at every common logged step below
 NEAR_COPY_SPREAD = 0.005  # the median absolute deviation of two curves' per-step difference around its median below
                           # which they are one run moved by a constant, a scale or noise. Two seeds of the committed
                           # cpu-smoke record: 0.059-0.085 (seeds order the data too); a copy times 1.01: 0.0033
-NEAR_COPY_MIN_STEPS = 10  # fewer common steps than this: only COPY_TOLERANCE tells
+NEAR_COPY_MIN_STEPS = 8  # fewer common steps than this (after the first few): only COPY_TOLERANCE tells
+NEAR_COPY_FROM_STEP = 6  # every seed starts near log(vocab): the first steps' differences are tiny for any two runs
 
 
 def curve_gap(a, b):
@@ -305,17 +306,22 @@ def median(values):
 
 def same_run(a, b):
     """Why two curves are one run ('' when they are two): the same losses at every common step, or, over at least
-    NEAR_COPY_MIN_STEPS common steps, a difference that is nearly constant (a shifted, scaled or noised copy)."""
+    NEAR_COPY_MIN_STEPS common steps from NEAR_COPY_FROM_STEP on, a difference that is nearly constant (a shifted,
+    scaled or noised copy)."""
     gap = curve_gap(a, b)
     if gap is None:
         return ""
-    largest, spread = gap
+    largest, _ = gap
     if largest < COPY_TOLERANCE:
         return f"the same train losses at every common step (apart by at most {largest:.2g})"
-    if len(a.keys() & b.keys()) >= NEAR_COPY_MIN_STEPS and spread < NEAR_COPY_SPREAD:
+    later = [step for step in a.keys() & b.keys() if step >= NEAR_COPY_FROM_STEP]
+    if len(later) < NEAR_COPY_MIN_STEPS:
+        return ""
+    _, spread = curve_gap({s: a[s] for s in later}, {s: b[s] for s in later})
+    if spread < NEAR_COPY_SPREAD:
         return (f"train losses that differ by a nearly constant amount (its median absolute deviation "
-                f"{spread:.2g} over {len(a.keys() & b.keys())} steps; two seeds deviate by {NEAR_COPY_SPREAD:g} or "
-                "more): one run, moved")
+                f"{spread:.2g} over {len(later)} steps from step {NEAR_COPY_FROM_STEP}; two seeds deviate by "
+                f"{NEAR_COPY_SPREAD:g} or more): one run, moved")
     return ""
 
 
