@@ -412,12 +412,12 @@ def muon(grads, state, hp):
 def adamw(params, grads, states, lr, weight_decay, hp):
     """AdamW by torch's own kernel (fused on CUDA, --fused_adam) on slices of parameters."""
     for param, state in zip(params, states):
-        if not state:
+        if "exp_avg" not in state:  # (keys "engine.*" are the engine's own: harness/optim.py)
             state.update(exp_avg=torch.zeros_like(param), exp_avg_sq=torch.zeros_like(param))
     config, fused = hp.config, hp.config.fused_adam == "true" or (hp.config.fused_adam == "auto" and
                                                                    params[0].device.type == "cuda")
     # steps done, one tensor per slice (the kernel counts each up); made by a fill, no host-to-device copy
-    steps = [torch.full((), float(hp.step), device=p.device if fused else "cpu") for p in params]
+    steps = [torch.full((), float(hp.rule_step), device=p.device if fused else "cpu") for p in params]
     torch_adam(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [], steps,
                fused=fused, decoupled_weight_decay=True, amsgrad=False, beta1=config.adam_betas[0],
                beta2=config.adam_betas[1], lr=lr, weight_decay=weight_decay, eps=config.adam_eps, maximize=False)

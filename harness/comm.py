@@ -83,6 +83,14 @@ class Comm:
         dist.all_gather_object(every, sorted(items))
         return {tuple(item) if isinstance(item, list) else item for mine in every for item in mine}
 
+    def gather_objects_to_first(self, obj):
+        """Rank 0: every process's object (small state of any shape, moved to the CPU), by rank; others: None."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
     def gather_to_first(self, tensor):
         """Rank 0: the tensors of every process concatenated by rank; other ranks: None (checkpoints only)."""
         self._count("gather", tensor)

@@ -12,10 +12,18 @@ Two kinds of update rule (UpdateRule.shards):
 - "matrices" (Muon, ...): fn(grads, state, hp) returns the update direction of a stack of same-shape matrices
   [count, rows, cols] that this process owns whole; the directions (bf16) are all-gathered and every process applies
   them all: p <- p x (1 - lr x weight_decay) - lr x lr_scale(rows, cols) x direction.
-A rule keeps its state in the dicts it is given (`states`: one per slice; `state`: one per stack), as tensors shaped
-like what it updates, created on its first step; the engine shards, snapshots and checkpoints them by parameter name.
-`hp` holds the step count, the config, the schedule's values of this step and `compiled` (a function's compiled
-version when compiling, else the function).
+  A matrix rule with sees_params=True also gets params=, the stack's current values [count, rows, cols] (read-only:
+  cautious weight decay, say, folds its decay into the direction and leaves the row's weight_decay at 0).
+A rule keeps its state in the dicts it is given (`states`: one per slice; `state`: one per stack), created on its
+first step; the engine shards, snapshots and checkpoints them by parameter name, the same on any number of processes.
+An element rule's state tensors are shaped like its slice; a matrix rule's may have any shape whose first dimension is
+the stack's count (a per-row second moment [count, rows], a momentum [count, rows, cols]): each matrix's part is saved
+under its parameter's name. UpdateRule.every = k runs a rule on every k-th step only (steps k-1, 2k-1, ...: "Adam on
+odd steps" with k = 2), on the mean of the k steps' mean gradients, which the engine keeps meanwhile as sharded state
+("engine.pending_grad", checkpointed, so a resume between two updates is exact); its all-gather is skipped on the
+other steps. `hp` holds the step count (`step`), the count of this rule's earlier updates (`rule_step`; `step` when
+every is 1), the config, the schedule's values of this step, for a matrix stack its lr factor (`lr_scale`) and
+`compiled` (a function's compiled version when compiling, else the function).
 """
 
 import math
@@ -45,11 +53,37 @@ class Rule:
 
 @dataclass(frozen=True)
 class UpdateRule:
-    """An update rule: its function, how the engine shards it ("elements" or "matrices"), and for matrices the
-    factor of the lr for a matrix of rows x cols (1 unless the rule says otherwise)."""
+    """An update rule: its function, how the engine shards it ("elements" or "matrices"), for matrices the factor of
+    the lr for a matrix of rows x cols (1 unless the rule says otherwise) and whether it sees the matrices' values
+    (sees_params), and the steps it runs on (every k-th; the gradients between are averaged in)."""
     fn: Callable
     shards: str = "elements"
     lr_scale: Callable = None
+    sees_params: bool = False
+    every: int = 1
+
+
+PENDING = "engine.pending_grad"  # the engine's own state beside a rule's: the gradients summed since its last update
+
+
+def due(rule, hp):
+    """Whether the rule updates at this step; sets hp.rule_step (its updates before this one)."""
+    hp.rule_step = (hp.step + 1) // rule.every - 1 if rule.every > 1 else hp.step
+    return rule.every == 1 or (hp.step + 1) % rule.every == 0
+
+
+def gathered(rule, state, gradient, update_now):
+    """The gradient a rule of every > 1 sees: the mean of the steps since its last update (kept in state[PENDING]
+    meanwhile); None on a step where it does not update."""
+    if rule.every == 1:
+        return gradient
+    pending = state.setdefault(PENDING, torch.zeros_like(gradient))
+    pending.add_(gradient)
+    if not update_now:
+        return None
+    mean = pending / rule.every
+    pending.zero_()
+    return mean
 
 
 def assign(model, table, rules):
@@ -121,14 +155,20 @@ class ElementShard:
 
     def step(self, hp):
         mean = self.bucket.mean_gradient()
-        if self.work is not self.mine:
+        update_now = due(self.rule, hp)
+        self.handle = None
+        if self.work is not self.mine and update_now:
             self.work.copy_(self.mine)
         start = self.bucket.comm.rank * self.bucket.layout.shard
         offsets = self.bucket.layout.offsets
         for (lr, weight_decay), segments in self.groups.items():
-            grads = [mean[offsets[i] + lo - start:offsets[i] + hi - start] for i, lo, hi, _, _ in segments]
-            self.rule.fn([s[3] for s in segments], grads, [s[4] for s in segments], lr * hp.lr_multiplier,
-                         weight_decay, hp)
+            grads = [gathered(self.rule, state, mean[offsets[i] + lo - start:offsets[i] + hi - start], update_now)
+                     for i, lo, hi, _, state in segments]
+            if update_now:
+                self.rule.fn([s[3] for s in segments], grads, [s[4] for s in segments], lr * hp.lr_multiplier,
+                             weight_decay, hp)
+        if not update_now:
+            return
         if self.work is not self.mine:
             self.mine.copy_(self.work)
         self.handle = self.bucket.comm.all_gather(self.values, self.mine)
@@ -152,8 +192,10 @@ class MatrixShard:
         self.updates = torch.zeros(layout.numel, dtype=torch.bfloat16, device=device)
         self.mine = self.updates[rank * shard:(rank + 1) * shard]
         self.stacks = [(offset - rank * shard, shape, {}) for offset, _, shape in layout.stacks[rank]]
+        self.members = [indices for _, indices, _ in layout.stacks[rank]]  # the parameters of each stack, in order
         self.by_factor = {}  # every matrix's direction in the gathered buffer, by (lr, lr scale, weight decay)
-        lr_scale = rule.lr_scale or (lambda rows, cols: 1.0)
+        self.lr_scale = lr_scale = rule.lr_scale or (lambda rows, cols: 1.0)
+        self.updated = False
         for p, offset, row in zip(bucket.params, layout.offsets, rows):
             key = (row.lr, lr_scale(p.size(0) / row.parts, p.size(1)), row.weight_decay)
             params, updates = self.by_factor.setdefault(key, ([], []))
@@ -162,15 +204,25 @@ class MatrixShard:
 
     def step(self, hp):
         mean = self.bucket.mean_gradient()
-        for offset, shape, state in self.stacks:
+        self.updated, self.handle = due(self.rule, hp), None
+        for (offset, shape, state), members in zip(self.stacks, self.members):
             size = math.prod(shape)
-            direction = self.rule.fn(mean[offset:offset + size].view(shape), state, hp)
+            grads = gathered(self.rule, state, mean[offset:offset + size].view(shape), self.updated)
+            if not self.updated:
+                continue
+            hp.lr_scale = self.lr_scale(shape[1], shape[2])
+            extra = {"params": torch.stack([self.bucket.params[i].detach() for i in members]).view(shape)} \
+                if self.rule.sees_params else {}
+            direction = self.rule.fn(grads, state, hp, **extra)
             self.mine[offset:offset + size].view(shape).copy_(direction)
-        self.handle = self.bucket.comm.all_gather(self.updates, self.mine)
+        if self.updated:
+            self.handle = self.bucket.comm.all_gather(self.updates, self.mine)
 
     def finish(self, hp):
         if self.handle is not None:
             self.handle.wait()
+        if not self.updated:
+            return
         for (lr, scale, weight_decay), (params, updates) in self.by_factor.items():
             lr = lr * hp.lr_multiplier
             if weight_decay:  # decoupled, scaled by the lr
@@ -261,22 +313,59 @@ class ShardedOptimizer:
 
     def full_state_dict(self):
         """The whole state by parameter name, the same for any world size: gathered to rank 0 (None elsewhere).
-        Every process must call it: one gather per bucket and state key."""
+        Every process must call it: one gather per bucket and state key shaped like what it updates (a slice, a
+        stack), and one gather of objects per bucket for a matrix rule's state of another shape."""
         out = {"steps": self.steps, "state": {}}
         for shard, names in zip(self.shards, self.names):
-            held = {(key, str(t.dtype).removeprefix("torch.")) for *_, state in self._places(shard)
-                    for key, t in state.items()}
-            for key, dtype in sorted(self.comm.union(held)):
+            held = {(key, str(t.dtype).removeprefix("torch."), self._kind(shard, shape, key, t))
+                    for _, shape, state in self._places(shard) for key, t in state.items()}
+            for key, dtype, kind in sorted(self.comm.union(held)):
+                if kind != "flat":
+                    continue
                 full = self.comm.gather_to_first(self._flat_shard(shard, key, getattr(torch, dtype)))
                 if full is not None:
                     for name, p, offset in zip(names, shard.bucket.params, shard.bucket.layout.offsets):
                         out["state"].setdefault(name, {})[key] = full[offset:offset + p.numel()].view_as(p).cpu().clone()
+            if isinstance(shard, MatrixShard) and any(kind == "any" for *_, kind in self.comm.union(held)):
+                every = self.comm.gather_objects_to_first(self._matrix_pieces(shard, names))
+                for pieces in every or []:
+                    for name, states in pieces.items():
+                        out["state"].setdefault(name, {}).update(states)
         return out if self.comm.rank == 0 else None
+
+    @staticmethod
+    def _kind(shard, shape, key, tensor):
+        """"flat": a state tensor shaped like the slice or stack it belongs to; "any": a matrix rule's state of another
+        shape (first dimension: the stack's count). Anything else cannot be saved by parameter name: an error."""
+        if tuple(tensor.shape) == tuple(shape):
+            return "flat"
+        if isinstance(shard, MatrixShard) and tensor.dim() >= 1 and tensor.size(0) == shape[0]:
+            return "any"
+        where = "a slice of its parameters (element rules)" if isinstance(shard, ElementShard) else \
+            f"a stack of {shape[0]} matrices: its first dimension must be {shape[0]}"
+        raise ConfigError(f"optimizer state {key!r} of shape {tuple(tensor.shape)} is not shaped for {where}: the "
+                          "engine saves state by parameter name (harness/optim.py)")
+
+    @staticmethod
+    def _matrix_pieces(shard, names):
+        """{parameter name: {key: its matrices' part [parts, ...]}} of this process's stacks, for the state keys that
+        are not stack-shaped (on the CPU)."""
+        pieces = {}
+        for (_, shape, state), members in zip(shard.stacks, shard.members):
+            parts = shape[0] // len(members)
+            for key, t in state.items():
+                if tuple(t.shape) != tuple(shape):
+                    for j, i in enumerate(members):
+                        pieces.setdefault(names[i], {})[key] = t[j * parts:(j + 1) * parts].cpu().clone()
+        return pieces
 
     def load_full_state_dict(self, saved):
         """Takes this process's shard of a full_state_dict (made on any number of processes)."""
         self.steps = saved["steps"]
         for shard, names in zip(self.shards, self.names):
+            if isinstance(shard, MatrixShard):
+                self._load_matrix_state(shard, names, saved["state"])
+                continue
             layout, device = shard.bucket.layout, shard.bucket.grads.device
             for key in sorted({key for name in names for key in saved["state"].get(name, {})}):
                 full = None
@@ -286,3 +375,19 @@ class ShardedOptimizer:
                     full[offset:offset + p.numel()] = value.reshape(-1)
                 for offset, shape, state in self._places(shard):
                     state[key] = full[offset:offset + math.prod(shape)].view(shape).to(device, copy=True)
+
+    @staticmethod
+    def _load_matrix_state(shard, names, saved):
+        """Each stack's state from its matrices' parts by parameter name: a parameter-shaped value is the parameter's
+        part of a stack-shaped state, any other value its part [parts, ...] of a state of another shape."""
+        device = shard.bucket.grads.device
+        for (_, shape, state), members in zip(shard.stacks, shard.members):
+            parts = shape[0] // len(members)
+            keys = sorted({key for i in members for key in saved.get(names[i], {})})
+            state.clear()
+            for key in keys:
+                pieces = []
+                for i in members:
+                    value, p = saved[names[i]][key], shard.bucket.params[i]
+                    pieces.append(value.reshape(parts, *shape[1:]) if tuple(value.shape) == tuple(p.shape) else value)
+                state[key] = torch.cat(pieces).to(device, copy=True)

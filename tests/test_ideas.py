@@ -1,0 +1,115 @@
+"""Ideas of the record-holders, each written as a speedrunner writes it: a small diff to train_gpt.py alone (a copy in
+a temporary folder, its text replaced), trained through the unchanged harness. The harness gives any recipe what they
+need (harness/optim.py): update rules that see their matrices (cautious weight decay), state of any shape (a per-row
+second moment), a rule that steps every k-th step, auxiliary losses that the FLOPs count sees, and a change of the
+model's parameters at a step (untying the head). Each is held to the invariants: the same math on 1, 2 and 4
+processes, an exact resume, every parameter in one update rule."""
+
+import importlib.util
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import loop
+from harness.config import parse_args
+from tests.test_train import log_lines, options, shards  # noqa: F401  (fixtures)
+
+REPO = Path(__file__).resolve().parents[1]
+_names = itertools.count()
+
+
+def idea(tmp_path, *edits):
+    """train_gpt.py with each (old, new) edit applied (each old text must be there), written to tmp_path and loaded as
+    a module of its own: the recipe an idea is."""
+    source = (REPO / "train_gpt.py").read_text()
+    for old, new in edits:
+        assert source.count(old) == 1, f"the edit's text is not in train_gpt.py once: {old[:60]!r}"
+        source = source.replace(old, new)
+    path = tmp_path / f"train_idea_{next(_names)}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train(recipe, options, **changes):
+    """A whole run of the recipe in this process: (results, {step: train loss})."""
+    config = parse_args(recipe.Config, recipe.PRESETS, [f"--{k}={v}" for k, v in {**options, **changes}.items()])
+    results = loop.train(recipe, config)
+    lines = log_lines(Path(config.out_dir) / config.run_id / "log.txt")
+    return results, {int(l["step"].split("/")[0]): float(l["train_loss"]) for l in lines if "train_loss" in l}
+
+
+def train_processes(recipe, options, world, **changes):
+    """The recipe under torchrun on `world` gloo processes: {step: train loss}."""
+    args = [f"--{k}={v}" for k, v in {**options, **changes}.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
+                           recipe.__file__, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = {**options, **changes}
+    lines = log_lines(Path(config["out_dir"]) / config["run_id"] / "log.txt")
+    return {int(l["step"].split("/")[0]): float(l["train_loss"]) for l in lines if "train_loss" in l}
+
+
+# -----------------------------------------------------------------------------
+# Update rules that see their matrices, keep state of any shape, and step every k-th step
+
+NORMUON_CAUTIOUS = (
+    ('''def muon(grads, state, hp):
+    """Muon on a stack of same-shape matrices [count, rows, cols]: momentum, Nesterov, then orthogonalized."""
+    momentum = state.setdefault("momentum", torch.zeros_like(grads))
+    momentum.lerp_(grads, 1 - hp.momentum)
+    nesterov = grads.lerp_(momentum, hp.momentum)  # in place: the gradient is not needed after
+    return orthogonalize(nesterov, hp.config.ns_steps, hp.compiled(newton_schulz))''',
+     '''def muon(grads, state, hp, params):
+    """Muon, then a per-row second moment (NorMuon) and cautious weight decay (where update and weight agree)."""
+    momentum = state.setdefault("momentum", torch.zeros_like(grads))
+    momentum.lerp_(grads, 1 - hp.momentum)
+    nesterov = grads.lerp_(momentum, hp.momentum)  # in place: the gradient is not needed after
+    direction = orthogonalize(nesterov, hp.config.ns_steps, hp.compiled(newton_schulz)).float()
+    rows = state.setdefault("row_moment", torch.zeros(direction.shape[:2], device=direction.device))
+    rows.lerp_(direction.square().mean(-1), 0.05)
+    direction = direction / (rows.sqrt()[..., None] + 1.0)  # rows that move more move less
+    cautious = (direction * params > 0).float()
+    return direction + 0.5 / hp.lr_scale * params * cautious'''),
+    ('''    "muon": UpdateRule(muon, shards="matrices", lr_scale=lambda rows, cols: max(1.0, rows / cols) ** 0.5),
+    "adamw": UpdateRule(adamw, shards="elements"),''',
+     '''    "muon": UpdateRule(muon, shards="matrices", lr_scale=lambda rows, cols: max(1.0, rows / cols) ** 0.5,
+                       sees_params=True),
+    "adamw": UpdateRule(adamw, shards="elements", every=2),  # modded-nanogpt's Adam on odd steps'''),
+)
+
+
+def test_rules_that_see_their_matrices_keep_per_row_state_and_step_every_other_step(options, tmp_path):
+    """NorMuon's per-row moment [count, rows], cautious weight decay and AdamW on odd steps, a diff to train_gpt.py
+    alone: trains; its state is saved by parameter name (the per-row moment as each matrix's rows); 1, 2 and 4
+    processes give the same losses; a resume between two AdamW updates (the pending gradients checkpointed) is
+    exact."""
+    recipe = idea(tmp_path, *NORMUON_CAUTIOUS)
+    options = dict(options, total_batch_tokens=512, steps=6, muon_split_qkv="true")
+    whole, losses = train(recipe, options, run_id="whole")
+    assert whole["steps"] == 6 and all(loss == loss for loss in losses.values())
+    plain = idea(tmp_path)
+    _, plain_losses = train(plain, options, run_id="plain")
+    assert losses[1] == plain_losses[1] and losses[6] != plain_losses[6]  # the rules changed the math
+    saved = torch.load(tmp_path / "runs" / "whole" / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
+    qkv = saved["blocks.0.attn.qkv.weight"]
+    assert qkv["row_moment"].shape == (3, 32) and qkv["momentum"].shape == (96, 32)  # q, k, v: 3 parts of 32 rows
+    assert saved["embed.weight"]["engine.pending_grad"].abs().sum() == 0  # 6 steps: the last one updated
+    # resumed at step 3: AdamW updated at steps 2 (1-based), step 3's gradient pending in the checkpoint
+    train(recipe, options, run_id="cut", stop_after=3)
+    pending = torch.load(tmp_path / "runs" / "cut" / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
+    assert pending["embed.weight"]["engine.pending_grad"].abs().sum() > 0
+    resumed, resumed_losses = train(recipe, options, run_id="cut",
+                                    resume=str(tmp_path / "runs" / "cut" / "checkpoint.pt"))
+    assert resumed_losses == losses and resumed["val_loss"] == whole["val_loss"]
+    for world in (2, 4):  # rows dealt round-robin, sums in another order: float rounding only
+        on_many = train_processes(recipe, options, world, run_id=f"world{world}")
+        assert on_many == pytest.approx(losses, rel=2e-4), world
