@@ -174,7 +174,12 @@ class SoftcappedCrossEntropy(torch.autograd.Function):
 
 def chunked_softcapped_cross_entropy(h, w, targets, cap, vocab, chunk_rows):
     """Per-row losses [rows] (fp32) of the soft-capped logits h @ w.T, without the logits of all rows at once.
-    Matmuls in the autocast dtype when autocast is on (as the plain head Linear's), else in h's dtype."""
+    Matmuls in the autocast dtype when autocast is on (as the plain head Linear's), else in h's dtype. On the meta
+    device (the FLOPs count, harness/trace.py) the plain computation: the model's matmuls, not the backward's
+    recompute of the logits, which is how this kernel runs them, not what the model computes."""
+    if h.device.type == "meta":
+        logits = softcap_logits(h, w, cap, vocab)
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     autocast = torch.is_autocast_enabled(h.device.type)
     dtype = torch.get_autocast_dtype(h.device.type) if autocast else h.dtype
     return SoftcappedCrossEntropy.apply(h, w, targets, cap, vocab, chunk_rows, dtype)

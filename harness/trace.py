@@ -58,7 +58,9 @@ def attention_backend(model, backend):
 
 def trace(model, seq_len):
     """(training FLOPs per token, parameter names in the order the backward finishes their gradients) of one row of
-    seq_len tokens through the model (forward to the logits, then backward), on the meta device."""
+    seq_len tokens through the model as training runs it (inputs and targets to the loss, then backward), on the
+    meta device: whatever the loss computes counts (an extra head predicting token t+2, a second loss). A model whose
+    forward takes no targets is traced to its output."""
     params = {name: torch.empty_like(p, device="meta").requires_grad_(p.requires_grad)
               for name, p in model.named_parameters()}
     buffers = {name: torch.empty_like(b, device="meta") for name, b in model.named_buffers()}
@@ -66,8 +68,11 @@ def trace(model, seq_len):
     first_use = FirstUse({id(t): name for name, t in params.items()})
     with attention_backend(model, META_BACKEND), FlopCounterMode(display=False) as counter:
         with first_use:
-            logits = functional_call(model, (params, buffers), (idx,))
-        logits.float().sum().backward()
+            try:
+                out = functional_call(model, (params, buffers), (idx, torch.zeros_like(idx)))
+            except TypeError:  # forward(idx) only
+                out = functional_call(model, (params, buffers), (idx,))
+        out.float().sum().backward()
     flops = counter.get_total_flops()
     unused = [name for name in params if name not in first_use.order]
     return flops // seq_len, first_use.order[::-1] + unused

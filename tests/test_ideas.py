@@ -113,3 +113,35 @@ def test_rules_that_see_their_matrices_keep_per_row_state_and_step_every_other_s
     for world in (2, 4):  # rows dealt round-robin, sums in another order: float rounding only
         on_many = train_processes(recipe, options, world, run_id=f"world{world}")
         assert on_many == pytest.approx(losses, rel=2e-4), world
+
+
+# -----------------------------------------------------------------------------
+# An auxiliary loss: an extra head predicting token t+2, counted by the FLOPs count
+
+SECOND_HEAD = (
+    ('''        self.head = Linear(dim, padded_vocab, normed_input=True, mean_loss_head=True)  # untied from the embedding''',
+     '''        self.head = Linear(dim, padded_vocab, normed_input=True, mean_loss_head=True)  # untied from the embedding
+        self.head2 = Linear(dim, padded_vocab, normed_input=True)  # predicts token t+2'''),
+    ('''        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+        return loss if reduction == "mean" else loss.view_as(targets)''',
+     '''        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+        if self.training and reduction == "mean":  # the auxiliary loss trains; evaluation scores the next token
+            after = torch.cat([targets[:, 1:], torch.full_like(targets[:, :1], -1)], dim=1)  # t+2; none at the end
+            logits2 = self.head2(x)[..., :self.vocab_size].float()
+            loss = loss + 0.3 * F.cross_entropy(logits2.view(-1, logits2.size(-1)), after.reshape(-1), ignore_index=-1)
+        return loss if reduction == "mean" else loss.view_as(targets)'''),
+    ('''        Rule(r"head\\.weight", "adamw", config.head_lr * adam_scale, counts=True),''',
+     '''        Rule(r"head2?\\.weight", "adamw", config.head_lr * adam_scale, counts=True),'''),
+)
+
+
+def test_an_auxiliary_head_trains_and_its_flops_are_counted(options, tmp_path):
+    """Multi-token prediction as a diff: the count (and so the log, results.json and the records' count) includes the
+    second head's forward and backward, 6 x its parameters per token, with no formula edited."""
+    recipe, plain = idea(tmp_path, *SECOND_HEAD), idea(tmp_path)
+    results, losses = train(recipe, options, run_id="mtp")
+    plain_results, plain_losses = train(plain, options, run_id="plain")
+    head2 = results["params"] - plain_results["params"]
+    assert head2 > 0 and results["model_flops_per_token"] == plain_results["model_flops_per_token"] + 6 * head2
+    assert results["model_flops"] == results["model_flops_per_token"] * results["tokens"]
+    assert losses[1] > plain_losses[1]  # the training loss holds the auxiliary term
