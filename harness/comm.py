@@ -83,6 +83,14 @@ class Comm:
         dist.all_gather_object(every, sorted(items))
         return {tuple(item) if isinstance(item, list) else item for mine in every for item in mine}
 
+    def broadcast_from_first(self, obj):
+        """Rank 0's object on every process (a change of the model's parameters: the whole optimizer state)."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def gather_objects_to_first(self, obj):
         """Rank 0: every process's object (small state of any shape, moved to the CPU), by rank; others: None."""
         if self.world == 1:
@@ -216,6 +224,13 @@ class GradientBucket:
         self.mean = self.received if self.received.dtype == torch.float32 else torch.empty(shard, device=device)
         self.hooks = [p.register_post_accumulate_grad_hook(self._on_gradient) for p in params]
         self.reset()
+
+    def release(self):
+        """Detaches the bucket from its parameters (a new optimizer takes them): no more hooks, no gradient views."""
+        for hook in self.hooks:
+            hook.remove()
+        for p in self.params:
+            p.grad = None
 
     def reset(self):
         """After the step: zero gradients, nothing in flight."""

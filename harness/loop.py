@@ -3,7 +3,15 @@ with its validations and checkpoints, and the results.
 
 A recipe is a module (train_gpt.py) that defines Config and PRESETS, GPT(config, vocab_size, bos_id),
 parameter_table(config, model) and UPDATE_RULES (harness/optim.py), train_step(trainer, step, num_steps) and,
-optionally, check_config(config). main(recipe) is the one call it makes.
+optionally, check_config(config) and model_surgery(model, step, config, num_steps). main(recipe) is the one call it
+makes.
+
+model_surgery is called before every step (and, on a resume, for every step before the checkpoint's, so that the
+model has the checkpoint's parameters before they are loaded). It returns None, or after changing the model's
+parameters (untying the head from the embedding, replacing a module) {new parameter name: the name whose optimizer
+state it starts from, or None for a fresh state}: the harness then rebuilds the sharded optimizer for the new
+parameters (buckets, order, FLOPs count), carrying the state of every parameter that kept its name and of those the
+mapping names. A change of the FLOPs per token is refused (the run's counts assume one).
 """
 
 import dataclasses
@@ -41,7 +49,7 @@ class Trainer:
         self.model = recipe.GPT(config, tokenizer["vocab_size"], tokenizer["bos_id"]).to(device)
         rows_per_step = config.total_batch_tokens // config.seq_len
         self.accum_steps = rows_per_step // (world * config.device_batch)
-        use_compile = wants_compile(config, device)
+        self.use_compile = use_compile = wants_compile(config, device)
         self.comm = Comm(rank, world)
         self.optimizer = build_optimizer(recipe, self.model, config, self.comm, self.accum_steps, use_compile)
         self.flops_per_token = self.optimizer.flops_per_token
@@ -65,6 +73,34 @@ class Trainer:
         """One optimizer step (the recipe's train_step): the mean train loss (a tensor, not yet synced), the lr
         multiplier."""
         return self.recipe.train_step(self, step, num_steps)
+
+    def change_model(self, step, num_steps, carry=True):
+        """The recipe's model_surgery before `step`: when it changed the parameters, the optimizer rebuilt for them,
+        with their state carried as it says (carry=False: a resume, whose checkpoint brings the state). Returns the
+        mapping, or None when nothing changed."""
+        surgery = getattr(self.recipe, "model_surgery", None)
+        mapping = surgery(self.model, step, self.config, num_steps) if surgery else None
+        if mapping is None:
+            return None
+        full = self.optimizer.full_state_dict() if carry else None
+        full = self.comm.broadcast_from_first(full) if carry else None
+        if full is not None:
+            for new, old in mapping.items():
+                if old is not None:
+                    full["state"][new] = {key: value.clone() for key, value in full["state"].get(old, {}).items()}
+                else:
+                    full["state"].pop(new, None)
+        self.optimizer.release()
+        self.model.to(self.device)
+        flops = self.flops_per_token
+        self.optimizer = build_optimizer(self.recipe, self.model, self.config, self.comm, self.accum_steps,
+                                         self.use_compile)
+        if self.optimizer.flops_per_token != flops:
+            raise ConfigError(f"model_surgery before step {step} changed the FLOPs per token ({flops:,} -> "
+                              f"{self.optimizer.flops_per_token:,}); the run's token and FLOPs counts assume one")
+        if full is not None:
+            self.optimizer.load_full_state_dict(full)
+        return mapping
 
     def mean_over_processes(self, total):
         """The mean of a per-process tensor over processes (in place)."""
@@ -260,6 +296,10 @@ class Run:
             if window_start is None:
                 synchronize(self.trainer.device)
                 window_start = time.perf_counter()
+            changed = self.trainer.change_model(progress["step"], num_steps)
+            if changed:
+                self.log.write(f"model_surgery: before step {progress['step'] + 1}: " + ", ".join(
+                    f"{new} (state from {old})" if old else f"{new} (fresh state)" for new, old in changed.items()))
             loss, multiplier = self.trainer.step(progress["step"], num_steps)
             window_losses.append(loss)
             progress["tokens"] += config.total_batch_tokens
@@ -355,6 +395,8 @@ def train(recipe, config, rank=0, world=1, device=None):
     run = Run(config, trainer, log, (run_dir, results_path, checkpoint_path), (val_tokens, tokenizer["token_bytes"]),
               num_steps, wall_start, wandb_run)
     if checkpoint is not None:
+        for step in range(checkpoint["progress"]["step"]):  # the model's parameters as they were at the checkpoint
+            trainer.change_model(step, num_steps, carry=False)
         resume_from(checkpoint, trainer, run.progress, log, config)
     run.earlier_wall_time = run.progress["wall_time"]  # of the starts before this one, up to their last checkpoint
     warm_up(trainer, config, run.progress, num_steps)

@@ -290,6 +290,12 @@ class ShardedOptimizer:
                 state.clear()
                 state.update({key: value.to(device, copy=True) for key, value in values.items()})
 
+    def release(self):
+        """Lets go of the parameters (their hooks and gradient views), for an optimizer rebuilt after a change of the
+        model's parameters (harness/loop.py, Trainer.change_model)."""
+        for bucket in self.buckets:
+            bucket.release()
+
     def state_bytes(self):
         """Optimizer state held by this process."""
         return sum(t.numel() * t.element_size() for shard in self.shards for *_, state in shard.states()

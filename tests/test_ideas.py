@@ -145,3 +145,45 @@ def test_an_auxiliary_head_trains_and_its_flops_are_counted(options, tmp_path):
     assert head2 > 0 and results["model_flops_per_token"] == plain_results["model_flops_per_token"] + 6 * head2
     assert results["model_flops"] == results["model_flops_per_token"] * results["tokens"]
     assert losses[1] > plain_losses[1]  # the training loss holds the auxiliary term
+
+
+# -----------------------------------------------------------------------------
+# Parameter surgery: the head tied to the embedding, untied at 2/3 of the run, its state carried
+
+UNTIE_AT_TWO_THIRDS = (
+    ('''        if config.embed_dtype == "bf16":  # initialized in fp32 first, so that both dtypes start from the same draw''',
+     '''        self.head.weight = self.embed.weight  # tied until model_surgery unties them
+        if config.embed_dtype == "bf16":  # initialized in fp32 first, so that both dtypes start from the same draw'''),
+    ('''# -----------------------------------------------------------------------------
+# Update rules (harness/optim.py says what each kind is given and returns)''',
+     '''def model_surgery(model, step, config, num_steps):
+    """Unties the head from the embedding at 2/3 of the run; the head's AdamW state starts as the embedding's."""
+    if step != 2 * num_steps // 3 or model.head.weight is not model.embed.weight:
+        return None
+    model.head.weight = nn.Parameter(model.embed.weight.detach().clone())
+    return {"head.weight": "embed.weight"}
+
+
+# -----------------------------------------------------------------------------
+# Update rules (harness/optim.py says what each kind is given and returns)'''),
+)
+
+
+def test_a_head_untied_at_two_thirds_of_the_run_carries_its_state_and_resumes_exactly(options, tmp_path):
+    """Tied head, untied before step 5 of 6 with the embedding's AdamW state: the run logs the change; a checkpoint
+    from before the change and one from after it both resume to the uninterrupted run's losses and final val loss
+    (on a resume the surgery is replayed before the weights are loaded); 2 processes agree."""
+    recipe = idea(tmp_path, *UNTIE_AT_TWO_THIRDS)
+    whole, losses = train(recipe, options, run_id="whole")
+    log = (tmp_path / "runs" / "whole" / "log.txt").read_text()
+    assert "model_surgery: before step 5: head.weight (state from embed.weight)" in log
+    saved = torch.load(tmp_path / "runs" / "whole" / "checkpoint.pt", weights_only=True)
+    assert {"head.weight", "embed.weight"} <= saved["model"].keys() and not torch.equal(
+        saved["model"]["head.weight"], saved["model"]["embed.weight"])  # untied: they moved apart
+    assert saved["optimizer"]["state"]["head.weight"]["exp_avg"].shape == saved["model"]["head.weight"].shape
+    for cut in (3, 5):  # before the change, and after it
+        train(recipe, options, run_id=f"cut{cut}", stop_after=cut)
+        resumed, resumed_losses = train(recipe, options, run_id=f"cut{cut}",
+                                        resume=str(tmp_path / "runs" / f"cut{cut}" / "checkpoint.pt"))
+        assert resumed_losses == losses and resumed["val_loss"] == whole["val_loss"], cut
+    assert train_processes(recipe, options, 2, run_id="two") == pytest.approx(losses, rel=2e-4)
