@@ -24,9 +24,9 @@ class DataLoader:
     anywhere in a document; --doc_mask keeps attention inside documents (each starts at BOS).
     The rows form one global sequence, the same for every process: the shards in a seeded order that changes
     every epoch, each shard's rows in a seeded order of their own (so that a step mixes many documents). A step
-    takes the next world x accumulation x device_batch rows; this process takes its own slice, so ranks never
-    overlap and the step's rows do not depend on the world size. The state (epoch, shard, row) is where the next
-    step begins; a background thread prepares the next step's batch in pinned memory. A shard's token ids are
+    takes the next world x accumulation x device_batch rows (rows_per_step: a number, or a function of the step for
+    a batch schedule); this process takes its own slice, so ranks never overlap and the step's rows do not depend on
+    the world size. The state (epoch, shard, row, and the step it serves next) is where the next step begins; a background thread prepares the next step's batch in pinned memory. A shard's token ids are
     checked against the vocab when it is first read (one pass), so a bad id stops the run with a message instead
     of failing in the embedding.
     """
@@ -34,13 +34,14 @@ class DataLoader:
     def __init__(self, pattern, seq_len, rows_per_step, rank, world, seed, device, vocab_size):
         self.files = find_files(pattern, "training")
         self.seq_len, self.seed, self.device, self.vocab_size = seq_len, seed, device, vocab_size
-        self.rows_per_step, self.rank, self.world = rows_per_step, rank, world
+        self.rows_of = rows_per_step if callable(rows_per_step) else (lambda step: rows_per_step)
+        self.rank, self.world = rank, world
         self.shard_tokens = [read_header(path) for path in self.files]
         self.shard_rows = [max(n - 1, 0) // seq_len for n in self.shard_tokens]
         if not sum(self.shard_rows):
             raise ConfigError(f"{pattern}: no shard holds a row of --seq_len + 1 = {seq_len + 1} tokens; lower "
                               "--seq_len or tokenize more data")
-        self.state = {"epoch": 0, "shard": 0, "row": 0}
+        self.state = {"epoch": 0, "shard": 0, "row": 0, "step": 0}
         self._tokens = (None, None)  # (file index, tokens) of the shard being read
         self._rows = (None, None)    # ((epoch, file index), row order) of the shard being read
         self._checked = set()        # file indices whose token ids are known to fit the vocab
@@ -61,8 +62,8 @@ class DataLoader:
     def describe(self, num_steps):
         return (f"loader: {sum(self.shard_tokens):,} training tokens in {len(self.files)} shards; rows are shuffled "
                 f"consecutive slices of {self.seq_len + 1} tokens: {100 * self.fraction_used:.2f}% of the tokens are "
-                f"targets once per epoch; {num_steps} steps of {self.rows_per_step} rows are "
-                f"{num_steps * self.rows_per_step / sum(self.shard_rows):.3f} epochs")
+                f"targets once per epoch; {num_steps} steps of {rows_text(self.rows_of, num_steps)} rows are "
+                f"{sum(self.rows_of(s) for s in range(num_steps)) / sum(self.shard_rows):.3f} epochs")
 
     def shard_order(self, epoch):
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
@@ -98,7 +99,8 @@ class DataLoader:
         return rows
 
     def _make_batch(self, state):
-        rows = self._next_rows(state, self.rows_per_step)
+        rows = self._next_rows(state, self.rows_of(state.get("step", 0)))
+        state["step"] = state.get("step", 0) + 1
         mine = rows[self.rank::self.world]  # an equal share; which rows go where does not change the step's mean
         batch = torch.from_numpy(np.stack(mine).astype(np.int64))
         if self.device.type == "cuda":
@@ -159,6 +161,12 @@ class DataLoader:
             self._stop.set()
             self._thread.join()
             self._queue = None
+
+
+def rows_text(rows_of, num_steps):
+    """"R" for a constant batch, "R1 to R2" for a schedule."""
+    first, last = rows_of(0), rows_of(max(num_steps - 1, 0))
+    return f"{first}" if all(rows_of(s) == first for s in range(num_steps)) else f"{first} to {last}"
 
 
 def find_files(pattern, what):

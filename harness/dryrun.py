@@ -32,6 +32,7 @@ from torch.overrides import TorchFunctionMode
 from harness.comm import BUS_BANDWIDTH, LATENCY_S, Comm, collective_seconds
 from harness.config import ConfigError, check_batch, check_options
 from harness.loop import num_training_steps
+from harness.schedule import BatchSchedule
 from harness.optim import ShardedOptimizer, assign
 from harness.runlog import PEAK_BF16_FLOPS
 from harness.trace import trace
@@ -459,7 +460,10 @@ def plan(recipe, config, vocab=None, calibrated=True):
         recipe.check_config(config)
     world = config.world or int(os.environ.get("WORLD_SIZE", 1))
     try:
-        check_batch(config, world)
+        if hasattr(recipe, "batch_tokens"):  # a schedule: planned at its largest step (below)
+            BatchSchedule(recipe, config).check(world, 1)
+        else:
+            check_batch(config, world)
     except ConfigError as e:
         raise ConfigError(f"{e}; at world {world} --device_batch may be "
                           f"{', '.join(map(str, compatible_batches(config, world))) or 'nothing'}") from None
@@ -469,18 +473,22 @@ def plan(recipe, config, vocab=None, calibrated=True):
     flops_per_token, ready_order = trace(model, config.seq_len)
     groups = parameter_groups(recipe, config, model)
     counted = sum(c for _, c in groups.values())
+    schedule = BatchSchedule(recipe, config)
+    steps = num_training_steps(config, counted, flops_per_token, schedule)
+    schedule.check(world, steps)
+    scheduled = config  # a batch schedule is planned at its largest step: its time, its accumulation
+    config = dataclasses.replace(config, total_batch_tokens=max(schedule.values(steps)))
     step_flops = flops_per_token * config.total_batch_tokens
-    steps = num_training_steps(config, counted, step_flops)
     ranks = plan_world(recipe, config, vocab, bos_id, world, ready_order)
     static = [static_bytes(model, optimizer) for model, optimizer in ranks]
     busiest = max(range(world), key=lambda r: sum(static[r].values()))
     factor, calibration_note = calibration(config.gpu) if calibrated else (1.0, "uncalibrated (x1: asked for)")
     eager = activation_model(recipe, config, vocab, bos_id)
     *compiled, traced = compiled_or_eager(recipe, config, vocab, bos_id, eager)  # the report has both figures
-    out = dict(config=config, world=world, gpu=config.gpu, vocab=vocab, vocab_source=vocab_source, spec=spec,
+    out = dict(config=config, scheduled=scheduled, schedule=schedule.values(steps), world=world, gpu=config.gpu, vocab=vocab, vocab_source=vocab_source, spec=spec,
                peak_flops=peak, groups=groups, counted=counted, params=sum(t for t, _ in groups.values()),
-               flops_per_token=flops_per_token, steps=steps, tokens=steps * config.total_batch_tokens,
-               model_flops=steps * step_flops, static=static[busiest], busiest=busiest,
+               flops_per_token=flops_per_token, steps=steps, tokens=schedule.total(steps),
+               model_flops=schedule.total(steps) * flops_per_token, static=static[busiest], busiest=busiest,
                static_peak=sum(static[busiest].values()), models=[model for model, _ in ranks],
                accum=config.total_batch_tokens // (world * config.device_batch * config.seq_len),
                activations_model=dict(eager=eager, compiled=tuple(compiled)),
@@ -515,9 +523,9 @@ def report(p):
         f"{config.flops_budget:.3g}: {'holds' if p['model_flops'] <= config.flops_budget else 'EXCEEDED'} "
         f"({p['model_flops'] / config.flops_budget:.1%} of it)")
     step, low, high = p["step_s"]
-    tok_s = config.total_batch_tokens / step
+    tok_s = config.total_batch_tokens / step  # the largest step's (a batch schedule's time scales with its tokens)
     mfu = p["flops_per_token"] * tok_s / (world * p["peak_flops"])
-    hours = [p["steps"] * s / 3600 for s in (step, low, high)]
+    hours = [p["tokens"] / config.total_batch_tokens * s / 3600 for s in (step, low, high)]
     memory = [(label, kind, gb(p["static"][kind]), note) for label, kind, note in (
         ("exact", "weights", "parameters (element buckets' padded flat buffers) and model buffers"),
         ("exact", "gradients", "the buckets' flat buffers and their reduce buffers"),
@@ -542,7 +550,9 @@ def report(p):
         f"[exact]    parameters {p['params']:,} by update rule: {groups}; counted for --tokens_per_param "
         f"{p['counted']:,}",
         f"[exact]    FLOPs per token (training, harness.trace) {p['flops_per_token']:,}",
-        f"[exact]    {p['steps']:,} steps x {config.total_batch_tokens:,} tokens = {p['tokens']:,} tokens "
+        f"[exact]    {p['steps']:,} steps x "
+        f"{' to '.join(f'{b:,}' for b in dict.fromkeys((p['schedule'][0], p['schedule'][-1])))} tokens = "
+        f"{p['tokens']:,} tokens "
         f"({p['tokens'] / p['counted']:.2f} per counted parameter)",
         f"[exact]    model FLOPs {p['model_flops']:.4g}; --flops_budget {budget}",
         f"[spec]     peak {p['peak_flops'] / 1e12:g} TFLOP/s dense bf16 per {gpu}; memory {spec['memory'] / 1e9:g} GB",

@@ -36,6 +36,7 @@ from harness.evaluate import evaluate
 from harness.optim import ShardedOptimizer
 from harness.runlog import (RESULTS_SCHEMA, RunLog, data_identity, environment, git_info, peak_flops, read_results,
                             write_results)
+from harness.schedule import BatchSchedule
 from harness.trace import trace
 
 
@@ -47,14 +48,14 @@ class Trainer:
         self.recipe, self.config, self.rank, self.world, self.device = recipe, config, rank, world, device
         torch.manual_seed(config.seed)
         self.model = recipe.GPT(config, tokenizer["vocab_size"], tokenizer["bos_id"]).to(device)
-        rows_per_step = config.total_batch_tokens // config.seq_len
-        self.accum_steps = rows_per_step // (world * config.device_batch)
+        self.schedule = BatchSchedule(recipe, config)  # tokens per step (the recipe's batch_tokens, if any)
+        self.accum_steps = self.accumulation(0)
         self.use_compile = use_compile = wants_compile(config, device)
         self.comm = Comm(rank, world)
         self.optimizer = build_optimizer(recipe, self.model, config, self.comm, self.accum_steps, use_compile)
         self.flops_per_token = self.optimizer.flops_per_token
         self.fp8 = config.fp8 and enable_fp8(self.model, device)
-        self.loader = self.make_loader(config, tokenizer, rows_per_step)
+        self.loader = self.make_loader(config, tokenizer, lambda step: self.schedule(step) // config.seq_len)
         # one graph: its backward hands out every gradient at its end, so no gradient bucket's reduce-scatter
         # overlaps the backward (eager, they do; harness/comm.py). --compile=blocks: compile_by_block
         self.forward = torch.compile(self.model) if use_compile and config.compile != "blocks" else self.model
@@ -64,14 +65,24 @@ class Trainer:
                                         else "sdpa" if config.attention == "auto" else config.attention)
         self.autocast = autocast_for(device)
 
+    def accumulation(self, step):
+        """Micro-steps of device_batch rows per process in step `step`."""
+        return self.schedule(step) // (self.config.seq_len * self.world * self.config.device_batch)
+
     def make_loader(self, config, tokenizer, rows_per_step):
-        """The training batches: the token shards' (harness/smoke.py's trainer makes random rows instead)."""
+        """The training batches (rows_per_step: a function of the step): the token shards' (harness/smoke.py's
+        trainer makes random rows instead)."""
         return DataLoader(config.train_files, config.seq_len, rows_per_step, self.rank, self.world, config.seed,
                           self.device, tokenizer["vocab_size"])
 
     def step(self, step, num_steps):
         """One optimizer step (the recipe's train_step): the mean train loss (a tensor, not yet synced), the lr
-        multiplier."""
+        multiplier. The step's batch (the schedule's) sets its gradient accumulation, here and in the buckets."""
+        accum = self.accumulation(step)
+        if accum != self.accum_steps:
+            self.accum_steps = accum
+            for bucket in self.optimizer.buckets:
+                bucket.accum_steps = accum
         return self.recipe.train_step(self, step, num_steps)
 
     def change_model(self, step, num_steps, carry=True):
@@ -130,15 +141,18 @@ def build_optimizer(recipe, model, config, comm, accum_steps=1, compile=False):
     return optimizer
 
 
-def num_training_steps(config, counted_params, step_flops):
+def num_training_steps(config, counted_params, flops_per_token, schedule):
+    """The horizon in steps: --steps, or the steps of the batch schedule that reach --tokens_per_param x the counted
+    parameters, or that stay within --flops_budget."""
     if config.steps > 0:
         return config.steps
     if config.tokens_per_param > 0:
-        return math.ceil(config.tokens_per_param * counted_params / config.total_batch_tokens)
+        return schedule.steps_for_tokens(math.ceil(config.tokens_per_param * counted_params))
     if config.flops_budget > 0:
-        steps = int(config.flops_budget // step_flops)
+        steps = schedule.steps_within(config.flops_budget, flops_per_token)
         if steps < 1:
-            raise ConfigError(f"--flops_budget={config.flops_budget:.3g} is less than one step ({step_flops:.3g} FLOPs)")
+            raise ConfigError(f"--flops_budget={config.flops_budget:.3g} is less than one step "
+                              f"({flops_per_token * schedule(0):.3g} FLOPs)")
         return steps
     raise ConfigError("no horizon: set one of --steps, --tokens_per_param or --flops_budget")
 
@@ -148,7 +162,10 @@ def check_config(recipe, config, world, device=None):
     check_options(config)
     if hasattr(recipe, "check_config"):
         recipe.check_config(config)
-    check_batch(config, world)
+    if hasattr(recipe, "batch_tokens"):  # a schedule: its first step now, every step once the horizon is known
+        BatchSchedule(recipe, config).check(world, 1)
+    else:
+        check_batch(config, world)
     if config.attention == "flex" and config.compile == "false" and device is not None and device.type == "cuda":
         print("notice: --attention=flex without --compile materializes every attention score (slow, memory-hungry); "
               "use --compile=true, or --attention=sdpa")
@@ -192,12 +209,16 @@ def write_header(recipe, config, log, run_dir, trainer, tokenizer, val_tokens, f
 
 
 def model_line(config, trainer, tokenizer, num_steps):
-    model = trainer.model
+    """The model line; with a batch schedule, the steps' batches and their total ("N steps of A to B tokens, T in
+    all"), with a constant batch "N steps of B tokens" (records/record.py parses both)."""
+    model, schedule = trainer.model, trainer.schedule
+    values = schedule.values(num_steps)
+    batches = f"{num_steps} steps of {values[0]:,} tokens" if schedule.constant else \
+        f"{num_steps} steps of {values[0]:,} to {values[-1]:,} tokens, {schedule.total(num_steps):,} in all"
     return (f"model: {sum(p.numel() for p in model.parameters()):,} parameters, "
             f"{trainer.optimizer.counted_params:,} counted for tokens_per_param; vocab {tokenizer['vocab_size']}; "
-            f"{trainer.flops_per_token:,} FLOPs/token; {num_steps} steps of {config.total_batch_tokens:,} tokens; "
-            f"gradient accumulation {trainer.accum_steps}, world size {trainer.world}; fp8 {trainer.fp8}; attention "
-            f"{model.attention_backend}")
+            f"{trainer.flops_per_token:,} FLOPs/token; {batches}; gradient accumulation {trainer.accum_steps}, world "
+            f"size {trainer.world}; fp8 {trainer.fp8}; attention {model.attention_backend}")
 
 
 def warm_up(trainer, config, progress, num_steps):
@@ -262,7 +283,7 @@ class Run:
             self.wandb_run.log({"val_loss": val_loss, "val_bpb": val_bpb}, step=step)
         return val_loss, val_bpb
 
-    def read_window(self, step, losses, window_time, multiplier):
+    def read_window(self, step, losses, window_time, multiplier, window_tokens):
         """The losses of the steps since the last read: stop on one that is not finite, else log the last."""
         self.progress["training_time"] += window_time
         step_time = window_time / len(losses)
@@ -276,12 +297,13 @@ class Run:
                            f"(read after step {step}); {saved}")
             raise FloatingPointError(f"step {bad_step}: train loss is {loss}; stopped ({saved}). Try a lower lr or "
                                      "check the data")
-        loss, tok_per_s = values[-1], self.config.total_batch_tokens / step_time
+        loss, tok_per_s = values[-1], window_tokens / window_time
         flops = self.trainer.flops_per_token
         mfu = f"{100 * flops * tok_per_s / (self.peak * self.trainer.world):.1f}%" if self.peak else "n/a"
         self.log.write(f"step:{step}/{self.num_steps} train_loss:{loss:.6f} lr:{multiplier:.4f} "
                        f"step_ms:{1000 * step_time:.2f} tok/s:{tok_per_s:.0f} mfu:{mfu} "
-                       f"train_time_ms:{1000 * self.progress['training_time']:.0f}")
+                       f"train_time_ms:{1000 * self.progress['training_time']:.0f}"
+                       + ("" if self.trainer.schedule.constant else f" tokens:{self.progress['tokens']}"))
         if self.wandb_run:
             self.wandb_run.log({"train_loss": loss, "lr_multiplier": multiplier, "tok_per_s": tok_per_s}, step=step)
 
@@ -291,7 +313,7 @@ class Run:
         config, progress, num_steps = self.config, self.progress, self.num_steps
         # a final checkpoint knows how its run ended: resumed before results.json was written, it only validates
         status, steps_here, val_loss, val_bpb = progress.pop("status", "finished"), 0, None, None
-        window_start, window_losses = None, []
+        window_start, window_losses, window_tokens = None, [], 0
         while progress["step"] < num_steps and status == "finished":
             if window_start is None:
                 synchronize(self.trainer.device)
@@ -302,7 +324,9 @@ class Run:
                     f"{new} (state from {old})" if old else f"{new} (fresh state)" for new, old in changed.items()))
             loss, multiplier = self.trainer.step(progress["step"], num_steps)
             window_losses.append(loss)
-            progress["tokens"] += config.total_batch_tokens
+            tokens = self.trainer.schedule(progress["step"])
+            progress["tokens"] += tokens
+            window_tokens += tokens
             progress["step"] = step = progress["step"] + 1
             steps_here += 1
             val_due = (config.val_every and step % config.val_every == 0) or step == num_steps
@@ -312,8 +336,8 @@ class Run:
             if not (step % config.log_every == 0 or val_due or save_due or stop_due):
                 continue
             synchronize(self.trainer.device)
-            self.read_window(step, window_losses, time.perf_counter() - window_start, multiplier)
-            window_start, window_losses = None, []
+            self.read_window(step, window_losses, time.perf_counter() - window_start, multiplier, window_tokens)
+            window_start, window_losses, window_tokens = None, [], 0
             if val_due:
                 val_loss, val_bpb = self.validate(step)
                 if config.target_val_loss and val_loss <= config.target_val_loss:
@@ -377,8 +401,8 @@ def train(recipe, config, rank=0, world=1, device=None):
     trainer = Trainer(recipe, config, tokenizer, rank, world, device)
     if checkpoint is not None:  # first: a position in other shards stops the run before anything is written
         trainer.loader.load_state_dict(checkpoint["loader"])
-    num_steps = num_training_steps(config, trainer.optimizer.counted_params,
-                                   trainer.flops_per_token * config.total_batch_tokens)
+    num_steps = num_training_steps(config, trainer.optimizer.counted_params, trainer.flops_per_token, trainer.schedule)
+    trainer.schedule.check(world, num_steps)
     if world > 1:
         dist.barrier()  # every process has looked before the first one writes
     if rank == 0:

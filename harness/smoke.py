@@ -61,7 +61,7 @@ class SmokeTrainer(Trainer):
     """The training Trainer, fed random rows."""
 
     def make_loader(self, config, tokenizer, rows_per_step):
-        return RandomRows(rows_per_step // self.world, config.seq_len, tokenizer["vocab_size"], self.device,
+        return RandomRows(rows_per_step(0) // self.world, config.seq_len, tokenizer["vocab_size"], self.device,
                           config.seed + self.rank)
 
 
@@ -156,8 +156,8 @@ def smoke_test(recipe, config, steps, vocab):
     tokenizer = vocabulary(config, vocab)
     trainer = stage("building the model and optimizer", "the dry run (train_gpt.py --dry_run, same options) builds "
                     "them on the meta device", SmokeTrainer, recipe, config, tokenizer, rank, world, device)
-    num_steps = num_training_steps(config, trainer.optimizer.counted_params,
-                                   trainer.flops_per_token * config.total_batch_tokens)
+    num_steps = num_training_steps(config, trainer.optimizer.counted_params, trainer.flops_per_token,
+                                   trainer.schedule)
     warm = stage("the first steps (compile)", "--compile=false tells a compile error from the model's",
                  timed, device, lambda: run_steps(trainer, 0, WARM_STEPS, num_steps))
     step_s = stage("the timed steps", "see the traceback above", timed, device,
@@ -168,8 +168,8 @@ def smoke_test(recipe, config, steps, vocab):
     compiled = wants_compile(config, device)
     return (f"{PREFIX}: OK: {world} x {name}, {'compiled' if compiled else 'eager'}, vocab {tokenizer['vocab_size']:,}: "
             f"first {WARM_STEPS} steps ({'compile, ' if compiled else ''}warm-up) {warm:.1f} s; {steps} timed "
-            f"steps {config.total_batch_tokens / step_s:,.0f} tokens/s ({1000 * step_s:.0f} ms a step of "
-            f"{config.total_batch_tokens:,} tokens); a validation batch {val_s:.1f} s; {peak_memory(device, world)}")
+            f"steps {trainer.schedule(0) / step_s:,.0f} tokens/s ({1000 * step_s:.0f} ms a step of "
+            f"{trainer.schedule(0):,} tokens); a validation batch {val_s:.1f} s; {peak_memory(device, world)}")
 
 
 def gpu_kind(config):

@@ -560,12 +560,14 @@ def test_bits_per_byte_counts_bytes_of_targets_and_leaves_out_specials(options):
 
 
 def test_horizon_from_steps_ratio_or_flops_budget():
+    from harness.schedule import BatchSchedule
     config = Config(total_batch_tokens=1000)
-    assert harness.loop.num_training_steps(dataclasses.replace(config, steps=7), 10_000, 5e9) == 7
-    assert harness.loop.num_training_steps(dataclasses.replace(config, tokens_per_param=8), 10_000, 5e9) == 80
-    assert harness.loop.num_training_steps(dataclasses.replace(config, flops_budget=1.2e11), 10_000, 5e9) == 24
+    horizon = lambda c: harness.loop.num_training_steps(c, 10_000, 5e6, BatchSchedule(train_gpt, c))
+    assert horizon(dataclasses.replace(config, steps=7)) == 7
+    assert horizon(dataclasses.replace(config, tokens_per_param=8)) == 80
+    assert horizon(dataclasses.replace(config, flops_budget=1.2e11)) == 24
     with pytest.raises(ConfigError, match="no horizon"):
-        harness.loop.num_training_steps(config, 10_000, 5e9)
+        horizon(config)
 
 
 @pytest.mark.baseline
