@@ -21,7 +21,9 @@ REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAD_TRACE = os.path.join(REPO_DIR, "harness", "trace.py")  # the instrument: HEAD's, whatever the commit holds
 HEAD_PEAKS = os.path.join(REPO_DIR, "harness", "runlog.py")
 
-# In the child: cwd is the commit's tree, argv[1] HEAD's trace.py; stdin [(config, vocab), ...]; stdout the counts.
+# In the child: cwd is the commit's tree, argv[1] HEAD's trace.py; stdin [(config, vocab, steps), ...]; stdout
+# [(FLOPs per token, tokens of those steps), ...]: the tokens by the recipe's batch schedule (batch_tokens) when it
+# has one, else steps x total_batch_tokens.
 COUNT_SCRIPT = """
 import dataclasses, importlib.util, json, sys
 sys.path.insert(0, ".")
@@ -31,19 +33,33 @@ spec.loader.exec_module(instrument)
 import train_gpt
 fields = {f.name for f in dataclasses.fields(train_gpt.Config)}
 counts = []
-for config, vocab in json.load(sys.stdin):
-    config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in fields}
-    counts.append(instrument.flops_per_token(train_gpt, train_gpt.Config(**config), vocab))
+for config, vocab, steps in json.load(sys.stdin):
+    config = train_gpt.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in fields})
+    schedule = getattr(train_gpt, "batch_tokens", None)
+    tokens = sum(schedule(s, config) for s in range(steps)) if schedule else steps * config.total_batch_tokens
+    counts.append([instrument.flops_per_token(train_gpt, config, vocab), tokens])
 print(json.dumps(counts))
 """
-_COUNTS = {}  # (commit, config, vocab) -> FLOPs per token: HEAD's instrument counts a commit's recipe the same always
+_COUNTS = {}  # (commit, config, vocab, steps) -> (FLOPs per token, tokens): HEAD's instrument counts a commit's recipe
+             # the same always
 
 
 def count_flops(commit, requests, repo=REPO_DIR):
-    """FLOPs per token of each (config dict, vocab) for the recipe at a merged commit, counted by HEAD's harness in one
-    child process for all of them (a record's runs share a recipe: one count, however many runs)."""
-    keys = [(commit, json.dumps(config, sort_keys=True), vocab) for config, vocab in requests]
-    todo = list({key: (config, vocab) for (config, vocab), key in zip(requests, keys) if key not in _COUNTS}.items())
+    """FLOPs per token of each (config dict, vocab[, steps]) for the recipe at a merged commit, counted by HEAD's
+    harness in one child process for all of them (a record's runs share a recipe: one count, however many runs)."""
+    return [flops for flops, _ in counts(commit, requests, repo)]
+
+
+def count_tokens(commit, requests, repo=REPO_DIR):
+    """Tokens of each (config dict, vocab, steps): the recipe's batch schedule summed over the steps (the same child
+    as count_flops, whose results are kept)."""
+    return [tokens for _, tokens in counts(commit, requests, repo)]
+
+
+def counts(commit, requests, repo=REPO_DIR):
+    requests = [(config, vocab, *(rest or [0])) for config, vocab, *rest in requests]
+    keys = [(commit, json.dumps(config, sort_keys=True), vocab, steps) for config, vocab, steps in requests]
+    todo = list({key: request for request, key in zip(requests, keys) if key not in _COUNTS}.items())
     if todo:
         with tempfile.TemporaryDirectory() as tmp:
             archive = subprocess.run(["git", "archive", "--format=tar", commit], capture_output=True, cwd=repo,
@@ -55,8 +71,8 @@ def count_flops(commit, requests, repo=REPO_DIR):
                 [request for _, request in todo]), capture_output=True, text=True, cwd=tmp, env=env)
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no output")
-        for (key, _), count in zip(todo, json.loads(done.stdout)):
-            _COUNTS[key] = int(count)
+        for (key, _), (flops, tokens) in zip(todo, json.loads(done.stdout)):
+            _COUNTS[key] = (int(flops), int(tokens))
     return [_COUNTS[key] for key in keys]
 
 

@@ -50,7 +50,8 @@ class Log:
 
 
 HEADER_KEYS = ("git", "config", "environment", "data")  # JSON after "key: "
-MODEL_LINE = re.compile(r"vocab (\d+); ([\d,]+) FLOPs/token; (\d+) steps of ([\d,]+) tokens")
+MODEL_LINE = re.compile(r"vocab (\d+); ([\d,]+) FLOPs/token; (\d+) steps of ([\d,]+)"
+                        r"(?: to ([\d,]+) tokens, ([\d,]+) in all| tokens)")  # a batch schedule: first, last, total
 STEP_HEAD = re.compile(r"step:(\d+)/(\d+)( |$)")
 DONE_LINE = re.compile(r"done: (\w+), val_loss:(\S+) val_bpb:(\S+) training_time:(\S+)s( |$)")
 CORE_LINE = re.compile(r"core:(\S+) tasks:(\{.*\}) max_per_task:(\S+) bundle_zip_sha256:(\S+)$")
@@ -132,8 +133,11 @@ def model_fields(line, where):
     found = MODEL_LINE.search(line)
     if not found:
         raise RecordError(f"{where}: the model line has no 'vocab V; F FLOPs/token; S steps of B tokens'")
-    return {"vocab_size": int(found.group(1)), "flops_per_token": int(found.group(2).replace(",", "")),
-            "num_steps": int(found.group(3)), "batch_tokens": int(found.group(4).replace(",", ""))}
+    fields = {"vocab_size": int(found.group(1)), "flops_per_token": int(found.group(2).replace(",", "")),
+              "num_steps": int(found.group(3)), "batch_tokens": int(found.group(4).replace(",", ""))}
+    if found.group(6):  # a batch schedule: the first step's batch, and the tokens of all steps
+        fields["total_tokens"] = int(found.group(6).replace(",", ""))
+    return fields
 
 
 def numbers(fields, keys, where, what, hint=""):
@@ -151,7 +155,7 @@ def log_event(line, where):
     if STEP_HEAD.match(line):
         step, total, fields = parse_step_line(line, where)
         if "train_loss" in fields:
-            keys = ("train_loss", "step_ms", "tok/s", "train_time_ms")
+            keys = ("train_loss", "step_ms", "tok/s", "train_time_ms") + (("tokens",) if "tokens" in fields else ())
             return "train", {"step": step, "total": total,
                              **numbers(fields, keys, where, "a step line", " (a failed or cut step?)")}
         if "val_loss" in fields:
@@ -507,6 +511,7 @@ class Replay:
     def __init__(self, log):
         self.log = log
         self.total_ms = {0: 0.0}  # logged step -> sum of the step times up to it, on the path that survived
+        self.tokens = {0: 0}      # logged step -> tokens trained on up to it (a batch schedule's step lines say)
         self.losses, self.times, self.last, self.num_steps = {}, {}, 0, None
         self.val = self.done = self.target = None
         self.segment, self.start = 0, 0  # the start of the script that wrote the line, the step it started from
@@ -529,27 +534,37 @@ class Replay:
         self.last = self.start = e["step"]
         for step in [s for s in self.total_ms if s > self.last]:
             del self.total_ms[step], self.losses[step], self.times[step]
+            self.tokens.pop(step, None)
         self.val = self.target = None
         return None
 
     def train(self, e):
-        config, self.num_steps, last = self.log.segments[self.segment]["config"], e["total"], self.last
-        expected = next_logged_step(last, self.start, config, self.num_steps)
+        config, self.num_steps, prev = self.log.segments[self.segment]["config"], e["total"], self.last
+        expected = next_logged_step(prev, self.start, config, self.num_steps)
         if e["step"] != expected:
-            return f"step {e['step']} follows step {last}; " + (
-                "the step lines must be consecutive" if expected == last + 1 else
+            return f"step {e['step']} follows step {prev}; " + (
+                "the step lines must be consecutive" if expected == prev + 1 else
                 f"train_gpt.py writes step {expected} next (log_every {config.get('log_every')})")
-        self.total_ms[e["step"]] = self.total_ms[last] + e["step_ms"] * (e["step"] - last)
-        last = self.last = e["step"]
-        self.losses[last], self.times[last] = e["train_loss"], e["step_ms"]
+        step = self.last = e["step"]
+        self.total_ms[step] = self.total_ms[prev] + e["step_ms"] * (step - prev)
+        self.losses[step], self.times[step] = e["train_loss"], e["step_ms"]
         # train_time_ms is the exact running total rounded to 1 ms; each step_ms is rounded to 0.01 ms
-        if abs(e["train_time_ms"] - self.total_ms[last]) > 0.5 + 0.005 * last + 1e-6:
-            return (f"the step times sum to {self.total_ms[last]:.2f} ms at step {last}, but the line says "
+        if abs(e["train_time_ms"] - self.total_ms[step]) > 0.5 + 0.005 * step + 1e-6:
+            return (f"the step times sum to {self.total_ms[step]:.2f} ms at step {step}, but the line says "
                     f"train_time_ms:{e['train_time_ms']:.0f}")
-        batch = self.log.segments[0]["model"]["batch_tokens"]
+        model = self.log.segments[0]["model"]
+        if ("total_tokens" in model) != ("tokens" in e):
+            return "the step lines say the tokens so far when the model line has a batch schedule, and only then"
+        if "tokens" in e:  # a batch schedule: the window's tokens from the running count
+            if e["tokens"] != int(e["tokens"]) or e["tokens"] <= self.tokens[prev]:
+                return f"tokens:{e['tokens']:.0f} does not grow from the step line before"
+            self.tokens[step] = int(e["tokens"])
+        else:
+            self.tokens[step] = self.tokens[prev] + model["batch_tokens"] * (step - prev)
+        batch = (self.tokens[step] - self.tokens[prev]) / (step - prev)  # a step's tokens, on average in the window
         low, high = batch * 1000 / (e["step_ms"] + 0.005) - 0.5, batch * 1000 / max(e["step_ms"] - 0.005, 1e-9) + 0.5
         if not low <= e["tok_s"] <= high:
-            return f"tok/s:{e['tok_s']:.0f} is not {batch:,} tokens in step_ms:{e['step_ms']}"
+            return f"tok/s:{e['tok_s']:.0f} is not {batch:,.0f} tokens a step in step_ms:{e['step_ms']}"
         return None
 
     def validation(self, e):
@@ -592,6 +607,7 @@ class Replay:
     def result(self):
         val, last = self.val, self.last
         return {"steps": last, "num_steps": self.num_steps, "step_ms_sum": self.total_ms[last],
+                "tokens": self.tokens[last],
                 "status": self.done["status"], "val_loss": val["val_loss"], "val_bpb": val["val_bpb"],
                 "train_time_ms": val["train_time_ms"], "done_training_time": self.done["training_time"],
                 "curve": {s: self.losses[s] for s in sorted(self.losses)},
@@ -806,8 +822,8 @@ def check_figures(run, log, replayed, fail):
     for key in ("val_loss", "val_bpb"):
         if not close(replayed[key], run[key], abs_tol=SIX_DECIMALS):
             fail(log.path, f"final {key} {replayed[key]} in the log, {run[key]} in results.json")
-    if (model["vocab_size"], model["num_steps"], model["batch_tokens"]) != (
-            run["vocab_size"], replayed["num_steps"], config.get("total_batch_tokens")):
+    if (model["vocab_size"], model["num_steps"]) != (run["vocab_size"], replayed["num_steps"]) or (
+            "total_tokens" not in model and model["batch_tokens"] != config.get("total_batch_tokens")):
         fail(log.path, f"the model line (vocab {model['vocab_size']}, {model['num_steps']} steps of "
                        f"{model['batch_tokens']:,} tokens) disagrees with results.json's vocab {run['vocab_size']}, "
                        f"the step lines' {replayed['num_steps']} steps or the config's total_batch_tokens")
@@ -828,23 +844,25 @@ def check_flops(runs, logs, replays, ctx, fail):
         return
     starts = [logs[os.path.normpath(run["log"])].segments[0] for run in runs]
     requests = [({k: v for k, v in start["config"].items() if k not in PER_RUN_SETTINGS},
-                 start["model"]["vocab_size"]) for start in starts]
+                 start["model"]["vocab_size"], replays[run["run_id"]]["steps"]) for run, start in zip(runs, starts)]
     try:
         counts = instruments.count_flops(ctx["record"]["commit"], requests, ctx["repo"])
+        all_tokens = instruments.count_tokens(ctx["record"]["commit"], requests, ctx["repo"])
     except Exception as e:  # the recipe on the logged config: any failure is the record's problem
         return fail(ctx["results_path"], f"this checkout's FLOPs count fails on the recipe of commit "
                                          f"{ctx['record']['commit'][:12]} ({type(e).__name__}: {e})")
-    for run, start, per_token in zip(runs, starts, counts):
+    for run, start, per_token, tokens in zip(runs, starts, counts, all_tokens):
         config, model, results_path = start["config"], start["model"], ctx["results_path"]
         if per_token != run["model_flops_per_token"] or per_token != model["flops_per_token"]:
             fail(results_path, f"run {run['run_id']}: {run['model_flops_per_token']:,} FLOPs per token claimed "
                                f"({model['flops_per_token']:,} in the log's model line, counted at its commit), "
                                f"{per_token:,} counted by this checkout's harness for the same recipe: the record's "
                                "commit counts otherwise, and records are counted with one instrument")
-        tokens = replays[run["run_id"]]["steps"] * config["total_batch_tokens"]
-        if run["tokens"] != tokens or run["model_flops"] != per_token * tokens:
-            fail(results_path, f"run {run['run_id']}: tokens or model FLOPs do not follow from steps x batch "
-                               f"({tokens:,} tokens, {per_token * tokens:,} FLOPs)")
+        logged = replays[run["run_id"]]["tokens"]
+        if run["tokens"] != tokens or run["model_flops"] != per_token * tokens or logged != tokens:
+            fail(results_path, f"run {run['run_id']}: tokens or model FLOPs do not follow from the steps and their "
+                               f"batches ({tokens:,} tokens by the recipe's batches, counted here; {logged:,} in the "
+                               f"log's step lines; {per_token * tokens:,} FLOPs)")
         check_mfu(run, config, start["environment"], per_token * tokens, ctx["track"], results_path, fail)
 
 

@@ -183,9 +183,9 @@ def reproduce_run(record_dir, run, record, track, repo, data_root, steps, tolera
         raise RecordError(f"{run['run_id']}: {problem}")
     if core:
         check_core_replayed(run, log, replayed, tolerance)
-    if not steps and run.get("tokens") != max(s for _, s in logged) * start["model"]["batch_tokens"]:
-        raise RecordError(f"{run['run_id']}: {run.get('tokens')} tokens claimed, the replay trained "
-                          f"{max(s for _, s in logged) * start['model']['batch_tokens']:,}")
+    trained = tokens_trained(replayed)
+    if not steps and run.get("tokens") != trained:
+        raise RecordError(f"{run['run_id']}: {run.get('tokens')} tokens claimed, the replay trained {trained:,}")
     exact = "the same digits" if tolerance == 0 else f"within {tolerance}"
     train = sum(1 for kind, _ in logged if kind == "train_loss")
     return (f"{run['run_id']}: {train} losses up to step {max(s for _, s in logged)} replayed, {exact}",
@@ -228,6 +228,14 @@ def check_core_replayed(run, log, replayed, tolerance):
     same = f"{ours['core']:.6f}" == f"{theirs['core']:.6f}" if not allowed else abs(ours["core"] - theirs["core"]) <= allowed
     if not same:
         raise RecordError(f"{run['run_id']}: CORE {theirs['core']:.6f} in the log, {ours['core']:.6f} replayed")
+
+
+def tokens_trained(log):
+    """The tokens a log's run trained on: its last step line's count (a batch schedule), else steps x batch."""
+    last = next((e for _, kind, e in reversed(log.events) if kind == "train"), None)
+    if last is None:
+        return 0
+    return int(last["tokens"]) if "tokens" in last else last["step"] * log.segments[0]["model"]["batch_tokens"]
 
 
 def check_replayed_data(run, start, replay_start, track):

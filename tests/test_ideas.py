@@ -187,3 +187,92 @@ def test_a_head_untied_at_two_thirds_of_the_run_carries_its_state_and_resumes_ex
                                         resume=str(tmp_path / "runs" / f"cut{cut}" / "checkpoint.pt"))
         assert resumed_losses == losses and resumed["val_loss"] == whole["val_loss"], cut
     assert train_processes(recipe, options, 2, run_id="two") == pytest.approx(losses, rel=2e-4)
+
+
+# -----------------------------------------------------------------------------
+# A batch-size schedule: tokens per step grow during the run, the lr scaled with them
+
+GROWING_BATCH = (
+    ('''# -----------------------------------------------------------------------------
+# Schedule
+''', '''# -----------------------------------------------------------------------------
+# Schedule
+
+
+def batch_tokens(step, config):
+    """Half the batch for the first 3 steps, then the whole (modded-nanogpt grows it in stages)."""
+    return config.total_batch_tokens // 2 if step < 3 else config.total_batch_tokens
+'''),
+    ('''    multiplier = lr_multiplier(step, num_steps, config)''',
+     '''    multiplier = lr_multiplier(step, num_steps, config) * (trainer.schedule(step) / config.total_batch_tokens) ** 0.5'''),
+)
+
+
+def test_a_batch_that_grows_during_the_run_is_counted_resumed_and_the_same_on_any_world_size(options, tmp_path):
+    """512 then 1,024 tokens a step: the loader, accumulation and buckets follow (1, 2 and 4 processes agree), the
+    step lines count the tokens so far, results.json and the model line hold 3 x 512 + 3 x 1,024, and a resume
+    before or after the change is exact."""
+    recipe = idea(tmp_path, *GROWING_BATCH)
+    options = dict(options, total_batch_tokens=1024, steps=6)
+    whole, losses = train(recipe, options, run_id="whole")
+    assert whole["tokens"] == 4608 and whole["model_flops"] == whole["model_flops_per_token"] * 4608
+    log = (tmp_path / "runs" / "whole" / "log.txt").read_text()
+    assert "6 steps of 512 to 1,024 tokens, 4,608 in all" in log
+    counts = [int(l.split(" tokens:")[1].split()[0]) for l in log.splitlines() if " train_loss:" in l]
+    assert counts == [512, 1024, 1536, 2560, 3584, 4608]
+    for cut in (2, 4):
+        train(recipe, options, run_id=f"cut{cut}", stop_after=cut)
+        resumed, resumed_losses = train(recipe, options, run_id=f"cut{cut}",
+                                        resume=str(tmp_path / "runs" / f"cut{cut}" / "checkpoint.pt"))
+        assert resumed_losses == losses and resumed["val_loss"] == whole["val_loss"] and resumed["tokens"] == 4608
+    for world in (2, 4):
+        assert train_processes(recipe, options, world, run_id=f"world{world}") == pytest.approx(losses, rel=2e-4)
+
+
+def test_the_horizons_by_tokens_and_flops_sum_the_batch_schedule():
+    import types
+    from harness.schedule import BatchSchedule
+    config = types.SimpleNamespace(total_batch_tokens=1000, device_batch=1, seq_len=10)
+    growing = BatchSchedule(types.SimpleNamespace(batch_tokens=lambda step, c: 500 if step < 4 else 1000), config)
+    assert growing.total(6) == 4000 and growing.values(6) == [500, 1000]
+    assert growing.steps_for_tokens(4000) == 6 and growing.steps_for_tokens(4001) == 7
+    assert growing.steps_within(4000 * 7, 7) == 6 and growing.steps_within(4000 * 7 - 1, 7) == 5
+    constant = BatchSchedule(types.SimpleNamespace(), config)
+    assert constant.steps_for_tokens(4001) == 5 and constant.steps_within(5e4, 10) == 5
+
+
+def test_a_record_of_a_batch_schedule_validates_with_its_tokens_counted_by_this_checkout(options, tmp_path):
+    """Three seeds of the growing batch as a record (its commit's train_gpt.py is the idea): validate recounts the
+    tokens with the recipe's own schedule in the FLOPs count's child and checks every step line's tok/s against
+    its window's tokens; a record claiming a constant batch's tokens is refused."""
+    import json
+    from records.record import new_record, validate
+    from tests.test_records import commit_all, data_identity, edit_json, git, relabel, tracks_for
+    recipe = idea(tmp_path, *GROWING_BATCH)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    for package in ("harness", "data"):
+        (repo / package).mkdir()
+        for path in (REPO / package).glob("*.py"):
+            (repo / package / path.name).write_text(path.read_text())
+    (repo / "train_gpt.py").write_text(Path(recipe.__file__).read_text())
+    commit = commit_all(repo, "the growing batch")
+    options = dict(options, total_batch_tokens=1024, steps=6, out_dir=str(tmp_path / "seeds"))
+    dirs = []
+    for seed in range(3):
+        train(recipe, options, run_id=f"seed{seed}", seed=seed)
+        relabel(tmp_path / "seeds" / f"seed{seed}", commit)
+        dirs.append(str(tmp_path / "seeds" / f"seed{seed}"))
+    tracks = json.loads(json.dumps(tracks_for({"tokenizer_sha256": None, "val_bytes": None, "val_source_sha256": None})))
+    tracks["tracks"] = [dict(t, data={}) for t in tracks["tracks"] if t["id"] == "tiny-budget"]
+    tracks["tracks"][0]["budget_flops"] = 1e15
+    (tmp_path / "tracks.json").write_text(json.dumps(tracks))
+    record = Path(new_record("tiny-budget", "growing", dirs, out=str(tmp_path / "record"),
+                             tracks_file=str(tmp_path / "tracks.json"), author="A", repo=str(repo)))
+    problems, _ = validate(str(record), str(tmp_path / "tracks.json"), repo=str(repo))
+    assert problems == [], problems
+    edit_json(record, lambda d: [r.update(tokens=6 * 1024, model_flops=6 * 1024 * r["model_flops_per_token"])
+                                 for r in d["runs"]])
+    problems, _ = validate(str(record), str(tmp_path / "tracks.json"), repo=str(repo))
+    assert any("4,608 tokens by the recipe's batches, counted here" in p for p in problems), problems
