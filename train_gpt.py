@@ -56,6 +56,9 @@ class Config:
     embed_dtype: str = option("fp32", choices=("fp32", "bf16"))  # the token and value embedding tables (bf16: half
                                   # the memory and gradient traffic; the update rules still see fp32 and keep fp32 state)
     doc_mask: bool = False        # attend only within the document (documents start at BOS)
+    rows: str = option("slices", choices=("slices", "documents"))  # training rows: consecutive slices of the token
+                                  # stream (every token a target once an epoch), or documents: every row starts at
+                                  # BOS, whole documents packed best fit, the one that fills a row cropped (harness/data.py)
     attention: str = option("auto", choices=("auto", "sdpa", "flex"))  # flex: FlexAttention; auto: flex when
                                   # compiling on CUDA, else sdpa
     # batch: total_batch_tokens = world_size x device_batch x seq_len x accumulation steps

@@ -163,6 +163,125 @@ class DataLoader:
             self._queue = None
 
 
+class DocumentLoader(DataLoader):
+    """Rows that start at BOS (--rows=documents): whole documents packed best fit into rows of seq_len + 1 tokens.
+
+    The documents (each from its BOS to the next) come in one global order, the same for every process: the shards
+    in a seeded order per epoch, each shard's documents in a seeded order of their own. A pool of the next POOL
+    documents waits; each row takes the longest pooled document that fits in what is left of it, until none fits,
+    and then the oldest pooled document cropped to fill it exactly (its tail dropped, counted: `dropped`). So every
+    row starts at a BOS, no token is padding, and a document longer than a row is cut to the row. The pool and the
+    position are the state (by shard and document index), so a resume continues exactly; the rows of a step are
+    dealt to processes as the slices loader deals them."""
+
+    POOL = 256
+
+    def __init__(self, pattern, seq_len, rows_per_step, rank, world, seed, device, vocab_size, bos_id):
+        self.bos_id, self._starts = bos_id, {}
+        super().__init__(pattern, seq_len, rows_per_step, rank, world, seed, device, vocab_size)
+        self.shard_docs = [len(self.doc_starts(i)) for i in range(len(self.files))]
+        if not sum(self.shard_docs):
+            raise ConfigError(f"{pattern}: no document starts with the BOS token ({bos_id}); --rows=documents needs "
+                              "shards of BOS-prefixed documents (python -m data.tokenize writes them)")
+        self.state = {"epoch": 0, "shard": 0, "doc": 0, "step": 0, "pool": [], "dropped": 0, "used": 0}
+
+    def doc_starts(self, index):
+        """Where each document of a shard starts (its BOS), and one past its end."""
+        if index not in self._starts:
+            tokens = self._shard(index)
+            starts = np.flatnonzero(np.asarray(tokens) == self.bos_id)
+            self._starts[index] = np.append(starts, len(tokens))
+        return self._starts[index][:-1]
+
+    def document(self, index, doc):
+        starts = self.doc_starts(index)
+        end = self._starts[index][doc + 1]
+        return self._shard(index)[starts[doc]:end]
+
+    def _shard(self, index):
+        if not hasattr(self, "_cache"):
+            self._cache = {}
+        if index not in self._cache:
+            tokens = read_shard(self.files[index])
+            if index not in self._checked:
+                check_token_ids(tokens, self.vocab_size, self.files[index])
+                self._checked.add(index)
+            if len(self._cache) >= 3:  # the pool spans a few consecutive shards at most
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[index] = tokens
+        return self._cache[index]
+
+    def doc_order(self, epoch, index):
+        return np.random.default_rng([self.seed, epoch, index, 1]).permutation(self.shard_docs[index])
+
+    def _next_doc(self, state):
+        """The next document of the stream as [shard index, document index, length]; the state advances."""
+        while True:
+            index = int(self.shard_order(state["epoch"])[state["shard"]])
+            if state["doc"] < self.shard_docs[index]:
+                doc = int(self.doc_order(state["epoch"], index)[state["doc"]])
+                state["doc"] += 1
+                return [index, doc, len(self.document(index, doc))]
+            state["shard"], state["doc"] = state["shard"] + 1, 0
+            if state["shard"] == len(self.files):
+                state["epoch"], state["shard"] = state["epoch"] + 1, 0
+
+    def _make_batch(self, state):
+        pool = [list(entry) for entry in state["pool"]]
+        while len(pool) < self.POOL:
+            pool.append(self._next_doc(state))
+        lengths = np.array([length for *_, length in pool])
+        rows = []
+        for _ in range(self.rows_of(state.get("step", 0))):
+            rows.append(self._pack_row(state, pool, lengths))
+        state["step"] = state.get("step", 0) + 1
+        state["pool"] = pool
+        mine = rows[self.rank::self.world]
+        batch = torch.from_numpy(np.stack(mine).astype(np.int64))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        return batch, {**state, "pool": [list(entry) for entry in pool]}
+
+    def _pack_row(self, state, pool, lengths):
+        """One row of seq_len + 1 tokens: the longest pooled documents that fit, then the oldest one cropped; the
+        pool (and its lengths, in place) refilled from the stream."""
+        pieces, left = [], self.seq_len + 1
+        while left:
+            fits = np.flatnonzero(lengths <= left)
+            pick = int(fits[np.argmax(lengths[fits])]) if len(fits) else 0
+            index, doc, length = pool.pop(pick)
+            take = min(length, left)
+            pieces.append(np.asarray(self.document(index, doc)[:take]))
+            state["dropped"] += length - take
+            state["used"] += take
+            left -= take
+            pool.append(self._next_doc(state))
+            lengths[pick:-1] = lengths[pick + 1:]
+            lengths[-1] = pool[-1][2]
+        return np.concatenate(pieces)
+
+    @property
+    def fraction_used(self):
+        seen = self.state["used"] + self.state["dropped"]
+        return self.state["used"] / seen if seen else 1.0
+
+    def epochs(self, state=None):
+        state = state or self.state
+        docs_before = sum(self.shard_docs[i] for i in self.shard_order(state["epoch"])[:state["shard"]])
+        return state["epoch"] + (docs_before + state["doc"] - len(state["pool"])) / sum(self.shard_docs)
+
+    def describe(self, num_steps):
+        return (f"loader: {sum(self.shard_tokens):,} training tokens in {len(self.files)} shards, "
+                f"{sum(self.shard_docs):,} documents; rows start at BOS: documents packed best fit into rows of "
+                f"{self.seq_len + 1} tokens, the one that fills a row cropped (its tail dropped, counted); "
+                f"{num_steps} steps of {rows_text(self.rows_of, num_steps)} rows")
+
+    def dropped_text(self):
+        seen = self.state["used"] + self.state["dropped"]
+        return (f"{self.state['dropped']:,} of {seen:,} document tokens dropped by cropping "
+                f"({100 * self.state['dropped'] / max(seen, 1):.1f}%)")
+
+
 def rows_text(rows_of, num_steps):
     """"R" for a constant batch, "R1 to R2" for a schedule."""
     first, last = rows_of(0), rows_of(max(num_steps - 1, 0))

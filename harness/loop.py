@@ -29,7 +29,8 @@ from harness.checkpoint import (CheckpointError, check_same_settings, check_save
                                 save_checkpoint)
 from harness.comm import Comm
 from harness.config import ConfigError, check_batch, check_options, parse_args
-from harness.data import DataLoader, check_data_matches_tokenizer, load_tokenizer_info, load_val_tokens
+from harness.data import (DataLoader, DocumentLoader, check_data_matches_tokenizer, load_tokenizer_info,
+                          load_val_tokens)
 from harness.device import (autocast_for, compile_by_block, compiler, enable_fp8, init_distributed, out_of_memory,
                             resolve_device, synchronize, wants_compile)
 from harness.evaluate import evaluate
@@ -72,6 +73,9 @@ class Trainer:
     def make_loader(self, config, tokenizer, rows_per_step):
         """The training batches (rows_per_step: a function of the step): the token shards' (harness/smoke.py's
         trainer makes random rows instead)."""
+        if getattr(config, "rows", "slices") == "documents":  # rows that start at BOS, documents packed best fit
+            return DocumentLoader(config.train_files, config.seq_len, rows_per_step, self.rank, self.world,
+                                  config.seed, self.device, tokenizer["vocab_size"], tokenizer["bos_id"])
         return DataLoader(config.train_files, config.seq_len, rows_per_step, self.rank, self.world, config.seed,
                           self.device, tokenizer["vocab_size"])
 
@@ -430,7 +434,9 @@ def train(recipe, config, rank=0, world=1, device=None):
     if config.save_final:
         run.save(dict(run.progress, status=status))
     results = run.results(status, val_loss, val_bpb, git, env, tokenizer)
-    log.write(f"loader: epoch {trainer.loader.epochs():.3f} reached ({run.progress['tokens']:,} tokens trained on)")
+    dropped = f"; {trainer.loader.dropped_text()}" if hasattr(trainer.loader, "dropped_text") else ""
+    log.write(f"loader: epoch {trainer.loader.epochs():.3f} reached ({run.progress['tokens']:,} tokens trained on"
+              f"{dropped})")
     log.write(f"done: {status}, val_loss:{val_loss:.6f} val_bpb:{val_bpb:.6f} "
               f"training_time:{results['training_time_s']:.2f}s warmup_time:{run.progress['warmup_time']:.2f}s "
               f"eval_time:{run.progress['eval_time']:.2f}s")

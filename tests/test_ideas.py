@@ -276,3 +276,20 @@ def test_a_record_of_a_batch_schedule_validates_with_its_tokens_counted_by_this_
                                  for r in d["runs"]])
     problems, _ = validate(str(record), str(tmp_path / "tracks.json"), repo=str(repo))
     assert any("4,608 tokens by the recipe's batches, counted here" in p for p in problems), problems
+
+
+def test_rows_that_start_at_bos_train_resume_exactly_and_agree_on_two_processes(options, tmp_path):
+    """--rows=documents (the loader choice; the every-token slices stay the default), with the growing batch: the log
+    says how many document tokens cropping dropped; a resume mid-run (the pool of documents in the checkpoint) gives
+    the uninterrupted run's losses; 2 processes agree."""
+    recipe = idea(tmp_path, *GROWING_BATCH)
+    options = dict(options, total_batch_tokens=1024, steps=6, rows="documents")
+    whole, losses = train(recipe, options, run_id="whole")
+    log = (tmp_path / "runs" / "whole" / "log.txt").read_text()
+    assert "rows start at BOS: documents packed best fit" in log and "document tokens dropped by cropping" in log
+    train(recipe, options, run_id="cut", stop_after=4)
+    resumed, resumed_losses = train(recipe, options, run_id="cut", resume=str(tmp_path / "runs" / "cut" / "checkpoint.pt"))
+    assert resumed_losses == losses and resumed["val_loss"] == whole["val_loss"]
+    assert train_processes(recipe, options, 2, run_id="two") == pytest.approx(losses, rel=2e-4)
+    _, slices = train(recipe, dict(options, rows="slices"), run_id="slices")
+    assert slices[1] != losses[1]  # other rows

@@ -25,7 +25,7 @@ from data.shards import ShardError, read_shard, read_tokenizer_sha256, write_sha
 from data.tokenize import tokenize_corpus
 from data.tokenizer import sha256_file
 from harness.config import ConfigError
-from harness.data import DataLoader, load_tokenizer_info, load_val_tokens
+from harness.data import DataLoader, DocumentLoader, load_tokenizer_info, load_val_tokens
 from harness.evaluate import evaluate, val_totals
 from harness.runlog import peak_flops
 from harness.trace import flops_per_token
@@ -408,6 +408,48 @@ def test_a_position_in_other_shards_is_refused_naming_the_change(shards, tokeniz
     with pytest.raises(ConfigError, match=rf"\({last.name} \([\d,]+ tokens\) then, {last.name} "
                                                     r"\([\d,]+ tokens\) now\); resume with the shards it was made"):
         make_loader(shards, tokenizer_dir, pattern=pattern).load_state_dict(state)
+
+
+def document_loader(shards, tokenizer_dir, rank=0, world=1, rows_per_step=8, seq_len=64, seed=0):
+    info = load_tokenizer_info(str(tokenizer_dir))
+    return DocumentLoader(f"{shards}/train_*.bin", seq_len, rows_per_step, rank, world, seed, torch.device("cpu"),
+                          info["vocab_size"], info["bos_id"])
+
+
+def test_document_rows_start_at_bos_hold_whole_documents_packed_best_fit_and_count_what_is_cropped(shards,
+                                                                                                  tokenizer_dir):
+    """--rows=documents: every row starts at BOS and is made of document prefixes (whole documents but the one that
+    fills it, cropped); every document of the stream is used in order of the pool; used + dropped = the documents'
+    tokens taken; the tokens of a step do not depend on the world size; a saved state resumes exactly, pool included."""
+    bos = load_tokenizer_info(str(tokenizer_dir))["bos_id"]
+    loader = document_loader(shards, tokenizer_dir)
+    documents = {tuple(np.asarray(loader.document(i, d)).tolist()) for i in range(len(loader.files))
+                 for d in range(loader.shard_docs[i])}
+    prefixes = {doc[:k] for doc in documents for k in range(1, len(doc) + 1)}
+    whole = set(documents)
+    batches = [loader.next_batch() for _ in range(30)]
+    cropped = 0
+    for inputs, targets in batches:
+        assert inputs.shape == (8, 64) and (inputs[:, 0] == bos).all() and (inputs[:, 1:] == targets[:, :-1]).all()
+        for row in torch.cat([inputs, targets[:, -1:]], dim=1).tolist():
+            starts = [k for k, token in enumerate(row) if token == bos] + [len(row)]
+            pieces = [tuple(row[a:b]) for a, b in zip(starts, starts[1:])]
+            assert all(piece in prefixes for piece in pieces)
+            assert all(piece in whole for piece in pieces[:-1])  # only the piece that fills the row may be cut
+            cropped += pieces[-1] not in whole
+    state = loader.state
+    assert state["used"] == 30 * 8 * 65 and state["dropped"] > 0 and cropped > 0
+    assert 0 < loader.fraction_used < 1 and "dropped by cropping" in loader.dropped_text()
+    saved = loader.state_dict()
+    expected = [loader.next_batch()[0] for _ in range(10)]
+    fresh = document_loader(shards, tokenizer_dir)
+    fresh.load_state_dict(saved)
+    assert all(torch.equal(fresh.next_batch()[0], batch) for batch in expected)
+    single, ranks = document_loader(shards, tokenizer_dir), [document_loader(shards, tokenizer_dir, r, 2) for r in (0, 1)]
+    for _ in range(20):
+        rows = lambda t: sorted(tuple(r.tolist()) for r in t)
+        parts = [rank.next_batch()[0] for rank in ranks]
+        assert rows(torch.cat(parts)) == rows(single.next_batch()[0])
 
 
 def test_the_seed_sets_the_order(shards, tokenizer_dir):
