@@ -176,8 +176,10 @@ class DocumentLoader(DataLoader):
 
     POOL = 256
 
-    def __init__(self, pattern, seq_len, rows_per_step, rank, world, seed, device, vocab_size, bos_id):
+    def __init__(self, pattern, seq_len, rows_per_step, rank, world, seed, device, vocab_size, bos_id,
+                 seq_len_of=None):
         self.bos_id, self._starts = bos_id, {}
+        self.seq_len_of = seq_len_of or (lambda step: seq_len)  # a stage schedule's row length (harness/schedule.py)
         super().__init__(pattern, seq_len, rows_per_step, rank, world, seed, device, vocab_size)
         self.shard_docs = [len(self.doc_starts(i)) for i in range(len(self.files))]
         if not sum(self.shard_docs):
@@ -231,9 +233,9 @@ class DocumentLoader(DataLoader):
         while len(pool) < self.POOL:
             pool.append(self._next_doc(state))
         lengths = np.array([length for *_, length in pool])
-        rows = []
-        for _ in range(self.rows_of(state.get("step", 0))):
-            rows.append(self._pack_row(state, pool, lengths))
+        rows, step = [], state.get("step", 0)
+        for _ in range(self.rows_of(step)):
+            rows.append(self._pack_row(state, pool, lengths, self.seq_len_of(step) + 1))
         state["step"] = state.get("step", 0) + 1
         state["pool"] = pool
         mine = rows[self.rank::self.world]
@@ -242,10 +244,10 @@ class DocumentLoader(DataLoader):
             batch = batch.pin_memory()
         return batch, {**state, "pool": [list(entry) for entry in pool]}
 
-    def _pack_row(self, state, pool, lengths):
-        """One row of seq_len + 1 tokens: the longest pooled documents that fit, then the oldest one cropped; the
-        pool (and its lengths, in place) refilled from the stream."""
-        pieces, left = [], self.seq_len + 1
+    def _pack_row(self, state, pool, lengths, need):
+        """One row of `need` tokens: the longest pooled documents that fit, then the oldest one cropped; the pool
+        (and its lengths, in place) refilled from the stream."""
+        pieces, left = [], need
         while left:
             fits = np.flatnonzero(lengths <= left)
             pick = int(fits[np.argmax(lengths[fits])]) if len(fits) else 0

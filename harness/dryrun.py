@@ -451,6 +451,24 @@ def verdict(peak, memory):
     return "does not fit" if peak > memory else "tight" if peak > TIGHT * memory else "fits"
 
 
+def planned_model_flops(recipe, config, schedule, steps, vocab, bos_id, flops_per_token):
+    """Each step's tokens x its stage's FLOPs per token (the stage applied to a meta model, traced at its seq_len),
+    as a run counts them."""
+    if schedule.stage_fn is None:
+        return schedule.total(steps) * flops_per_token
+    by_stage, total = {}, 0
+    for step in range(steps):
+        stage = schedule.stage(step)
+        key = schedule.key(stage)
+        if key not in by_stage:
+            model = meta_model(recipe, config, vocab, bos_id)
+            if stage and hasattr(recipe, "apply_stage"):
+                recipe.apply_stage(model, stage)
+            by_stage[key] = trace(model, schedule.seq_len(step))[0] if stage else flops_per_token
+        total += schedule(step) * by_stage[key]
+    return total
+
+
 def plan(recipe, config, vocab=None, calibrated=True):
     """Every figure of the dry run, in a dict (no printing). vocab: the vocab size when no tokenizer is at hand (a
     benchmark on random tokens); calibrated=False: the step time without bench/calibration.json's factor (what
@@ -475,7 +493,7 @@ def plan(recipe, config, vocab=None, calibrated=True):
     counted = sum(c for _, c in groups.values())
     schedule = BatchSchedule(recipe, config)
     steps = num_training_steps(config, counted, flops_per_token, schedule)
-    schedule.check(world, steps)
+    schedule.check(world, steps, getattr(config, "rows", "slices"))
     scheduled = config  # a batch schedule is planned at its largest step: its time, its accumulation
     config = dataclasses.replace(config, total_batch_tokens=max(schedule.values(steps)))
     step_flops = flops_per_token * config.total_batch_tokens
@@ -488,7 +506,7 @@ def plan(recipe, config, vocab=None, calibrated=True):
     out = dict(config=config, scheduled=scheduled, schedule=schedule.values(steps), world=world, gpu=config.gpu, vocab=vocab, vocab_source=vocab_source, spec=spec,
                peak_flops=peak, groups=groups, counted=counted, params=sum(t for t, _ in groups.values()),
                flops_per_token=flops_per_token, steps=steps, tokens=schedule.total(steps),
-               model_flops=schedule.total(steps) * flops_per_token, static=static[busiest], busiest=busiest,
+               model_flops=planned_model_flops(recipe, scheduled, schedule, steps, vocab, bos_id, flops_per_token), static=static[busiest], busiest=busiest,
                static_peak=sum(static[busiest].values()), models=[model for model, _ in ranks],
                accum=config.total_batch_tokens // (world * config.device_batch * config.seq_len),
                activations_model=dict(eager=eager, compiled=tuple(compiled)),

@@ -49,14 +49,16 @@ class Trainer:
         self.recipe, self.config, self.rank, self.world, self.device = recipe, config, rank, world, device
         torch.manual_seed(config.seed)
         self.model = recipe.GPT(config, tokenizer["vocab_size"], tokenizer["bos_id"]).to(device)
-        self.schedule = BatchSchedule(recipe, config)  # tokens per step (the recipe's batch_tokens, if any)
+        self.schedule = BatchSchedule(recipe, config)  # tokens and stage per step (the recipe's, if any)
+        self.vocab_size, self.bos_id, self.stage_key, self._stage_flops = tokenizer["vocab_size"], tokenizer["bos_id"], \
+            BatchSchedule.key({}), {}
         self.accum_steps = self.accumulation(0)
         self.use_compile = use_compile = wants_compile(config, device)
         self.comm = Comm(rank, world)
         self.optimizer = build_optimizer(recipe, self.model, config, self.comm, self.accum_steps, use_compile)
         self.flops_per_token = self.optimizer.flops_per_token
         self.fp8 = config.fp8 and enable_fp8(self.model, device)
-        self.loader = self.make_loader(config, tokenizer, lambda step: self.schedule(step) // config.seq_len)
+        self.loader = self.make_loader(config, tokenizer, lambda step: self.schedule(step) // self.schedule.seq_len(step))
         # one graph: its backward hands out every gradient at its end, so no gradient bucket's reduce-scatter
         # overlaps the backward (eager, they do; harness/comm.py). --compile=blocks: compile_by_block
         self.forward = torch.compile(self.model) if use_compile and config.compile != "blocks" else self.model
@@ -68,20 +70,41 @@ class Trainer:
 
     def accumulation(self, step):
         """Micro-steps of device_batch rows per process in step `step`."""
-        return self.schedule(step) // (self.config.seq_len * self.world * self.config.device_batch)
+        return self.schedule(step) // (self.schedule.seq_len(step) * self.world * self.config.device_batch)
+
+    def flops_per_token_at(self, step):
+        """Model FLOPs per token of step `step`: its stage's shape (seq_len, whatever apply_stage sets) counted on a
+        meta-device copy of the model; the model line's figure without a stage schedule."""
+        stage = self.schedule.stage(step)
+        key = BatchSchedule.key(stage)
+        if not stage:
+            return self.flops_per_token
+        if key not in self._stage_flops:
+            with torch.device("meta"):
+                model = self.recipe.GPT(self.config, self.vocab_size, self.bos_id)
+            if hasattr(self.recipe, "apply_stage"):
+                self.recipe.apply_stage(model, stage)
+            self._stage_flops[key] = trace(model, self.schedule.seq_len(step))[0]
+        return self._stage_flops[key]
 
     def make_loader(self, config, tokenizer, rows_per_step):
         """The training batches (rows_per_step: a function of the step): the token shards' (harness/smoke.py's
         trainer makes random rows instead)."""
         if getattr(config, "rows", "slices") == "documents":  # rows that start at BOS, documents packed best fit
             return DocumentLoader(config.train_files, config.seq_len, rows_per_step, self.rank, self.world,
-                                  config.seed, self.device, tokenizer["vocab_size"], tokenizer["bos_id"])
+                                  config.seed, self.device, tokenizer["vocab_size"], tokenizer["bos_id"],
+                                  seq_len_of=self.schedule.seq_len)
         return DataLoader(config.train_files, config.seq_len, rows_per_step, self.rank, self.world, config.seed,
                           self.device, tokenizer["vocab_size"])
 
     def step(self, step, num_steps):
         """One optimizer step (the recipe's train_step): the mean train loss (a tensor, not yet synced), the lr
         multiplier. The step's batch (the schedule's) sets its gradient accumulation, here and in the buckets."""
+        stage = self.schedule.stage(step)
+        if BatchSchedule.key(stage) != self.stage_key:  # a new stage: the recipe sets it on the model
+            if hasattr(self.recipe, "apply_stage"):
+                self.recipe.apply_stage(self.model, stage)
+            self.stage_key = BatchSchedule.key(stage)
         accum = self.accumulation(step)
         if accum != self.accum_steps:
             self.accum_steps = accum
@@ -225,15 +248,29 @@ def model_line(config, trainer, tokenizer, num_steps):
             f"size {trainer.world}; fp8 {trainer.fp8}; attention {model.attention_backend}")
 
 
-def warm_up(trainer, config, progress, num_steps):
-    """Compile and warm up on real steps, then put everything back: the timed run starts from a clean state."""
-    warmup_start = time.perf_counter()
+def warm_up(trainer, config, progress, num_steps, log=None):
+    """Compile and warm up on real steps, then put everything back: the timed run starts from a clean state. With a
+    stage schedule, one more step at the first step of each later stage (its shapes, its batch), so that a compiled
+    run compiles every stage here, untimed, and not in the timed loop; the graphs compiled are counted and logged."""
+    from torch._dynamo.utils import counters
+    warmup_start, graphs = time.perf_counter(), counters["stats"]["unique_graphs"]
     start_state = trainer.snapshot()
-    for i in range(min(config.warmup_timing_steps, num_steps - progress["step"])):
-        trainer.step(progress["step"] + i, num_steps)
+    first = progress["step"]
+    steps = list(range(first, first + min(config.warmup_timing_steps, num_steps - first)))
+    stages = trainer.schedule.stages(first, num_steps) if trainer.schedule.stage_fn else {}
+    if steps:
+        steps += [step for step, _ in stages.values() if step not in steps]
+    for step in steps:
+        if trainer.loader.state.get("step", step) != step:  # a later stage: the loader serves that step's batch
+            trainer.loader.load_state_dict({**trainer.loader.state_dict(), "step": step})
+        trainer.step(step, num_steps)
     trainer.restore(start_state)
     synchronize(trainer.device)
     progress["warmup_time"] += time.perf_counter() - warmup_start
+    progress["graphs_warmup"] = counters["stats"]["unique_graphs"] - graphs
+    if log is not None and (trainer.use_compile or stages):
+        log.write(f"compile: {progress['graphs_warmup']} graphs compiled in the warm-up ({len(steps)} steps"
+                  f"{f', {len(stages)} stages' if stages else ''})")
 
 
 def resume_from(checkpoint, trainer, progress, log, config):
@@ -243,6 +280,9 @@ def resume_from(checkpoint, trainer, progress, log, config):
     if trainer.device.type == "cuda" and checkpoint["rng"]["cuda"]:
         torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][0], trainer.device)
     progress.update(checkpoint["progress"])
+    progress.setdefault("model_flops", progress["tokens"] * trainer.flops_per_token)  # a checkpoint from before
+    if "model_flops" not in checkpoint["progress"]:
+        progress["model_flops"] = progress["tokens"] * trainer.flops_per_token
     log.write(f"resumed from {config.resume} at step {progress['step']}")
 
 
@@ -263,7 +303,7 @@ class Run:
         self.peak = peak_flops(config, trainer.device)
         # the totals of the run so far; a checkpoint carries them, so that a resumed run's results cover all of it
         self.progress = {"step": 0, "training_time": 0.0, "eval_time": 0.0, "warmup_time": 0.0, "wall_time": 0.0,
-                         "tokens": 0}
+                         "tokens": 0, "model_flops": 0}
         self.earlier_wall_time = 0.0
 
     def save(self, state):
@@ -330,6 +370,7 @@ class Run:
             window_losses.append(loss)
             tokens = self.trainer.schedule(progress["step"])
             progress["tokens"] += tokens
+            progress["model_flops"] += tokens * self.trainer.flops_per_token_at(progress["step"])
             window_tokens += tokens
             progress["step"] = step = progress["step"] + 1
             steps_here += 1
@@ -369,9 +410,9 @@ class Run:
             "scaling_params": trainer.optimizer.counted_params,
             "vocab_size": tokenizer["vocab_size"], "total_batch_tokens": config.total_batch_tokens,
             "steps": progress["step"], "tokens": progress["tokens"],
-            "model_flops_per_token": flops, "model_flops": flops * progress["tokens"],
+            "model_flops_per_token": flops, "model_flops": progress["model_flops"],
             "hardware_flops": training_time * world * peak if peak else None,
-            "mfu": flops * progress["tokens"] / (training_time * world * peak) if peak else None,
+            "mfu": progress["model_flops"] / (training_time * world * peak) if peak else None,
             "training_time_s": training_time, "warmup_time_s": progress["warmup_time"],
             "eval_time_s": progress["eval_time"],
             "wall_time_s": self.earlier_wall_time + time.perf_counter() - self.wall_start,
@@ -406,7 +447,7 @@ def train(recipe, config, rank=0, world=1, device=None):
     if checkpoint is not None:  # first: a position in other shards stops the run before anything is written
         trainer.loader.load_state_dict(checkpoint["loader"])
     num_steps = num_training_steps(config, trainer.optimizer.counted_params, trainer.flops_per_token, trainer.schedule)
-    trainer.schedule.check(world, num_steps)
+    trainer.schedule.check(world, num_steps, getattr(config, "rows", "slices"))
     if world > 1:
         dist.barrier()  # every process has looked before the first one writes
     if rank == 0:
@@ -427,13 +468,17 @@ def train(recipe, config, rank=0, world=1, device=None):
             trainer.change_model(step, num_steps, carry=False)
         resume_from(checkpoint, trainer, run.progress, log, config)
     run.earlier_wall_time = run.progress["wall_time"]  # of the starts before this one, up to their last checkpoint
-    warm_up(trainer, config, run.progress, num_steps)
+    warm_up(trainer, config, run.progress, num_steps, log)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     status, val_loss, val_bpb = run.loop()
     if status is None:
         return None
     if config.save_final:
         run.save(dict(run.progress, status=status))
     results = run.results(status, val_loss, val_bpb, git, env, tokenizer)
+    if trainer.use_compile or trainer.schedule.stage_fn:
+        log.write(f"compile: {torch._dynamo.utils.counters['stats']['unique_graphs'] - graphs} graphs compiled after "
+                  "the warm-up (the first validation compiles evaluation's own)")
     dropped = f"; {trainer.loader.dropped_text()}" if hasattr(trainer.loader, "dropped_text") else ""
     log.write(f"loader: epoch {trainer.loader.epochs():.3f} reached ({run.progress['tokens']:,} tokens trained on"
               f"{dropped})")

@@ -22,8 +22,9 @@ HEAD_TRACE = os.path.join(REPO_DIR, "harness", "trace.py")  # the instrument: HE
 HEAD_PEAKS = os.path.join(REPO_DIR, "harness", "runlog.py")
 
 # In the child: cwd is the commit's tree, argv[1] HEAD's trace.py; stdin [(config, vocab, steps), ...]; stdout
-# [(FLOPs per token, tokens of those steps), ...]: the tokens by the recipe's batch schedule (batch_tokens) when it
-# has one, else steps x total_batch_tokens.
+# [(FLOPs per token, tokens of those steps, their model FLOPs), ...]: the tokens by the recipe's batch schedule
+# (batch_tokens) when it has one, else steps x total_batch_tokens; the model FLOPs each step's tokens x its stage's
+# count (the recipe's stage and apply_stage, traced at the stage's seq_len), else tokens x the count.
 COUNT_SCRIPT = """
 import dataclasses, importlib.util, json, sys
 sys.path.insert(0, ".")
@@ -33,11 +34,27 @@ spec.loader.exec_module(instrument)
 import train_gpt
 fields = {f.name for f in dataclasses.fields(train_gpt.Config)}
 counts = []
+import torch
 for config, vocab, steps in json.load(sys.stdin):
     config = train_gpt.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in fields})
-    schedule = getattr(train_gpt, "batch_tokens", None)
-    tokens = sum(schedule(s, config) for s in range(steps)) if schedule else steps * config.total_batch_tokens
-    counts.append([instrument.flops_per_token(train_gpt, config, vocab), tokens])
+    schedule, stage_of = getattr(train_gpt, "batch_tokens", None), getattr(train_gpt, "stage", None)
+    batches = [schedule(s, config) if schedule else config.total_batch_tokens for s in range(steps)]
+    per_token = instrument.flops_per_token(train_gpt, config, vocab)
+    flops, by_stage = 0, {}
+    for s, batch in enumerate(batches):
+        stage = stage_of(s, config) if stage_of else {}
+        key = json.dumps(stage, sort_keys=True, default=str)
+        if key not in by_stage:
+            if not stage:
+                by_stage[key] = per_token
+            else:
+                with torch.device("meta"):
+                    model = train_gpt.GPT(config, vocab, bos_id=0)
+                if hasattr(train_gpt, "apply_stage"):
+                    train_gpt.apply_stage(model, stage)
+                by_stage[key] = instrument.trace(model, stage.get("seq_len", config.seq_len))[0]
+        flops += batch * by_stage[key]
+    counts.append([per_token, sum(batches), flops])
 print(json.dumps(counts))
 """
 _COUNTS = {}  # (commit, config, vocab, steps) -> (FLOPs per token, tokens): HEAD's instrument counts a commit's recipe
@@ -47,13 +64,18 @@ _COUNTS = {}  # (commit, config, vocab, steps) -> (FLOPs per token, tokens): HEA
 def count_flops(commit, requests, repo=REPO_DIR):
     """FLOPs per token of each (config dict, vocab[, steps]) for the recipe at a merged commit, counted by HEAD's
     harness in one child process for all of them (a record's runs share a recipe: one count, however many runs)."""
-    return [flops for flops, _ in counts(commit, requests, repo)]
+    return [flops for flops, *_ in counts(commit, requests, repo)]
 
 
 def count_tokens(commit, requests, repo=REPO_DIR):
     """Tokens of each (config dict, vocab, steps): the recipe's batch schedule summed over the steps (the same child
     as count_flops, whose results are kept)."""
-    return [tokens for _, tokens in counts(commit, requests, repo)]
+    return [tokens for _, tokens, _ in counts(commit, requests, repo)]
+
+
+def count_model_flops(commit, requests, repo=REPO_DIR):
+    """The model FLOPs of each (config dict, vocab, steps): each step's tokens x its stage's count (the same child)."""
+    return [flops for *_, flops in counts(commit, requests, repo)]
 
 
 def counts(commit, requests, repo=REPO_DIR):
@@ -71,8 +93,8 @@ def counts(commit, requests, repo=REPO_DIR):
                 [request for _, request in todo]), capture_output=True, text=True, cwd=tmp, env=env)
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no output")
-        for (key, _), (flops, tokens) in zip(todo, json.loads(done.stdout)):
-            _COUNTS[key] = (int(flops), int(tokens))
+        for (key, _), (flops, tokens, model_flops) in zip(todo, json.loads(done.stdout)):
+            _COUNTS[key] = (int(flops), int(tokens), int(model_flops))
     return [_COUNTS[key] for key in keys]
 
 

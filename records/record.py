@@ -848,10 +848,11 @@ def check_flops(runs, logs, replays, ctx, fail):
     try:
         counts = instruments.count_flops(ctx["record"]["commit"], requests, ctx["repo"])
         all_tokens = instruments.count_tokens(ctx["record"]["commit"], requests, ctx["repo"])
+        all_flops = instruments.count_model_flops(ctx["record"]["commit"], requests, ctx["repo"])
     except Exception as e:  # the recipe on the logged config: any failure is the record's problem
         return fail(ctx["results_path"], f"this checkout's FLOPs count fails on the recipe of commit "
                                          f"{ctx['record']['commit'][:12]} ({type(e).__name__}: {e})")
-    for run, start, per_token, tokens in zip(runs, starts, counts, all_tokens):
+    for run, start, per_token, tokens, model_flops in zip(runs, starts, counts, all_tokens, all_flops):
         config, model, results_path = start["config"], start["model"], ctx["results_path"]
         if per_token != run["model_flops_per_token"] or per_token != model["flops_per_token"]:
             fail(results_path, f"run {run['run_id']}: {run['model_flops_per_token']:,} FLOPs per token claimed "
@@ -859,11 +860,11 @@ def check_flops(runs, logs, replays, ctx, fail):
                                f"{per_token:,} counted by this checkout's harness for the same recipe: the record's "
                                "commit counts otherwise, and records are counted with one instrument")
         logged = replays[run["run_id"]]["tokens"]
-        if run["tokens"] != tokens or run["model_flops"] != per_token * tokens or logged != tokens:
+        if run["tokens"] != tokens or run["model_flops"] != model_flops or logged != tokens:
             fail(results_path, f"run {run['run_id']}: tokens or model FLOPs do not follow from the steps and their "
                                f"batches ({tokens:,} tokens by the recipe's batches, counted here; {logged:,} in the "
-                               f"log's step lines; {per_token * tokens:,} FLOPs)")
-        check_mfu(run, config, start["environment"], per_token * tokens, ctx["track"], results_path, fail)
+                               f"log's step lines; {model_flops:,} model FLOPs, each stage at its own count)")
+        check_mfu(run, config, start["environment"], model_flops, ctx["track"], results_path, fail)
 
 
 def check_place(run, log, ctx, fail):

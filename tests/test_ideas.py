@@ -7,6 +7,7 @@ processes, an exact resume, every parameter in one update rule."""
 
 import importlib.util
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -241,43 +242,6 @@ def test_the_horizons_by_tokens_and_flops_sum_the_batch_schedule():
     assert constant.steps_for_tokens(4001) == 5 and constant.steps_within(5e4, 10) == 5
 
 
-def test_a_record_of_a_batch_schedule_validates_with_its_tokens_counted_by_this_checkout(options, tmp_path):
-    """Three seeds of the growing batch as a record (its commit's train_gpt.py is the idea): validate recounts the
-    tokens with the recipe's own schedule in the FLOPs count's child and checks every step line's tok/s against
-    its window's tokens; a record claiming a constant batch's tokens is refused."""
-    import json
-    from records.record import new_record, validate
-    from tests.test_records import commit_all, data_identity, edit_json, git, relabel, tracks_for
-    recipe = idea(tmp_path, *GROWING_BATCH)
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    for package in ("harness", "data"):
-        (repo / package).mkdir()
-        for path in (REPO / package).glob("*.py"):
-            (repo / package / path.name).write_text(path.read_text())
-    (repo / "train_gpt.py").write_text(Path(recipe.__file__).read_text())
-    commit = commit_all(repo, "the growing batch")
-    options = dict(options, total_batch_tokens=1024, steps=6, out_dir=str(tmp_path / "seeds"))
-    dirs = []
-    for seed in range(3):
-        train(recipe, options, run_id=f"seed{seed}", seed=seed)
-        relabel(tmp_path / "seeds" / f"seed{seed}", commit)
-        dirs.append(str(tmp_path / "seeds" / f"seed{seed}"))
-    tracks = json.loads(json.dumps(tracks_for({"tokenizer_sha256": None, "val_bytes": None, "val_source_sha256": None})))
-    tracks["tracks"] = [dict(t, data={}) for t in tracks["tracks"] if t["id"] == "tiny-budget"]
-    tracks["tracks"][0]["budget_flops"] = 1e15
-    (tmp_path / "tracks.json").write_text(json.dumps(tracks))
-    record = Path(new_record("tiny-budget", "growing", dirs, out=str(tmp_path / "record"),
-                             tracks_file=str(tmp_path / "tracks.json"), author="A", repo=str(repo)))
-    problems, _ = validate(str(record), str(tmp_path / "tracks.json"), repo=str(repo))
-    assert problems == [], problems
-    edit_json(record, lambda d: [r.update(tokens=6 * 1024, model_flops=6 * 1024 * r["model_flops_per_token"])
-                                 for r in d["runs"]])
-    problems, _ = validate(str(record), str(tmp_path / "tracks.json"), repo=str(repo))
-    assert any("4,608 tokens by the recipe's batches, counted here" in p for p in problems), problems
-
-
 def test_rows_that_start_at_bos_train_resume_exactly_and_agree_on_two_processes(options, tmp_path):
     """--rows=documents (the loader choice; the every-token slices stay the default), with the growing batch: the log
     says how many document tokens cropping dropped; a resume mid-run (the pool of documents in the checkpoint) gives
@@ -293,3 +257,142 @@ def test_rows_that_start_at_bos_train_resume_exactly_and_agree_on_two_processes(
     assert train_processes(recipe, options, 2, run_id="two") == pytest.approx(losses, rel=2e-4)
     _, slices = train(recipe, dict(options, rows="slices"), run_id="slices")
     assert slices[1] != losses[1]  # other rows
+
+
+# -----------------------------------------------------------------------------
+# Stages: a sequence length and window that grow, compiled in the warm-up
+
+GROWING_CONTEXT = (
+    ('''# -----------------------------------------------------------------------------
+# Schedule
+''', '''# -----------------------------------------------------------------------------
+# Schedule
+
+
+def stage(step, config):
+    """Rows of 32 tokens with short windows of 8 for the first 3 steps, then the whole context."""
+    return {"seq_len": 32, "short_window": 8} if step < 3 else {"seq_len": config.seq_len, "short_window": 16}
+
+
+def apply_stage(model, stage):
+    """The stage's short windows on the model (the full ones span any row)."""
+    full = max(model.windows)
+    model.windows = [w if w == full else stage["short_window"] for w in model.windows]
+    for block, window in zip(model.blocks, model.windows):
+        block.attn.window = window
+'''),
+)
+
+
+def stage_counts(recipe, options, stage):
+    """An independent count of one stage's FLOPs per token: the recipe's model with the stage applied, traced."""
+    from harness.trace import trace
+    config = parse_args(recipe.Config, recipe.PRESETS, [f"--{k}={v}" for k, v in options.items()])
+    with torch.device("meta"):
+        model = recipe.GPT(config, 512, 0)
+    recipe.apply_stage(model, stage)
+    return trace(model, stage["seq_len"])[0]
+
+
+def test_a_context_that_grows_in_stages_counts_each_stages_flops_resumes_and_compiles_in_the_warm_up(options, tmp_path,
+                                                                                                     monkeypatch):
+    """Rows of 32 then 64 tokens (documents cut to the stage's length), short windows of 8 then 16: the model FLOPs
+    are each stage's tokens x its own count (an independent trace per stage), a resume before or after the change is
+    exact, 2 processes agree, and a compiled run compiles both stages in the untimed warm-up and nothing in the timed
+    steps (aot_eager: Dynamo's guards as on a GPU)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    recipe = idea(tmp_path, *GROWING_CONTEXT)
+    options = dict(options, total_batch_tokens=1024, steps=6, rows="documents")
+    whole, losses = train(recipe, options, run_id="whole")
+    short, full = (stage_counts(recipe, options, recipe.stage(s, types_config(options))) for s in (0, 5))
+    assert short < full and whole["tokens"] == 6 * 1024
+    assert whole["model_flops"] == 3 * 1024 * short + 3 * 1024 * full
+    from harness.dryrun import plan  # the dry run plans the same figures, without a GPU or data
+    planned = plan(recipe, parse_args(recipe.Config, recipe.PRESETS, [f"--{k}={v}" for k, v in options.items()]),
+                   vocab=512)
+    assert (planned["tokens"], planned["model_flops"]) == (whole["tokens"], whole["model_flops"])
+    log = (tmp_path / "runs" / "whole" / "log.txt").read_text()
+    assert "compile: 0 graphs compiled in the warm-up (2 steps, 2 stages)" in log  # eager: the stages visited
+    for cut in (2, 4):
+        train(recipe, options, run_id=f"cut{cut}", stop_after=cut)
+        resumed, resumed_losses = train(recipe, options, run_id=f"cut{cut}",
+                                        resume=str(tmp_path / "runs" / f"cut{cut}" / "checkpoint.pt"))
+        assert resumed_losses == losses and resumed["model_flops"] == whole["model_flops"], cut
+    assert train_processes(recipe, options, 2, run_id="two") == pytest.approx(losses, rel=2e-4)
+    graphs, real_compile = CompileCounterWithBackend("aot_eager"), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda *args, **kwargs: real_compile(*args, **{**kwargs, "backend": graphs}))
+    calls, step = [], loop.Trainer.step
+
+    def counted(self, *args):
+        before = graphs.frame_count
+        out = step(self, *args)
+        calls.append((before, graphs.frame_count))
+        return out
+    monkeypatch.setattr(loop.Trainer, "step", counted)
+    torch._dynamo.reset()
+    _, compiled = train(recipe, options, run_id="compiled", compile="true")
+    warm, timed = calls[:2], calls[2:]  # warmup_timing_steps 1, and the second stage's first step
+    assert len(timed) == 6 and warm[0][1] > 0 and warm[1][1] > warm[1][0]  # each stage compiled in the warm-up
+    assert all(after == before for before, after in timed), calls  # and nothing in the timed steps
+    assert compiled == pytest.approx(losses, rel=1e-3)
+
+
+def types_config(options):
+    import types
+    return types.SimpleNamespace(seq_len=options["seq_len"])
+
+
+# -----------------------------------------------------------------------------
+# Records of schedules
+
+
+def record_of(recipe, options, tmp_path):
+    """Three seeds of a recipe as a record on a budget track, made at a commit whose train_gpt.py is the recipe (a
+    repository of its own): (record folder, tracks file, repository)."""
+    import json
+    from records.record import new_record
+    from tests.test_records import commit_all, git, relabel, tracks_for
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    for package in ("harness", "data"):
+        (repo / package).mkdir()
+        for path in (REPO / package).glob("*.py"):
+            (repo / package / path.name).write_text(path.read_text())
+    (repo / "train_gpt.py").write_text(Path(recipe.__file__).read_text())
+    commit = commit_all(repo, "the idea")
+    options = dict(options, out_dir=str(tmp_path / "seeds"))
+    dirs = []
+    for seed in range(3):
+        train(recipe, options, run_id=f"seed{seed}", seed=seed)
+        relabel(tmp_path / "seeds" / f"seed{seed}", commit)
+        dirs.append(str(tmp_path / "seeds" / f"seed{seed}"))
+    tracks = tracks_for({"tokenizer_sha256": None, "val_bytes": None, "val_source_sha256": None})
+    tracks["tracks"] = [dict(t, data={}, budget_flops=1e15) for t in tracks["tracks"] if t["id"] == "tiny-budget"]
+    (tmp_path / "tracks.json").write_text(json.dumps(tracks))
+    record = Path(new_record("tiny-budget", "idea", dirs, out=str(tmp_path / "record"),
+                             tracks_file=str(tmp_path / "tracks.json"), author="A", repo=str(repo)))
+    return record, tmp_path / "tracks.json", repo
+
+
+@pytest.mark.parametrize("edits, changes", [(GROWING_BATCH, {}), (GROWING_CONTEXT, {"rows": "documents"})],
+                         ids=["growing batch", "growing context"])
+def test_a_record_of_a_schedule_validates_with_its_tokens_and_flops_counted_by_this_checkout(options, tmp_path, edits,
+                                                                                          changes):
+    """Three seeds of a schedule as a record: validate recounts the tokens with the recipe's own batch schedule and
+    the model FLOPs stage by stage (in the FLOPs count's child, with this checkout's instrument), and checks every
+    step line's tok/s against its window's tokens; a record claiming a constant batch's tokens, or every token at the
+    full context's count, is refused."""
+    from records.record import validate
+    from tests.test_records import edit_json
+    recipe = idea(tmp_path, *edits)
+    record, tracks, repo = record_of(recipe, dict(options, total_batch_tokens=1024, steps=6, **changes), tmp_path)
+    problems, _ = validate(str(record), str(tracks), repo=str(repo))
+    assert problems == [], problems
+    run = json.loads((record / "results.json").read_text())["runs"][0]
+    wrong = dict(tokens=6 * 1024 if edits is GROWING_BATCH else run["tokens"],
+                 model_flops=run["tokens"] * run["model_flops_per_token"] if edits is GROWING_CONTEXT else
+                 6 * 1024 * run["model_flops_per_token"])
+    edit_json(record, lambda d: [r.update(wrong) for r in d["runs"]])
+    problems, _ = validate(str(record), str(tracks), repo=str(repo))
+    assert any("counted here" in p and "each stage at its own count" in p for p in problems), problems
