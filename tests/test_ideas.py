@@ -351,15 +351,8 @@ def record_of(recipe, options, tmp_path):
     repository of its own): (record folder, tracks file, repository)."""
     import json
     from records.record import new_record
-    from tests.test_records import commit_all, git, relabel, tracks_for
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    for package in ("harness", "data"):
-        (repo / package).mkdir()
-        for path in (REPO / package).glob("*.py"):
-            (repo / package / path.name).write_text(path.read_text())
-    (repo / "train_gpt.py").write_text(Path(recipe.__file__).read_text())
+    from tests.test_records import checkout, commit_all, relabel, tracks_for
+    repo = checkout(tmp_path / "repo", Path(recipe.__file__).read_text())
     commit = commit_all(repo, "the idea")
     options = dict(options, out_dir=str(tmp_path / "seeds"))
     dirs = []

@@ -77,6 +77,19 @@ def data_identity(shards, tokenizer_dir, corpus, val_tokens=2048, seq_len=64):
             "val_overlap": {key: overlap[key] for key in ("fraction", "ngram", "stride", "val_tokens_checked")}}
 
 
+def checkout(repo, recipe_source):
+    """A git repository (not yet committed) holding a recipe as train_gpt.py and the harness and data packages it
+    runs on: where a record's commit comes from."""
+    repo.mkdir()
+    git(repo, "init", "-q")
+    for package in ("harness", "data"):
+        (repo / package).mkdir()
+        for path in (REPO / package).glob("*.py"):
+            (repo / package / path.name).write_text(path.read_text())
+    (repo / "train_gpt.py").write_text(recipe_source)
+    return repo
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, shards, tokenizer_dir, corpus):  # noqa: F811
     """Three tiny runs (seeds 0-2), and a git repository where commit A holds the code that made them (train_gpt.py,
@@ -84,15 +97,8 @@ def runs(tmp_path_factory, shards, tokenizer_dir, corpus):  # noqa: F811
     the runs are relabelled as made at commit A from a clean tree, and their data lines are checked against the
     files' identity computed here."""
     root = tmp_path_factory.mktemp("records")
-    repo = root / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    for package in ("harness", "data"):
-        (repo / package).mkdir()
-        for path in (REPO / package).glob("*.py"):
-            (repo / package / path.name).write_text(path.read_text())
-    for script in ("train_gpt.py", "eval_core.py"):  # eval_core.py: a replay of a CORE track evaluates again
-        (repo / script).write_text((REPO / script).read_text())
+    repo = checkout(root / "repo", (REPO / "train_gpt.py").read_text())
+    (repo / "eval_core.py").write_text((REPO / "eval_core.py").read_text())  # a replay of a CORE track evaluates
     (repo / "README.md").write_text("# the checkout\n")  # not code: a tree whose only change is here may validate
     commit_a = commit_all(repo, "A")
     (repo / "train_gpt.py").write_text((REPO / "train_gpt.py").read_text() + "# a change\n")

@@ -74,7 +74,9 @@ def test_a_record_that_dropped_a_seed_needs_a_reason_and_ranks_below(runs, tmp_p
 # A track's rules are set before a record, not with it
 
 
-def test_a_tracks_file_changed_in_the_commit_that_adds_a_record_is_refused(runs, tmp_path, monkeypatch):
+def clone_with_tracks(runs, tmp_path, monkeypatch):
+    """A clone of the fixture's repository with the test tracks committed as its records/tracks.json, which
+    validate then takes for this repository's own rules: (the clone, its tracks file)."""
     repo = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(runs["repo"]), str(repo)], check=True)
     tracks = repo / "records" / "tracks.json"
@@ -82,6 +84,11 @@ def test_a_tracks_file_changed_in_the_commit_that_adds_a_record_is_refused(runs,
     tracks.write_text(runs["tracks"].read_text())
     commit_all(repo, "the tracks")
     monkeypatch.setattr("records.record.TRACKS_FILE", str(tracks))
+    return repo, tracks
+
+
+def test_a_tracks_file_changed_in_the_commit_that_adds_a_record_is_refused(runs, tmp_path, monkeypatch):
+    repo, tracks = clone_with_tracks(runs, tmp_path, monkeypatch)
     record = Path(board_record(runs, repo / "records", "below", "2026-01-01_fine", author="A"))
     check = lambda: subprocess_free_validate(record, tracks, repo)
     assert check() == []  # uncommitted, the rules untouched
@@ -98,13 +105,7 @@ def test_a_tracks_file_changed_in_the_commit_that_adds_a_record_is_refused(runs,
 def test_a_tracks_file_changed_on_the_branch_that_brings_a_record_is_refused(runs, tmp_path, monkeypatch):
     """A pull request of two commits, the rules loosened in the first and the record added in the second, merged:
     the merge is the change, and it changes tracks.json. A record merged alone passes."""
-    repo = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(runs["repo"]), str(repo)], check=True)
-    tracks = repo / "records" / "tracks.json"
-    tracks.parent.mkdir()
-    tracks.write_text(runs["tracks"].read_text())
-    commit_all(repo, "the tracks")
-    monkeypatch.setattr("records.record.TRACKS_FILE", str(tracks))
+    repo, tracks = clone_with_tracks(runs, tmp_path, monkeypatch)
     main = git(repo, "rev-parse", "--abbrev-ref", "HEAD")
     for loosen, name in ((False, "2026-01-01_honest"), (True, "2026-01-02_loose")):
         git(repo, "checkout", "-q", "-b", name)
