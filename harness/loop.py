@@ -37,6 +37,7 @@ from harness.evaluate import evaluate
 from harness.optim import ShardedOptimizer
 from harness.runlog import (RESULTS_SCHEMA, RunLog, data_identity, environment, git_info, peak_flops, read_results,
                             write_results)
+from harness.resources import Resources
 from harness.schedule import BatchSchedule
 from harness.trace import trace
 
@@ -305,12 +306,15 @@ class Run:
         self.progress = {"step": 0, "training_time": 0.0, "eval_time": 0.0, "warmup_time": 0.0, "wall_time": 0.0,
                          "tokens": 0, "model_flops": 0}
         self.earlier_wall_time = 0.0
+        self.resources = Resources(wall_start)  # what the run used besides the timed work (harness/resources.py)
 
     def save(self, state):
         """On every process; with the wall time so far."""
         state["wall_time"] = self.earlier_wall_time + time.perf_counter() - self.wall_start
+        t0 = time.perf_counter()
         digest = save_checkpoint(self.checkpoint_path, self.trainer.model, self.trainer.optimizer, self.trainer.loader,
                                  state, self.config, self.trainer.rank)
+        self.resources.phase("checkpoints", time.perf_counter() - t0)
         if digest:
             self.log.write(f"checkpoint: step:{state['step']} weights_sha256:{digest}", echo=False)
 
@@ -321,6 +325,7 @@ class Run:
         val_loss, val_bpb = evaluate(trainer.forward, val_tokens, token_bytes, self.config, trainer.rank,
                                      trainer.world, trainer.device, trainer.autocast)
         self.progress["eval_time"] += time.perf_counter() - t0
+        self.resources.phase("evaluation", time.perf_counter() - t0)
         self.log.write(f"step:{step}/{self.num_steps} val_loss:{val_loss:.6f} val_bpb:{val_bpb:.6f} "
                        f"train_time_ms:{1000 * self.progress['training_time']:.0f}")
         if self.wandb_run:
@@ -362,6 +367,7 @@ class Run:
             if window_start is None:
                 synchronize(self.trainer.device)
                 window_start = time.perf_counter()
+                self.resources.window_start()
             changed = self.trainer.change_model(progress["step"], num_steps)
             if changed:
                 self.log.write(f"model_surgery: before step {progress['step'] + 1}: " + ", ".join(
@@ -381,6 +387,7 @@ class Run:
             if not (step % config.log_every == 0 or val_due or save_due or stop_due):
                 continue
             synchronize(self.trainer.device)
+            self.resources.window_end()
             self.read_window(step, window_losses, time.perf_counter() - window_start, multiplier, window_tokens)
             window_start, window_losses, window_tokens = None, [], 0
             if val_due:
@@ -468,7 +475,10 @@ def train(recipe, config, rank=0, world=1, device=None):
             trainer.change_model(step, num_steps, carry=False)
         resume_from(checkpoint, trainer, run.progress, log, config)
     run.earlier_wall_time = run.progress["wall_time"]  # of the starts before this one, up to their last checkpoint
+    run.resources.setup_done()
+    warmup_before = run.progress["warmup_time"]
     warm_up(trainer, config, run.progress, num_steps, log)
+    run.resources.phase("warm-up", run.progress["warmup_time"] - warmup_before)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     status, val_loss, val_bpb = run.loop()
     if status is None:
@@ -479,6 +489,7 @@ def train(recipe, config, rank=0, world=1, device=None):
     if trainer.use_compile or trainer.schedule.stage_fn:
         log.write(f"compile: {torch._dynamo.utils.counters['stats']['unique_graphs'] - graphs} graphs compiled after "
                   "the warm-up (the first validation compiles evaluation's own)")
+    log.write(f"resources: {json.dumps(run.resources.figures(trainer.model, trainer.device, trainer.comm))}")
     dropped = f"; {trainer.loader.dropped_text()}" if hasattr(trainer.loader, "dropped_text") else ""
     log.write(f"loader: epoch {trainer.loader.epochs():.3f} reached ({run.progress['tokens']:,} tokens trained on"
               f"{dropped})")

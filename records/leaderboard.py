@@ -20,7 +20,7 @@ from records.record import TRACKS_FILE, across_records, load_tracks, validate
 
 START, END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
 HEADERS = ["date", "record", "author", "description", "metric (mean ± std)", "training time", "model FLOPs", "runs",
-           "replayed", "commit", "folder", "links"]
+           "replayed", "rules", "commit", "folder", "links"]
 LINKS = (("url", "code"), ("run_link", "run"))  # results.json key, the link's label
 
 
@@ -34,7 +34,8 @@ def ranked_records(records_dir, tracks, tracks_file=TRACKS_FILE, report=None):
     valid, levels = {}, {}
     for path in paths:
         failures, notes = validate(path, tracks_file)
-        levels[path] = next((n[len("replay: "):] for n in notes if n.startswith("replay: ")), LEVELS[-1])
+        levels[path] = (next((n[len("replay: "):] for n in notes if n.startswith("replay: ")), LEVELS[-1]),
+                        next((n[len("resources: "):] for n in notes if n.startswith("resources: ")), "not measured"))
         if failures:
             report(trust.printable(f"{path}: {len(failures)} problem(s), the first: {failures[0]}"))
             continue
@@ -56,10 +57,10 @@ def ranked_records(records_dir, tracks, tracks_file=TRACKS_FILE, report=None):
     return board
 
 
-def entry(path, record, track, records_dir, level=LEVELS[-1]):
+def entry(path, record, track, records_dir, level=(LEVELS[-1], "not measured")):
     """What the board shows of one record: its cells, links and chart point, and its rank key: a record of seeds
     0..N-1 before one that chose its seeds (seeds_note), then the track's rank_by mean, the date, the slug. `level`:
-    how far it was replayed (records/attest.py), shown beside it."""
+    how far it was replayed (records/attest.py) and whether it kept the track's rules on resources, shown beside it."""
     s = record["summary"]
     metric, time_s, flops = s.get(track["metric"], {}), s["training_time_s"], s["model_flops"]["mean"]
     values = [metric.get("mean", math.nan), metric.get("std", math.nan), time_s["mean"], time_s["std"], flops]
@@ -77,7 +78,7 @@ def entry(path, record, track, records_dir, level=LEVELS[-1]):
         name += f" (seeds chosen: {record['seeds_note']})"
     cells = [record["date"], name, author, record["description"],
              f"{values[0]:.4f} ± {values[1]:.4f}", f"{values[2]:.1f} s ± {values[3]:.1f}", f"{flops:.3g}",
-             str(len(record["runs"])), level, record["commit"][:10], os.path.relpath(path, os.path.dirname(records_dir))]
+             str(len(record["runs"])), level[0], level[1], record["commit"][:10], os.path.relpath(path, os.path.dirname(records_dir))]
     if not all(isinstance(c, str) for c in cells):
         raise ValueError("a field shown is not a string")
     links = [(label, record[key]) for key, label in LINKS if record.get(key)]

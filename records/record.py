@@ -170,6 +170,11 @@ def log_event(line, where):
                         "val_bpb": number(found.group(3), where), "training_time": number(found.group(4), where)}
     if line.startswith("core:"):
         return "core", core_fields(line, where)
+    if line.startswith("resources: "):
+        try:
+            return "resources", json.loads(line[len("resources: "):])
+        except ValueError:
+            raise RecordError(f"{where}: the resources line is not valid JSON") from None
     return None
 
 
@@ -677,6 +682,51 @@ def check_val_overlap(log, track, required, fail):
                        f"train shards also hold (the limit is {limit:.2%}): the run trained on its validation text")
 
 
+# A track's rules on what a run may use besides its timed work (tracks.json "rules"), each a figure of the log's
+# resources line (harness/resources.py) and its most
+RULES = {
+    "max_params": ("parameters", lambda r: sum(r["params"][k] for k in ("embedding", "matrices", "other"))),
+    "max_embedding_rows": ("embedding-table rows", lambda r: r["params"]["embedding_rows"]),
+    "max_buffer_elements": ("model buffer elements", lambda r: r["params"]["buffers"]),
+    "max_host_bytes": ("peak host memory of a process (bytes)", lambda r: max(r["host_peak_bytes"])),
+    "max_gpu_bytes": ("peak GPU memory (bytes)", lambda r: r["gpu_peak_bytes"]),
+    "max_untimed_s": ("untimed set-up and warm-up (s)", lambda r: r["untimed_s"].get("setup", 0)
+                      + r["untimed_s"].get("warm-up", 0)),
+    "max_loop_cpu_s": ("CPU time of a process inside the timed loop (s)", lambda r: max(r["loop_cpu_s"])),
+    "max_read_bytes": ("bytes read outside the memory-mapped shards", lambda r: r["read_setup_bytes"]
+                       + r["read_loop_bytes"]),
+}
+
+
+def check_resources(log, track, required, fail):
+    """The log's last resources line against the track's rules: a broken rule is refused naming it and the figure.
+    Returns what the leaderboard shows: "kept: ..." (the rules), "no rules", or "not measured" (a run at a commit
+    before harness/resources.py; one at a later commit must have the line)."""
+    found = [e for _, kind, e in log.events if kind == "resources"]
+    rules = track.get("rules") or {}
+    if not found:
+        if required:
+            fail(log.path, "no resources line: the run's commit measures what it used (harness/resources.py), and a "
+                           "finished run logs it; is the log cut short?")
+        return "not measured"
+    figures = found[-1]
+    for rule, most in sorted(rules.items()):
+        if rule not in RULES:
+            fail(TRACKS_FILE, f"track {track['id']}: unknown rule {rule!r} (records/record.py RULES)")
+            continue
+        what, figure = RULES[rule]
+        try:
+            value = figure(figures)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise TypeError
+        except (KeyError, TypeError, ValueError, AttributeError):
+            fail(log.path, f"the resources line has no {what} for the track's rule {rule}")
+            continue
+        if value > most:
+            fail(log.path, f"{what} {value:,.6g} breaks the track's rule {rule} = {most:,.6g}")
+    return f"kept: {', '.join(sorted(rules))}" if rules else "no rules"
+
+
 def check_core(log, run, track, fail):
     """The last core line (eval_core.py's) against results.json and, on a CORE track, the track's bundle."""
     lines = [e for _, kind, e in log.events if kind == "core"]
@@ -888,6 +938,7 @@ def check_place(run, log, ctx, fail):
     check_data(log, config, track, fail)
     check_val_overlap(log, track, ctx["overlap_required"], fail)
     check_core(log, run, track, fail)
+    ctx.setdefault("resources", {})[run["run_id"]] = check_resources(log, track, ctx["resources_required"], fail)
 
 
 def check_mfu(run, config, env, model_flops, track, results_path, fail):
@@ -962,6 +1013,7 @@ def check_record(path, tracks_file, repo, failures, notes):
         check_statistics(path, record, track, fail)
     if not failures:
         notes.append(f"replay: {attest.check_attestations(path, record, logs, ctx, fail, parse_log)}")
+        notes.append(f"resources: {resources_summary(ctx.get('resources', {}))}")
 
 
 def check_date(record, ctx, fail):
@@ -1066,6 +1118,13 @@ def check_seeds(record, results_path, fail):
                            f"({problem})")
 
 
+def resources_summary(by_run):
+    """One word for the record: every run's rules kept, "no rules", or "not measured" when a run has no figures."""
+    states = set(by_run.values())
+    return "not measured" if "not measured" in states or not states else states.pop() if len(states) == 1 else \
+        "kept"
+
+
 def check_modified(record, changed, results_path, fail):
     """A record from a modified tree says so: results.json's 'modified' lists exactly the files its runs' diffs
     change (the leaderboard shows it); a clean record lists none."""
@@ -1122,6 +1181,8 @@ def commit_context(record, track, results_path, repo, fail):
     return {"record": record, "track": track, "results_path": results_path, "source": source, "merged": merged,
             "repo": repo, "resumable": resumable_at_commit(source, record["commit"], repo) if source else set(),
             "overlap_required": source is not None and file_at_commit(record["commit"], repo, "data/overlap.py"),
+            "resources_required": source is not None and file_at_commit(record["commit"], repo,
+                                                                         "harness/resources.py"),
             "modified": set()}  # the files the runs' diffs change (check_source fills it)
 
 
