@@ -113,6 +113,16 @@ def cmd_reproduce(args):
     return 1 if problems else 0
 
 
+def cmd_ab(args):
+    from records.ab import ab
+    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    out = args.out or os.path.join(REPO_DIR, "runs", f"ab_{args.base}_{args.idea}".replace("/", "-"))
+    summary = ab(args.base, args.idea, train_args, os.path.abspath(out), REPO_DIR, args.metric, args.alpha,
+                 args.min_pairs, args.max_pairs, args.nproc)
+    print(f"report: {os.path.join(out, 'report.md')}")
+    return 0 if summary else 1
+
+
 def cmd_compare(args):
     return compare(args.a, args.b, args.metric, args.alpha, args.tracks)
 
@@ -173,6 +183,19 @@ def main(argv=None):
                      help="what is compared (core: higher is better; the others: lower)")
     versus.add_argument("--alpha", type=float, default=0.01, help="significance level of the two-sided test")
     versus.set_defaults(run=cmd_compare)
+    both = commands.add_parser("ab", help="run BASE and IDEA interleaved on this machine, the same seeds, until the "
+                               "answer is settled", description=__import__("records.ab").ab.__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    both.add_argument("base", help="a commit (or 'worktree': this checkout with its uncommitted change)")
+    both.add_argument("idea", help="a commit, or 'worktree'")
+    both.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then train_gpt.py's arguments for both arms")
+    both.add_argument("--out", help="where the worktrees, runs and report go (default: runs/ab_BASE_IDEA)")
+    both.add_argument("--metric", default="val_loss", choices=["val_loss", "val_bpb", "core"])
+    both.add_argument("--alpha", type=float, default=0.01)
+    both.add_argument("--min-pairs", dest="min_pairs", type=int, default=3)
+    both.add_argument("--max-pairs", dest="max_pairs", type=int, default=10)
+    both.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun when above 1)")
+    both.set_defaults(run=cmd_ab)
     again = commands.add_parser("reproduce", help="re-run a record's runs at its commit and compare their losses",
                                 description=__import__("records.reproduce").reproduce.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
