@@ -126,6 +126,18 @@ def check_content(path, tokens, matches_hub):
 # -----------------------------------------------------------------------------
 # Fetching one file
 
+def say(line):
+    """A line above the progress bar, from any thread. tqdm.write walks tqdm's set of live bars, which another thread
+    (huggingface_hub's own bar closing) may change under it (RuntimeError: Set changed size during iteration, before
+    anything is written): then it tries again, and at worst the line goes to stderr plainly."""
+    for _ in range(3):
+        try:
+            return tqdm.write(line)
+        except RuntimeError:
+            continue
+    print(line, file=sys.stderr, flush=True)
+
+
 def with_retries(fetch, name, retries, backoff):
     """Calls fetch() until it succeeds, sleeping backoff * 2^attempt (with jitter) between tries."""
     from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
@@ -145,7 +157,7 @@ def with_retries(fetch, name, retries, backoff):
                 tries = "1 try" if retries == 0 else f"{retries + 1} tries"
                 raise DownloadError(f"{name}: failed after {tries}; last error: {problem}") from None
             delay = backoff * 2 ** attempt * (1 + random.random())
-            tqdm.write(f"{name}: {problem[:200]}; retrying in {delay:.1f}s")
+            say(f"{name}: {problem[:200]}; retrying in {delay:.1f}s")
             time.sleep(delay)
 
 
@@ -228,7 +240,7 @@ def ensure_files(folder, names, fetch, workers, manifest):
         stale = os.path.exists(os.path.join(folder, name))
         if stale:
             why = "not recorded in" if entry is None else "its size or sha256 does not match"
-            tqdm.write(f"{name}: {why} {MANIFEST}; fetching it again")
+            say(f"{name}: {why} {MANIFEST}; fetching it again")
             os.remove(os.path.join(folder, name))
         return name, fetch(name, stale), "fetched"
 
@@ -240,7 +252,7 @@ def ensure_files(folder, names, fetch, workers, manifest):
                 name, entry, how = future.result()
             except DownloadError as e:
                 failures.append(str(e))
-                tqdm.write(f"error: {e}")
+                say(f"error: {e}")
             else:
                 manifest["files"][name] = entry
                 save_manifest(folder, manifest)  # after every file: a crash loses nothing already fetched
