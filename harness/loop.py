@@ -281,8 +281,7 @@ def resume_from(checkpoint, trainer, progress, log, config):
     if trainer.device.type == "cuda" and checkpoint["rng"]["cuda"]:
         torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][0], trainer.device)
     progress.update(checkpoint["progress"])
-    progress.setdefault("model_flops", progress["tokens"] * trainer.flops_per_token)  # a checkpoint from before
-    if "model_flops" not in checkpoint["progress"]:
+    if "model_flops" not in checkpoint["progress"]:  # a checkpoint from before the count per stage: one count
         progress["model_flops"] = progress["tokens"] * trainer.flops_per_token
     log.write(f"resumed from {config.resume} at step {progress['step']}")
 
