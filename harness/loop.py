@@ -296,7 +296,7 @@ class Run:
     non-finite loss is caught at the first read after it (at most log_every - 1 steps later), always before a
     checkpoint is written, and the step where it first appeared is named."""
 
-    def __init__(self, config, trainer, log, paths, val, num_steps, wall_start, wandb_run=None):
+    def __init__(self, config, trainer, log, paths, val, num_steps, wall_start, wandb_run=None, resources=None):
         self.config, self.trainer, self.log, self.val, self.num_steps = config, trainer, log, val, num_steps
         self.run_dir, self.results_path, self.checkpoint_path = paths
         self.wall_start, self.wandb_run = wall_start, wandb_run
@@ -305,7 +305,8 @@ class Run:
         self.progress = {"step": 0, "training_time": 0.0, "eval_time": 0.0, "warmup_time": 0.0, "wall_time": 0.0,
                          "tokens": 0, "model_flops": 0}
         self.earlier_wall_time = 0.0
-        self.resources = Resources(wall_start)  # what the run used besides the timed work (harness/resources.py)
+        # what the run used besides the timed work (harness/resources.py), measured from the start of train()
+        self.resources = resources or Resources(wall_start)
 
     def save(self, state):
         """On every process; with the wall time so far."""
@@ -433,6 +434,7 @@ class Run:
 def train(recipe, config, rank=0, world=1, device=None):
     """The whole run for one process; returns the results (rank 0) after writing them (None after --stop_after)."""
     wall_start = time.perf_counter()
+    resources = Resources(wall_start)  # its reads and untimed set-up count from here
     device = device or resolve_device(config)
     check_config(recipe, config, world, device)
     run_dir, results_path, checkpoint_path = run_folder(config)
@@ -468,7 +470,7 @@ def train(recipe, config, rank=0, world=1, device=None):
         wandb_run = wandb.init(project="speedrun", name=os.path.basename(run_dir), mode=config.wandb,
                                config=dataclasses.asdict(config))
     run = Run(config, trainer, log, (run_dir, results_path, checkpoint_path), (val_tokens, tokenizer["token_bytes"]),
-              num_steps, wall_start, wandb_run)
+              num_steps, wall_start, wandb_run, resources)
     if checkpoint is not None:
         for step in range(checkpoint["progress"]["step"]):  # the model's parameters as they were at the checkpoint
             trainer.change_model(step, num_steps, carry=False)

@@ -110,3 +110,34 @@ def test_a_tracks_rules_refuse_a_record_that_breaks_one_and_pass_one_that_keeps_
 def resources_of_log(path):
     line = next(l for l in Path(path).read_text().splitlines() if l.startswith("resources: "))
     return json.loads(line[len("resources: "):])
+
+
+CPU_IN_THE_LOOP_AND_A_FILE_READ = (
+    ('''        self.reset_parameters()
+        if config.embed_dtype == "bf16":''',
+     '''        self.reset_parameters()
+        import os
+        with open(os.environ["IDEA_TABLE"], "rb") as f:  # 30 MB read at set-up: a table from outside the shards
+            self.table_bytes = len(f.read())
+        if config.embed_dtype == "bf16":'''),
+    ('''    inputs, targets = trainer.loader.next_batch()''',
+     '''    inputs, targets = trainer.loader.next_batch()
+    import time
+    spin = time.process_time() + 0.2
+    while time.process_time() < spin:  # 0.2 s of host CPU work in every step: a CPU-side lookup, say
+        pass'''),
+)
+
+
+def test_cpu_time_in_the_loop_and_bytes_read_agree_with_what_the_run_was_made_to_do(options, tmp_path, monkeypatch):
+    """0.2 s of CPU in each of 6 timed steps is at least 1.2 s more CPU time in the loop; a 30 MB file read at set-up
+    is at least 30 MB more read before training (the shards are memory-mapped, not read)."""
+    table = tmp_path / "table.bin"
+    table.write_bytes(os.urandom(30_000_000))
+    monkeypatch.setenv("IDEA_TABLE", str(table))
+    train(idea(tmp_path), options, run_id="plain")
+    train(idea(tmp_path, *CPU_IN_THE_LOOP_AND_A_FILE_READ), options, run_id="busy")
+    plain, busy = resources(tmp_path / "runs" / "plain"), resources(tmp_path / "runs" / "busy")
+    assert busy["loop_cpu_s"][0] - plain["loop_cpu_s"][0] >= 1.2
+    assert busy["read_setup_bytes"] - plain["read_setup_bytes"] >= 30_000_000
+    assert busy["read_loop_bytes"] < 30_000_000  # the loop itself read no table
