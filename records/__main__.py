@@ -55,7 +55,7 @@ def cmd_new(args):
     try:
         built = new_record(args.track, args.slug, args.runs, os.path.join(staging, "record"), args.description,
                            args.tracks, author=author, affiliation=args.affiliation, url=args.url,
-                           run_link=args.run_link, seeds_note=args.seeds_note)
+                           run_link=args.run_link, seeds_note=args.seeds_note, ab_dir=args.ab, beats=args.beats)
         os.rename(built, out)
         made = []
     finally:
@@ -161,6 +161,9 @@ def main(argv=None):
     new.add_argument("--run-link", dest="run_link", help="optional: http(s) link to the runs (e.g. wandb)")
     new.add_argument("--seeds-note", dest="seeds_note", help="why the runs are not seeds 0..N-1 (such a record ranks "
                                                              "below those that are)")
+    new.add_argument("--ab", help="a `records ab` output folder whose IDEA is these runs' commit: its logs go into the "
+                                  "record, its time ratio beside the time on the leaderboard")
+    new.add_argument("--beats", help="with --ab: the record its BASE is, as TRACK/DATE_SLUG")
     new.add_argument("--out", help="default: records/<track>/<date>_<slug>")
     new.add_argument("runs", nargs="+", help="run folders (runs/<run_id>) with log.txt and results.json")
     new.set_defaults(run=cmd_new)

@@ -89,6 +89,16 @@ def run_arm(tree, out, arm, seed, train_args, nproc):
         return json.load(f)
 
 
+def time_ratio(ratios, alpha):
+    """The geometric mean of per-pair time ratios and its t-interval at 1 - alpha on their logarithms (no interval
+    from one pair)."""
+    mean, std = mean_std([math.log(r) for r in ratios])
+    if len(ratios) < 2:
+        return {"time_ratio": math.exp(mean), "time_low": None, "time_high": None}
+    half = t_quantile(alpha / 2, len(ratios) - 1) * std / math.sqrt(len(ratios))
+    return {"time_ratio": math.exp(mean), "time_low": math.exp(mean - half), "time_high": math.exp(mean + half)}
+
+
 def summary(pairs, metric, alpha):
     """The metric's paired comparison and the time ratio's interval over the finished pairs (dicts of arm -> results)."""
     a = [p["base"][metric] for p in pairs]
@@ -105,13 +115,7 @@ def summary(pairs, metric, alpha):
         out.update(diff=differences[0] if differences else 0.0, p=1.0 if len(pairs) >= 2 else None,
                    verdict="no difference: every pair the same" if len(pairs) >= 2 and differences[0] == 0 else
                    "not enough pairs")
-    logs = [math.log(r) for r in ratios]
-    mean, std = mean_std(logs)
-    if len(pairs) >= 2:
-        half = t_quantile(alpha / 2, len(pairs) - 1) * std / math.sqrt(len(pairs))
-        out.update(time_ratio=math.exp(mean), time_low=math.exp(mean - half), time_high=math.exp(mean + half))
-    else:
-        out.update(time_ratio=math.exp(mean), time_low=None, time_high=None)
+    out.update(time_ratio(ratios, alpha))
     out["settled"] = (out.get("p") is not None and out["p"] < alpha and out["time_low"] is not None
                       and not out["time_low"] <= 1.0 <= out["time_high"])
     return out

@@ -34,8 +34,8 @@ def ranked_records(records_dir, tracks, tracks_file=TRACKS_FILE, report=None):
     valid, levels = {}, {}
     for path in paths:
         failures, notes = validate(path, tracks_file)
-        levels[path] = (next((n[len("replay: "):] for n in notes if n.startswith("replay: ")), LEVELS[-1]),
-                        next((n[len("resources: "):] for n in notes if n.startswith("resources: ")), "not measured"))
+        note = lambda key, default: next((n[len(key) + 2:] for n in notes if n.startswith(f"{key}: ")), default)
+        levels[path] = (note("replay", LEVELS[-1]), note("resources", "not measured"), note("ab", ""))
         if failures:
             report(trust.printable(f"{path}: {len(failures)} problem(s), the first: {failures[0]}"))
             continue
@@ -57,7 +57,7 @@ def ranked_records(records_dir, tracks, tracks_file=TRACKS_FILE, report=None):
     return board
 
 
-def entry(path, record, track, records_dir, level=(LEVELS[-1], "not measured")):
+def entry(path, record, track, records_dir, level=(LEVELS[-1], "not measured", "")):
     """What the board shows of one record: its cells, links and chart point, and its rank key: a record of seeds
     0..N-1 before one that chose its seeds (seeds_note), then the track's rank_by mean, the date, the slug. `level`:
     how far it was replayed (records/attest.py) and whether it kept the track's rules on resources, shown beside it."""
@@ -77,7 +77,8 @@ def entry(path, record, track, records_dir, level=(LEVELS[-1], "not measured")):
     if record.get("seeds_note"):  # validate checked it is one line of text
         name += f" (seeds chosen: {record['seeds_note']})"
     cells = [record["date"], name, author, record["description"],
-             f"{values[0]:.4f} ± {values[1]:.4f}", f"{values[2]:.1f} s ± {values[3]:.1f}", f"{flops:.3g}",
+             f"{values[0]:.4f} ± {values[1]:.4f}",
+             f"{values[2]:.1f} s ± {values[3]:.1f}" + (f" ({level[2]})" if level[2] else ""), f"{flops:.3g}",
              str(len(record["runs"])), level[0], level[1], record["commit"][:10], os.path.relpath(path, os.path.dirname(records_dir))]
     if not all(isinstance(c, str) for c in cells):
         raise ValueError("a field shown is not a string")

@@ -23,7 +23,7 @@ import re
 import subprocess
 import tempfile
 
-from records import attest, instruments, trust
+from records import abrecord, attest, instruments, trust
 from records.stats import mean_std, one_sample_t_test
 from records.trust import RecordError, one_line, printable
 
@@ -238,7 +238,7 @@ SUBMISSION = ("author", "affiliation", "url", "run_link")  # who made a record a
 
 
 def new_record(track_id, slug, run_dirs, out=None, description="", tracks_file=TRACKS_FILE, date=None, author=None,
-               affiliation=None, url=None, run_link=None, seeds_note=None, repo=None):
+               affiliation=None, url=None, run_link=None, seeds_note=None, repo=None, ab_dir=None, beats=None):
     """Builds a record folder from finished runs; returns its path (then validate it). A missing author is left to
     validate to report (it is required of records dated from trust.AUTHOR_REQUIRED_FROM); any other bad field is
     refused here."""
@@ -254,7 +254,8 @@ def new_record(track_id, slug, run_dirs, out=None, description="", tracks_file=T
     metric = track["metric"]
     repo = repo or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     given = {"author": author, "affiliation": affiliation, "url": url, "run_link": run_link,
-             "seeds_note": seeds_note, "modified": modified_files(run_dirs, next(iter(commits)), repo) or None}
+             "seeds_note": seeds_note, "modified": modified_files(run_dirs, next(iter(commits)), repo) or None,
+             "ab": ab_claim(ab_dir, beats, next(iter(commits)))}
     record = {"schema_version": SCHEMA_VERSION, "track": track_id, "slug": slug,
               "date": date or trust.today().isoformat(), "description": description,
               **{key: value for key, value in given.items() if value is not None}, "commit": commits.pop(),
@@ -270,7 +271,20 @@ def new_record(track_id, slug, run_dirs, out=None, description="", tracks_file=T
     if os.path.lexists(out):
         raise RecordError(one_line(out, "exists; choose another slug or --out"))
     write_record(out, track, record, run_dirs)
+    if ab_dir:
+        abrecord.copy_ab(ab_dir, out)
     return out
+
+
+def ab_claim(ab_dir, beats, commit):
+    """results.json's 'ab' for a record made with --ab DIR --beats TRACK/DATE_SLUG: the arms' commits, read from the
+    A/B's first base log."""
+    if not ab_dir:
+        return None
+    if not beats:
+        raise RecordError("--ab needs --beats TRACK/DATE_SLUG: the record the A/B's BASE is")
+    base = parse_log(os.path.join(ab_dir, "runs", "base_s0", "log.txt")).segments[0]["git"].get("commit")
+    return {"beats": beats, "base": base, "idea": commit}
 
 
 def modified_files(run_dirs, commit, repo):
@@ -700,7 +714,7 @@ RULES = {
 
 def check_resources(log, track, required, fail):
     """The log's last resources line against the track's rules: a broken rule is refused naming it and the figure.
-    Returns what the leaderboard shows: "kept: ..." (the rules), "no rules", or "not measured" (a run at a commit
+    Returns what the leaderboard shows: "kept: ..." (the rules), "no limit", or "not measured" (a run at a commit
     before harness/resources.py; one at a later commit must have the line)."""
     found = [e for _, kind, e in log.events if kind == "resources"]
     rules = track.get("rules") or {}
@@ -724,7 +738,7 @@ def check_resources(log, track, required, fail):
             continue
         if value > most:
             fail(log.path, f"{what} {value:,.6g} breaks the track's rule {rule} = {most:,.6g}")
-    return f"kept: {', '.join(sorted(rules))}" if rules else "no rules"
+    return f"kept: {', '.join(sorted(rules))}" if rules else "no limit"
 
 
 def check_core(log, run, track, fail):
@@ -1013,6 +1027,9 @@ def check_record(path, tracks_file, repo, failures, notes):
         check_statistics(path, record, track, fail)
     if not failures:
         notes.append(f"replay: {attest.check_attestations(path, record, logs, ctx, fail, parse_log)}")
+        ab = abrecord.check_ab(path, record, ctx, fail, parse_log, replay, source_at_commit)
+        if ab:
+            notes.append(f"ab: {ab}")
         notes.append(f"resources: {resources_summary(ctx.get('resources', {}))}")
 
 
@@ -1119,7 +1136,7 @@ def check_seeds(record, results_path, fail):
 
 
 def resources_summary(by_run):
-    """One word for the record: every run's rules kept, "no rules", or "not measured" when a run has no figures."""
+    """One word for the record: every run's rules kept, "no limit", or "not measured" when a run has no figures."""
     states = set(by_run.values())
     return "not measured" if "not measured" in states or not states else states.pop() if len(states) == 1 else \
         "kept"

@@ -117,8 +117,9 @@ def folder_problems(path):
 # a shell script) lies beside its logs, whatever it would be used for
 RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}"
 KNOWN_FILES = re.compile(rf"README\.md|results\.json|statistics\.md|logs/{RUN_NAME}\.(txt|diff)|"
-                         rf"replays/{RUN_NAME}\.json|replays/{RUN_NAME}/{RUN_NAME}\.txt", re.ASCII)
-KNOWN_FOLDERS = re.compile(rf"logs|replays|replays/{RUN_NAME}", re.ASCII)
+                         rf"replays/{RUN_NAME}\.json|replays/{RUN_NAME}/{RUN_NAME}\.txt|ab/(base|idea)_s\d{{1,6}}\.txt",
+                         re.ASCII)
+KNOWN_FOLDERS = re.compile(rf"logs|replays|replays/{RUN_NAME}|ab", re.ASCII)
 
 
 def unknown_files(path):
