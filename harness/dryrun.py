@@ -35,7 +35,7 @@ from harness.loop import num_training_steps
 from harness.schedule import BatchSchedule
 from harness.optim import ShardedOptimizer, assign
 from harness.runlog import PEAK_BF16_FLOPS
-from harness.trace import trace
+from harness.trace import stage_flops_per_token, trace
 
 # The GPUs a run can be planned for: memory (nominal, decimal bytes; the usable total is a little above it, the CUDA
 # context and the allocator's slack eat into it), HBM bandwidth, and the NCCL bus bandwidth assumed over NVLink
@@ -452,21 +452,11 @@ def verdict(peak, memory):
 
 
 def planned_model_flops(recipe, config, schedule, steps, vocab, bos_id, flops_per_token):
-    """Each step's tokens x its stage's FLOPs per token (the stage applied to a meta model, traced at its seq_len),
-    as a run counts them."""
+    """Each step's tokens x its stage's FLOPs per token, as a run counts them."""
     if schedule.stage_fn is None:
         return schedule.total(steps) * flops_per_token
-    by_stage, total = {}, 0
-    for step in range(steps):
-        stage = schedule.stage(step)
-        key = schedule.key(stage)
-        if key not in by_stage:
-            model = meta_model(recipe, config, vocab, bos_id)
-            if stage and hasattr(recipe, "apply_stage"):
-                recipe.apply_stage(model, stage)
-            by_stage[key] = trace(model, schedule.seq_len(step))[0] if stage else flops_per_token
-        total += schedule(step) * by_stage[key]
-    return total
+    return schedule.model_flops(steps, lambda stage: stage_flops_per_token(recipe, config, vocab, stage, bos_id or 0)
+                                if stage else flops_per_token)
 
 
 def plan(recipe, config, vocab=None, calibrated=True):

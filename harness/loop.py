@@ -39,7 +39,7 @@ from harness.runlog import (RESULTS_SCHEMA, RunLog, data_identity, environment, 
                             write_results)
 from harness.resources import Resources
 from harness.schedule import BatchSchedule
-from harness.trace import trace
+from harness.trace import stage_flops_per_token, trace
 
 
 class Trainer:
@@ -81,11 +81,7 @@ class Trainer:
         if not stage:
             return self.flops_per_token
         if key not in self._stage_flops:
-            with torch.device("meta"):
-                model = self.recipe.GPT(self.config, self.vocab_size, self.bos_id)
-            if hasattr(self.recipe, "apply_stage"):
-                self.recipe.apply_stage(model, stage)
-            self._stage_flops[key] = trace(model, self.schedule.seq_len(step))[0]
+            self._stage_flops[key] = stage_flops_per_token(self.recipe, self.config, self.vocab_size, stage, self.bos_id)
         return self._stage_flops[key]
 
     def make_loader(self, config, tokenizer, rows_per_step):
@@ -258,7 +254,7 @@ def warm_up(trainer, config, progress, num_steps, log=None):
     start_state = trainer.snapshot()
     first = progress["step"]
     steps = list(range(first, first + min(config.warmup_timing_steps, num_steps - first)))
-    stages = trainer.schedule.stages(first, num_steps) if trainer.schedule.stage_fn else {}
+    stages = trainer.schedule.stages(first, num_steps)
     if steps:
         steps += [step for step, _ in stages.values() if step not in steps]
     for step in steps:

@@ -48,11 +48,23 @@ class BatchSchedule:
         return seq_len
 
     def stages(self, start, steps):
-        """{stage key: (its first step in start .. steps - 1, the stage)}, in order."""
+        """{stage key: (its first step in start .. steps - 1, the stage)}, in order; {} without a stage schedule."""
         found = {}
-        for step in range(start, steps) if self.stage_fn else range(start, min(start + 1, steps)):
+        for step in range(start, steps) if self.stage_fn else ():
             found.setdefault(self.key(self.stage(step)), (step, self.stage(step)))
         return found
+
+    def model_flops(self, steps, flops_of_stage):
+        """Model FLOPs of steps 0 .. steps - 1: each step's tokens x its stage's count (flops_of_stage(stage), once
+        per stage)."""
+        by_stage, total = {}, 0
+        for step in range(steps):
+            stage = self.stage(step)
+            key = self.key(stage)
+            if key not in by_stage:
+                by_stage[key] = flops_of_stage(stage)
+            total += self(step) * by_stage[key]
+        return total
 
     def __call__(self, step):
         """Tokens in step `step` (from 0)."""

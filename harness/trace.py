@@ -111,6 +111,17 @@ class MaskSpanAttention(TorchFunctionMode):
         return scores @ v[..., :span, :]
 
 
+def stage_flops_per_token(recipe, config, vocab_size, stage, bos_id=0):
+    """FLOPs per token of one stage of a stage schedule (harness/schedule.py): the recipe's model on the meta device
+    with the recipe's apply_stage, traced at the stage's seq_len. The trainer, the dry run and the records' count
+    (which loads this file by path) all count a stage so."""
+    with torch.device("meta"):
+        model = recipe.GPT(config, vocab_size, bos_id=bos_id)
+    if stage and hasattr(recipe, "apply_stage"):
+        recipe.apply_stage(model, stage)
+    return trace(model, stage.get("seq_len", config.seq_len))[0]
+
+
 def flops_per_token(recipe, config, vocab_size):
     """Training FLOPs per token of a recipe's model at a config, built on the meta device (nothing allocated). A
     recipe whose attention does not hand over to span_attention on the meta device (an older train_gpt.py: its

@@ -17,8 +17,8 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 
+from records.reproduce import clean_copy, run_in_tree
 from records.stats import mean_std, paired_t_test, student_t_sf
 from records.trust import RecordError
 
@@ -48,11 +48,10 @@ def tree_for(repo, out, arm, rev):
     checkout's data/ linked in, so that the train args' data paths mean the same in both arms."""
     tree = os.path.join(out, "trees", arm)
     if not os.path.isdir(tree):
-        commit = "HEAD" if rev == "worktree" else rev
-        done = subprocess.run(["git", "worktree", "add", "--detach", "--force", tree, commit], cwd=repo,
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RecordError(f"{arm}: cannot check out {rev} ({done.stderr.strip().splitlines()[-1:]})")
+        try:
+            clean_copy(repo, "HEAD" if rev == "worktree" else rev, tree)
+        except subprocess.CalledProcessError as e:
+            raise RecordError(f"{arm}: cannot check out {rev} ({e.stderr.decode(errors='replace').strip()[-200:]})")
         if rev == "worktree":
             diff = subprocess.run(["git", "diff", "HEAD", "--binary"], cwd=repo, capture_output=True).stdout
             if diff:
@@ -77,14 +76,8 @@ def run_arm(tree, out, arm, seed, train_args, nproc):
         with open(results) as f:
             return json.load(f)
     shutil.rmtree(run_dir, ignore_errors=True)  # a run killed midway: started again
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
-        if nproc > 1 else [sys.executable]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([*launch, "train_gpt.py", *train_args, f"--seed={seed}", f"--run_id={run_id}",
-                           f"--out_dir={os.path.join(out, 'runs')}"], cwd=tree, env=env, capture_output=True, text=True)
-    if done.returncode != 0 or not os.path.exists(results):
-        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
-        raise RecordError(f"{run_id} failed: {last}")
+    run_in_tree(tree, "train_gpt.py", [*train_args, f"--seed={seed}", f"--run_id={run_id}",
+                                       f"--out_dir={os.path.join(out, 'runs')}"], nproc, what=run_id)
     with open(results) as f:
         return json.load(f)
 

@@ -34,7 +34,6 @@ spec.loader.exec_module(instrument)
 import train_gpt
 fields = {f.name for f in dataclasses.fields(train_gpt.Config)}
 counts = []
-import torch
 for config, vocab, steps in json.load(sys.stdin):
     config = train_gpt.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in fields})
     schedule, stage_of = getattr(train_gpt, "batch_tokens", None), getattr(train_gpt, "stage", None)
@@ -45,14 +44,7 @@ for config, vocab, steps in json.load(sys.stdin):
         stage = stage_of(s, config) if stage_of else {}
         key = json.dumps(stage, sort_keys=True, default=str)
         if key not in by_stage:
-            if not stage:
-                by_stage[key] = per_token
-            else:
-                with torch.device("meta"):
-                    model = train_gpt.GPT(config, vocab, bos_id=0)
-                if hasattr(train_gpt, "apply_stage"):
-                    train_gpt.apply_stage(model, stage)
-                by_stage[key] = instrument.trace(model, stage.get("seq_len", config.seq_len))[0]
+            by_stage[key] = instrument.stage_flops_per_token(train_gpt, config, vocab, stage) if stage else per_token
         flops += batch * by_stage[key]
     counts.append([per_token, sum(batches), flops])
 print(json.dumps(counts))

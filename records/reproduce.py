@@ -102,16 +102,22 @@ def clean_copy(repo, commit, into):
                    check=True)
 
 
-def train_again(tree, args, world, threads=None):
+def run_in_tree(tree, script, args, world=1, threads=None, what="the run"):
+    """A script of a commit's tree (train_gpt.py, eval_core.py) in a process of its own, under torchrun on `world`
+    processes when more than one; RecordError with its last line of output when it fails."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"] \
         if world > 1 else [sys.executable]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    done = subprocess.run([*launch, "train_gpt.py", *args], cwd=tree, env=env, capture_output=True, text=True)
+    done = subprocess.run([*launch, script, *args], cwd=tree, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
-        raise RecordError(f"the replay did not run: {last}")
+        raise RecordError(f"{what} did not run: {last}")
+
+
+def train_again(tree, args, world, threads=None):
+    run_in_tree(tree, "train_gpt.py", args, world, threads, "the replay")
 
 
 def default_tolerance(env):
@@ -197,16 +203,8 @@ CORE_TOLERANCE = 0.01  # CORE units, where a tolerance is allowed: a guess until
 
 def evaluate_again(tree, run_dir, core_args, world, threads=None):
     """The commit's eval_core.py on the replayed run (its core line goes to the replay's log)."""
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"] \
-        if world > 1 else [sys.executable]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    done = subprocess.run([*launch, "eval_core.py", "--run-dir", run_dir, *core_args], cwd=tree, env=env,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
-        raise RecordError(f"the replay's CORE evaluation did not run: {last}")
+    run_in_tree(tree, "eval_core.py", ["--run-dir", run_dir, *core_args], world, threads,
+                "the replay's CORE evaluation")
 
 
 def check_core_replayed(run, log, replayed, tolerance):
