@@ -22,6 +22,9 @@
 #   SAVE_EVERY        steps between checkpoints (default 500 on GPUs, 25 without; 0: only at the end)
 #   SMOKE             1 (default): on GPUs, a few training steps on random tokens while the data downloads, so that
 #                     a run that cannot start (options, compile, NCCL, out of memory) stops in minutes; 0: skip it
+#   FP8               1 (default): on GPUs, train with --fp8=true where the smoke test passes with it (as nanochat's
+#                     speedrun does); where it fails, the smoke test runs again in bf16 and training goes on in bf16,
+#                     said in one line; 0: bf16. Not with SMOKE=0, and not when TRAIN_ARGS names --fp8
 #   EVAL_ARGS         more eval_core.py options, e.g. EVAL_ARGS="--max-per-task 500"
 #   EVAL_BUNDLE_DIR   without a GPU: evaluate CORE on the real bundle there, not on the test fixture bundle
 #   SEEDS             runs of the same command with seeds 0..SEEDS-1, gathered into one record (default 1)
@@ -56,6 +59,7 @@ done
 [[ "${SEEDS:-1}" =~ ^[1-9][0-9]*$ ]] || fail "--seeds ${SEEDS}: give the number of runs, a whole number of 1 or more"
 [[ "${NUM_GPUS:-0}" =~ ^[0-9]+$ ]] || fail "--gpus ${NUM_GPUS}: give a number of GPUs (0: train on the CPU)"
 [[ "${SMOKE:-1}" =~ ^[01]$ ]] || fail "SMOKE=${SMOKE}: 1 runs the GPU smoke test, 0 skips it"
+[[ "${FP8:-1}" =~ ^[01]$ ]] || fail "FP8=${FP8}: 1 trains in FP8 where the smoke test passes with it, 0 in bf16"
 [[ "${SAVE_EVERY:-0}" =~ ^[0-9]+$ ]] || fail "SAVE_EVERY=${SAVE_EVERY}: give a number of steps (0: only at the end)"
 if [ -z "${NUM_GPUS:-}" ]; then  # the GPUs this process may use: CUDA_VISIBLE_DEVICES's, else nvidia-smi's
   if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then NUM_GPUS=$(tr ',' '\n' <<< "$CUDA_VISIBLE_DEVICES" | grep -c . || true)
@@ -108,6 +112,10 @@ TOKENIZER=data/tokenizers/${DATA_NAME}_$VOCAB_SIZE
 TOKENS=data/tokens/${DATA_NAME}_$VOCAB_SIZE$SHARDS_TAG
 PY=.venv/bin/python
 if [ "$NUM_GPUS" -gt 0 ]; then LAUNCH=(.venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS"); else LAUNCH=($PY); fi
+FP8_ARGS=""  # --fp8=true on GPUs while the smoke test has not said otherwise
+if [ "$NUM_GPUS" -gt 0 ] && [ "${FP8:-1}" = 1 ] && [[ "$TRAIN_ARGS" != *--fp8* ]]; then
+  if [ "${SMOKE:-1}" = 1 ]; then FP8_ARGS="--fp8=true"; else echo "FP8: off (SMOKE=0: no smoke test to try it); training in bf16"; fi
+fi
 GPT2_RANKS=${GPT2_RANKS:-../shared/tokenizers/gpt2.tiktoken}  # optional: compare compression with GPT-2
 GPT2_ARGS=()
 [ -f "$GPT2_RANKS" ] && GPT2_ARGS=(--gpt2 "$GPT2_RANKS")
@@ -144,7 +152,7 @@ bash setup.sh
 echo "$NUM_GPUS GPUs; dataset $DATASET; vocab $VOCAB_SIZE"
 if [ "$NUM_GPUS" -gt 0 ]; then  # the training command's plan before any download (modelled; a print only)
   GPU_KIND=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | grep -oE 'H200|A100' || echo H100)
-  if plan=$($PY train_gpt.py --preset="$PRESET" --tokenizer="$TOKENIZER" $TRAIN_ARGS --dry_run --gpu="$GPU_KIND" \
+  if plan=$($PY train_gpt.py --preset="$PRESET" --tokenizer="$TOKENIZER" $TRAIN_ARGS $FP8_ARGS --dry_run --gpu="$GPU_KIND" \
       --world="$NUM_GPUS" 2>&1); then
     grep -E '^(  vocab|\[modelled\] (peak|largest|step|training)|verdict)' <<< "$plan" || true
   else
@@ -153,7 +161,7 @@ if [ "$NUM_GPUS" -gt 0 ]; then  # the training command's plan before any downloa
   if [ "$SMOKE" = 1 ]; then  # the training command's model, on random tokens, while the data downloads
     echo "smoke test: a few steps of the training command on random tokens, in the background (runs/smoke.log)"
     "${LAUNCH[@]}" -m harness.smoke --preset="$PRESET" --tokenizer="$TOKENIZER" --smoke_vocab="$VOCAB_SIZE" \
-      $TRAIN_ARGS > runs/smoke.log 2>&1 &
+      $TRAIN_ARGS $FP8_ARGS > runs/smoke.log 2>&1 &
     smoke_pid=$!
   fi
 fi
@@ -183,15 +191,27 @@ fi
 
 if [ -n "${smoke_pid:-}" ]; then  # before the long wait: a run that cannot start stops here
   stage "smoke test: its result (log: runs/smoke.log)"
-  if ! wait "$smoke_pid"; then
-    smoke_pid=""
+  smoke_ok=1
+  wait "$smoke_pid" || smoke_ok=0
+  smoke_pid=""
+  if [ "$smoke_ok" = 0 ] && [ -n "$FP8_ARGS" ]; then  # FP8 is a speed path: without it the run can still go on
+    why=$(grep -m 1 '^smoke test: cannot start: ' runs/smoke.log || tail -n 1 runs/smoke.log)
+    mv runs/smoke.log runs/smoke_fp8.log
+    FP8_ARGS=""
+    if "${LAUNCH[@]}" -m harness.smoke --preset="$PRESET" --tokenizer="$TOKENIZER" --smoke_vocab="$VOCAB_SIZE" \
+        $TRAIN_ARGS > runs/smoke.log 2>&1; then
+      smoke_ok=1
+      echo "FP8: the smoke test failed with --fp8=true (${why#smoke test: }; runs/smoke_fp8.log) and passed without; training in bf16"
+    fi
+  fi
+  if [ "$smoke_ok" = 0 ]; then
     line=$(grep -m 1 '^smoke test: cannot start: ' runs/smoke.log) ||  # killed, or torchrun's own failure
       line="smoke test: cannot start: it stopped without saying why (its log's last line: $(tail -n 1 runs/smoke.log)); see runs/smoke.log"
     echo "$line" >&2
     exit 1
   fi
-  smoke_pid=""
   grep -m 1 '^smoke test: OK: ' runs/smoke.log || tail -n 1 runs/smoke.log
+  [ -z "$FP8_ARGS" ] || echo "FP8: on (--fp8=true: the smoke test passed with it)"
 fi
 
 if [ -n "${download_pid:-}" ]; then
@@ -249,7 +269,7 @@ for ((seed = 0; seed < SEEDS; seed++)); do
     fi
     stage "train: --preset=$PRESET on $NUM_GPUS GPUs, seed $seed ($run)"
     "${LAUNCH[@]}" train_gpt.py "${TRAIN[@]}" "${DATA_ARGS[@]}" --out_dir="$RUN_DIR" --run_id="seed$seed" \
-      --seed="$seed" "${RESUME[@]}" $TRAIN_ARGS
+      --seed="$seed" "${RESUME[@]}" $TRAIN_ARGS $FP8_ARGS
   fi
   if has_core "$run"; then
     echo "$run is evaluated; keeping it"

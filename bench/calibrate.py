@@ -4,6 +4,7 @@ step time and of the peak memory.
 
     python -m bench.calibrate DIR            # the comparison, one line per part
     python -m bench.calibrate DIR --write    # and the GPU's step-time factor into bench/calibration.json
+    python -m bench.calibrate --published [--write]  # no GPU: the H100 factor from published figures (PUBLISHED)
 
 The factor written is the median over the parts of measured step time / the dry run's uncalibrated modelled one; the
 dry run then multiplies its modelled step time by it (so that it reproduces the measured step of a calibrating
@@ -26,6 +27,28 @@ from harness import dryrun
 from harness.config import parse_args
 
 CALIBRATING = ("train_small_bf16", "train_core_bf16", "train_small_blocks")  # bench.gpu's bf16 training parts
+
+# Where no GPU has measured the dry run: a published step of the same math (../shared/ANCHORS.md). nanochat's depth 24
+# (the gpt2-core preset's recipe) trains about 0.98 M tokens/s on 8 x H100 with FP8; FP8 gives +17% tokens/s, so
+# about 0.84 M in bf16, which is what the dry run models. A factor from this is labelled "calibrated on published
+# figures" and a GPU's own measurement (DIR --write) replaces it.
+PUBLISHED = {"gpu": "H100", "world": 8, "preset": "gpt2-core", "fp8_tokens_per_s": 0.98e6, "fp8_speedup": 1.17,
+             "source": "nanochat depth 24 with FP8, about 0.98 M tok/s on 8 x H100, FP8 +17% tok/s "
+                       "(../shared/ANCHORS.md)"}
+
+
+def published_comparison(published=PUBLISHED):
+    """The dry run's uncalibrated step of the published run's config against its published step (in bf16)."""
+    config = parse_args(train_gpt.Config, train_gpt.PRESETS, [f"--preset={published['preset']}",
+                                                                 f"--gpu={published['gpu']}",
+                                                                 f"--world={published['world']}"])
+    planned = dryrun.plan(train_gpt, config, calibrated=False)
+    bf16_tokens_per_s = published["fp8_tokens_per_s"] / published["fp8_speedup"]
+    step_ms = 1000 * config.total_batch_tokens / bf16_tokens_per_s
+    modelled = 1000 * planned["step_s"][0]
+    return {"part": f"published: {published['preset']} on {published['world']} x {published['gpu']}",
+            "step_ms": step_ms, "modelled_step_ms": modelled, "step_ratio": step_ms / modelled,
+            "peak_bytes": None, "modelled_peak_bytes": planned["peak"], "memory_ratio": None}
 
 
 def gpu_kind(name):
@@ -96,10 +119,15 @@ def write_calibration(gpu, entry, path=dryrun.CALIBRATION):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.calibrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", help="a bench.gpu --out folder (its summary.json and the parts' figures)")
+    parser.add_argument("folder", nargs="?", help="a bench.gpu --out folder (its summary.json and the parts' figures)")
+    parser.add_argument("--published", action="store_true", help="no GPU run: the factor from PUBLISHED figures")
     parser.add_argument("--write", action="store_true", help="record the GPU's factor in bench/calibration.json")
     parser.add_argument("--calibration", default=dryrun.CALIBRATION, help=argparse.SUPPRESS)  # tests
     args = parser.parse_args(argv)
+    if args.published:
+        return calibrate_on_published(args)
+    if not args.folder:
+        parser.error("give a bench.gpu --out folder, or --published")
     gpu, rows, summary = comparisons(args.folder)
     for row in rows:
         print(line(row))
@@ -115,6 +143,26 @@ def main(argv=None):
     entry = calibration_entry(rows, note)
     write_calibration(gpu, entry, args.calibration)
     print(f"{gpu}: step-time factor x{entry['factor']:g} written to {args.calibration}")
+    return 0
+
+
+def calibrate_on_published(args):
+    row = published_comparison()
+    print(line(row).replace("measured", "published (bf16)", 1).replace("; peak n/a published (bf16) (no GPU)",
+                                                                      "; peak not published"))
+    if not args.write:
+        return 0
+    with open(args.calibration) as f:
+        current = json.load(f).get(PUBLISHED["gpu"], {})
+    if current.get("measured_by"):
+        print(f"error: nothing written: {PUBLISHED['gpu']} is calibrated by a GPU's measurement "
+              f"({current['measured_by']}), which published figures do not replace", file=sys.stderr)
+        return 1
+    entry = {"factor": round(row["step_ratio"], 4), "measured_by": None, "published_by": PUBLISHED["source"],
+             "published_step_ms": round(row["step_ms"], 1), "modelled_step_ms": round(row["modelled_step_ms"], 1)}
+    write_calibration(PUBLISHED["gpu"], entry, args.calibration)
+    print(f"{PUBLISHED['gpu']}: step-time factor x{entry['factor']:g} (calibrated on published figures) written to "
+          f"{args.calibration}")
     return 0
 
 

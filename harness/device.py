@@ -115,7 +115,8 @@ def compile_by_block(model, backend="inductor"):
     and torch advises compiling it (a whole-model compile does so implicitly). Not yet timed on a GPU."""
     # the blocks share Block.forward's code, whose cache keeps a graph per kind of block (window, value embedding)
     # for training, for evaluation (no grad) and for evaluation's last, shorter batch: more than Dynamo's default 8
-    kinds = {(block.attn.window, block.attn.value_mix is not None) for block in model.blocks}
+    kinds = {(block.attn.window, block.attn.value_mix is not None, getattr(block.attn, "value_gate", None) is not None)
+             for block in model.blocks}
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(kinds))
     for block in model.blocks:
         block.compile(backend=backend)  # in place: the parameters' names, and so the checkpoints, do not change

@@ -13,7 +13,8 @@ Each figure says how it was got:
   log-sum-exp, the peak counting the one the run's --compile uses; the transients, the step time (a roofline at an
   assumed MFU plus the collectives at an assumed bus bandwidth, as bench/comm.py models them) and what follows from
   it. Each says its assumption and error bar; the step time is multiplied by the GPU's factor in
-  bench/calibration.json (1.0, "uncalibrated", until a GPU run measures it).
+  bench/calibration.json: 1.0 ("uncalibrated") until a GPU run measures it, or "calibrated on published figures"
+  (bench.calibrate --published: a published step time of the same math) meanwhile.
 """
 
 import contextlib
@@ -380,6 +381,8 @@ def calibration(gpu):
         memory = entry.get("memory_ratio")
         memory = f"; peak memory measured x{memory:g} of the modelled (not applied)" if memory else ""
         return factor, f"calibrated x{factor:g} ({entry['measured_by']}{memory})"
+    if entry.get("published_by"):
+        return factor, f"calibrated on published figures x{factor:g} ({entry['published_by']}; no {gpu} run here yet)"
     return factor, f"uncalibrated (x{factor:g}: no {gpu} run has measured it; bench/calibration.json)"
 
 

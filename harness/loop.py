@@ -166,12 +166,12 @@ def build_optimizer(recipe, model, config, comm, accum_steps=1, compile=False):
 
 
 def num_training_steps(config, counted_params, flops_per_token, schedule):
-    """The horizon in steps: --steps, or the steps of the batch schedule that reach --tokens_per_param x the counted
-    parameters, or that stay within --flops_budget."""
+    """The horizon in steps: --steps, or the most steps of the batch schedule within --tokens_per_param x the counted
+    parameters (rounded down, as nanochat does; at least 1), or within --flops_budget."""
     if config.steps > 0:
         return config.steps
     if config.tokens_per_param > 0:
-        return schedule.steps_for_tokens(math.ceil(config.tokens_per_param * counted_params))
+        return schedule.steps_for_tokens(int(config.tokens_per_param * counted_params))
     if config.flops_budget > 0:
         steps = schedule.steps_within(config.flops_budget, flops_per_token)
         if steps < 1:

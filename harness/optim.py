@@ -14,8 +14,14 @@ Two kinds of update rule (UpdateRule.shards):
   them all: p <- p x (1 - lr x weight_decay) - lr x lr_scale(rows, cols) x direction.
   A matrix rule with sees_params=True also gets params=, the stack's current values [count, rows, cols] (read-only:
   cautious weight decay, say, folds its decay into the direction and leaves the row's weight_decay at 0).
+  A matrix rule with returns="step" returns the whole change instead, lr and decay included: the engine gives it
+  hp.lr and hp.weight_decay, one value per matrix [count, 1, 1] fp32 (the row's lr x the schedule's multiplier x
+  lr_scale, the row's weight decay), all-gathers the steps in fp32 and applies p <- p - step, so that a rule
+  decides the precision of its update (nanochat rounds lr x direction to bf16).
 A rule keeps its state in the dicts it is given (`states`: one per slice; `state`: one per stack), created on its
 first step; the engine shards, snapshots and checkpoints them by parameter name, the same on any number of processes.
+A row's own settings (Rule.settings: AdamW's betas for the head, say) reach the rule as the dict hp.settings; rows that
+differ in them are separate calls.
 An element rule's state tensors are shaped like its slice; a matrix rule's may have any shape whose first dimension is
 the stack's count (a per-row second moment [count, rows], a momentum [count, rows, cols]): each matrix's part is saved
 under its parameter's name. UpdateRule.every = k runs a rule on every k-th step only (steps k-1, 2k-1, ...: "Adam on
@@ -42,24 +48,28 @@ from harness.config import ConfigError
 class Rule:
     """A row of a recipe's parameter table: parameters whose whole name matches `pattern` get this update rule, lr
     and weight decay. parts: a matrix of `parts` matrices stacked by rows (a fused qkv updated as q, k and v);
-    counts: the parameter counts in the total that --tokens_per_param multiplies."""
+    counts: the parameter counts in the total that --tokens_per_param multiplies; settings: (name, value) pairs the
+    rule reads as hp.settings (its betas, say)."""
     pattern: str
     update: str
     lr: float
     weight_decay: float = 0.0
     parts: int = 1
     counts: bool = False
+    settings: tuple = ()
 
 
 @dataclass(frozen=True)
 class UpdateRule:
     """An update rule: its function, how the engine shards it ("elements" or "matrices"), for matrices the factor of
     the lr for a matrix of rows x cols (1 unless the rule says otherwise) and whether it sees the matrices' values
-    (sees_params), and the steps it runs on (every k-th; the gradients between are averaged in)."""
+    (sees_params), what it returns ("direction", which the engine scales by the lr, or the whole "step"), and the
+    steps it runs on (every k-th; the gradients between are averaged in)."""
     fn: Callable
     shards: str = "elements"
     lr_scale: Callable = None
     sees_params: bool = False
+    returns: str = "direction"
     every: int = 1
 
 
@@ -151,7 +161,7 @@ class ElementShard:
             if lo < hi:
                 segment = (i, lo - offset, hi - offset, self.work[lo - start:hi - start], {})
                 self.segments.append(segment)
-                self.groups.setdefault((row.lr, row.weight_decay), []).append(segment)
+                self.groups.setdefault((row.lr, row.weight_decay, row.settings), []).append(segment)
 
     def step(self, hp):
         mean = self.bucket.mean_gradient()
@@ -161,10 +171,11 @@ class ElementShard:
             self.work.copy_(self.mine)
         start = self.bucket.comm.rank * self.bucket.layout.shard
         offsets = self.bucket.layout.offsets
-        for (lr, weight_decay), segments in self.groups.items():
+        for (lr, weight_decay, settings), segments in self.groups.items():
             grads = [gathered(self.rule, state, mean[offsets[i] + lo - start:offsets[i] + hi - start], update_now)
                      for i, lo, hi, _, state in segments]
             if update_now:
+                hp.settings = dict(settings)
                 self.rule.fn([s[3] for s in segments], grads, [s[4] for s in segments], lr * hp.lr_multiplier,
                              weight_decay, hp)
         if not update_now:
@@ -184,33 +195,55 @@ class ElementShard:
 
 class MatrixShard:
     """A matrix rule on this process's whole matrices of a bucket, each stack of same-shape matrices in one call; the
-    bf16 directions of every process are all-gathered and every process applies all of them."""
+    directions (bf16; a rule's whole steps in fp32) of every process are all-gathered and every process applies all
+    of them."""
 
     def __init__(self, bucket, rule, rows):
         layout, rank, shard, device = bucket.layout, bucket.comm.rank, bucket.layout.shard, bucket.grads.device
         self.bucket, self.rule, self.handle = bucket, rule, None
-        self.updates = torch.zeros(layout.numel, dtype=torch.bfloat16, device=device)
+        self.steps_whole = rule.returns == "step"
+        dtype = torch.float32 if self.steps_whole else torch.bfloat16
+        self.updates = torch.zeros(layout.numel, dtype=dtype, device=device)
         self.mine = self.updates[rank * shard:(rank + 1) * shard]
         self.stacks = [(offset - rank * shard, shape, {}) for offset, _, shape in layout.stacks[rank]]
         self.members = [indices for _, indices, _ in layout.stacks[rank]]  # the parameters of each stack, in order
+        self.rows = rows
+        # for a rule that returns whole steps: each stack's rows' lrs and weight decays, made once (no copy per step)
+        self.row_values = [(self.per_matrix(m, shape[0] // len(m), lambda row: row.lr),
+                            self.per_matrix(m, shape[0] // len(m), lambda row: row.weight_decay).float())
+                           for (_, shape, _), m in zip(self.stacks, self.members)] if self.steps_whole else []
+        for members in self.members:
+            if len({rows[i].settings for i in members}) > 1:
+                raise ConfigError(f"parameters of one shape {tuple(bucket.params[members[0]].shape)} get the update "
+                                  "rule with different settings; a stack is one call: give them the same settings")
         self.by_factor = {}  # every matrix's direction in the gathered buffer, by (lr, lr scale, weight decay)
         self.lr_scale = lr_scale = rule.lr_scale or (lambda rows, cols: 1.0)
         self.updated = False
         for p, offset, row in zip(bucket.params, layout.offsets, rows):
-            key = (row.lr, lr_scale(p.size(0) / row.parts, p.size(1)), row.weight_decay)
+            key = (0.0, 0.0, 0.0) if self.steps_whole else \
+                (row.lr, lr_scale(p.size(0) / row.parts, p.size(1)), row.weight_decay)
             params, updates = self.by_factor.setdefault(key, ([], []))
             params.append(p)
             updates.append(self.updates[offset:offset + p.numel()].view_as(p))
 
+    def per_matrix(self, members, parts, value):
+        """One value per matrix of a stack [count, 1, 1] (float64): value(row) of each member's row, for each part."""
+        values = [value(self.rows[i]) for i in members for _ in range(parts)]
+        return torch.tensor(values, dtype=torch.float64, device=self.updates.device).view(-1, 1, 1)
+
     def step(self, hp):
         mean = self.bucket.mean_gradient()
         self.updated, self.handle = due(self.rule, hp), None
-        for (offset, shape, state), members in zip(self.stacks, self.members):
+        for k, ((offset, shape, state), members) in enumerate(zip(self.stacks, self.members)):
             size = math.prod(shape)
             grads = gathered(self.rule, state, mean[offset:offset + size].view(shape), self.updated)
             if not self.updated:
                 continue
             hp.lr_scale = self.lr_scale(shape[1], shape[2])
+            hp.settings = dict(self.rows[members[0]].settings)
+            if self.steps_whole:  # in float64 and then fp32, as Python's floats multiply
+                row_lr, hp.weight_decay = self.row_values[k]
+                hp.lr = (row_lr * hp.lr_multiplier * hp.lr_scale).float()
             extra = {"params": torch.stack([self.bucket.params[i].detach() for i in members]).view(shape)} \
                 if self.rule.sees_params else {}
             direction = self.rule.fn(grads, state, hp, **extra)
@@ -224,6 +257,9 @@ class MatrixShard:
         if not self.updated:
             return
         for (lr, scale, weight_decay), (params, updates) in self.by_factor.items():
+            if self.steps_whole:  # the rule's whole change, in fp32
+                torch._foreach_sub_(params, updates)
+                continue
             lr = lr * hp.lr_multiplier
             if weight_decay:  # decoupled, scaled by the lr
                 torch._foreach_mul_(params, 1 - lr * weight_decay)

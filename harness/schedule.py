@@ -105,11 +105,11 @@ class BatchSchedule:
                                   "one of them (the global batch is kept by gradient accumulation)")
 
     def steps_for_tokens(self, tokens):
-        """The fewest steps that train on at least `tokens` tokens."""
+        """The most steps that train on at most `tokens` tokens (nanochat's horizon: tokens // batch), at least 1."""
         if self.fn is None:
-            return -(-int(tokens) // self.config.total_batch_tokens) if tokens > 0 else 0
-        done, steps = 0, 0
-        while done < tokens:
+            return max(1, int(tokens) // self.config.total_batch_tokens)
+        done, steps = self(0), 1
+        while done + self(steps) <= tokens:
             done, steps = done + self(steps), steps + 1
             if steps > MAX_STEPS:
                 raise ConfigError(f"{tokens:.3g} tokens take more than {MAX_STEPS:,} steps of the batch schedule")

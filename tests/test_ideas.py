@@ -64,11 +64,11 @@ def train_processes(recipe, options, world, **changes):
 
 NORMUON_CAUTIOUS = (
     ('''def muon(grads, state, hp):
-    """Muon on a stack of same-shape matrices [count, rows, cols]: momentum, Nesterov, then orthogonalized."""
-    momentum = state.setdefault("momentum", torch.zeros_like(grads))
-    momentum.lerp_(grads, 1 - hp.momentum)
-    nesterov = grads.lerp_(momentum, hp.momentum)  # in place: the gradient is not needed after
-    return orthogonalize(nesterov, hp.config.ns_steps, hp.compiled(newton_schulz))''',
+    """Muon on a stack of same-shape matrices [count, rows, cols]: momentum, Nesterov, then orthogonalized; the
+    harness applies lr x the direction."""
+    nesterov = nesterov_momentum(grads, state, hp.momentum)
+    iterate = newton_schulz if hp.config.orthogonalizer == "newton_schulz" else polar_express
+    return orthogonalize(nesterov, hp.config.ns_steps, hp.compiled(iterate))''',
      '''def muon(grads, state, hp, params):
     """Muon, then a per-row second moment (NorMuon) and cautious weight decay (where update and weight agree)."""
     momentum = state.setdefault("momentum", torch.zeros_like(grads))
@@ -81,9 +81,13 @@ NORMUON_CAUTIOUS = (
     cautious = (direction * params > 0).float()
     return direction + 0.5 / hp.lr_scale * params * cautious'''),
     ('''    "muon": UpdateRule(muon, shards="matrices", lr_scale=lambda rows, cols: max(1.0, rows / cols) ** 0.5),
+    "normuon": UpdateRule(normuon, shards="matrices", lr_scale=lambda rows, cols: max(1.0, rows / cols) ** 0.5,
+                          sees_params=True, returns="step"),
     "adamw": UpdateRule(adamw, shards="elements"),''',
      '''    "muon": UpdateRule(muon, shards="matrices", lr_scale=lambda rows, cols: max(1.0, rows / cols) ** 0.5,
                        sees_params=True),
+    "normuon": UpdateRule(normuon, shards="matrices", lr_scale=lambda rows, cols: max(1.0, rows / cols) ** 0.5,
+                          sees_params=True, returns="step"),
     "adamw": UpdateRule(adamw, shards="elements", every=2),  # modded-nanogpt's Adam on odd steps'''),
 )
 
@@ -131,8 +135,8 @@ SECOND_HEAD = (
             logits2 = self.head2(x)[..., :self.vocab_size].float()
             loss = loss + 0.3 * F.cross_entropy(logits2.view(-1, logits2.size(-1)), after.reshape(-1), ignore_index=-1)
         return loss if reduction == "mean" else loss.view_as(targets)'''),
-    ('''        Rule(r"head\\.weight", "adamw", config.head_lr * adam_scale, counts=True),''',
-     '''        Rule(r"head2?\\.weight", "adamw", config.head_lr * adam_scale, counts=True),'''),
+    ('''        Rule(r"head\\.weight", "adamw", **adam["head"], counts=True),''',
+     '''        Rule(r"head2?\\.weight", "adamw", **adam["head"], counts=True),'''),
 )
 
 
@@ -236,10 +240,11 @@ def test_the_horizons_by_tokens_and_flops_sum_the_batch_schedule():
     config = types.SimpleNamespace(total_batch_tokens=1000, device_batch=1, seq_len=10)
     growing = BatchSchedule(types.SimpleNamespace(batch_tokens=lambda step, c: 500 if step < 4 else 1000), config)
     assert growing.total(6) == 4000 and growing.values(6) == [500, 1000]
-    assert growing.steps_for_tokens(4000) == 6 and growing.steps_for_tokens(4001) == 7
+    assert growing.steps_for_tokens(4000) == 6 and growing.steps_for_tokens(4999) == 6
+    assert growing.steps_for_tokens(5000) == 7 and growing.steps_for_tokens(10) == 1
     assert growing.steps_within(4000 * 7, 7) == 6 and growing.steps_within(4000 * 7 - 1, 7) == 5
     constant = BatchSchedule(types.SimpleNamespace(), config)
-    assert constant.steps_for_tokens(4001) == 5 and constant.steps_within(5e4, 10) == 5
+    assert constant.steps_for_tokens(4999) == 4 and constant.steps_within(5e4, 10) == 5
 
 
 def test_rows_that_start_at_bos_train_resume_exactly_and_agree_on_two_processes(options, tmp_path):

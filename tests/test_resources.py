@@ -25,8 +25,8 @@ HASH_TABLE = (
     ('''        self.head = Linear(dim, padded_vocab, normed_input=True, mean_loss_head=True)  # untied from the embedding''',
      '''        self.head = Linear(dim, padded_vocab, normed_input=True, mean_loss_head=True)  # untied from the embedding
         self.bigram_table = nn.Embedding(100_000, 4)  # a hashed n-gram table (unused here: its size is the point)'''),
-    ('''        Rule(r"blocks\\.\\d+\\.attn\\.value_mix", "adamw", config.scalar_lr),''',
-     '''        Rule(r"blocks\\.\\d+\\.attn\\.value_mix", "adamw", config.scalar_lr),
+    ('''        Rule(r"blocks\\.\\d+\\.attn\\.value_mix", "adamw", **adam["value_mix"]),''',
+     '''        Rule(r"blocks\\.\\d+\\.attn\\.value_mix", "adamw", **adam["value_mix"]),
         Rule(r"bigram_table\\.weight", "adamw", config.embed_lr),'''),
 )
 HOST_MEMORY_AND_SLOW_SETUP = (

@@ -139,6 +139,7 @@ TORCHRUN = """#!/bin/sh
 # torchrun's stand-in: its own options dropped; the smoke test runs, training is only announced
 while [ "${1#--}" != "$1" ]; do shift; done
 if [ -n "${TORCHRUN_DIES:-}" ]; then echo "$TORCHRUN_DIES"; exit 9; fi  # before any worker says a word
+case " $* " in *" --fp8=true "*) if [ -n "${FP8_FAILS:-}" ]; then echo "smoke test: cannot start: $FP8_FAILS"; exit 1; fi;; esac
 if [ "$1 $2" = "-m harness.smoke" ]; then shift 2; exec "$(dirname "$0")/python" -m harness.smoke "$@"; fi
 echo "torchrun: training would start: $*"
 exit 3
@@ -164,6 +165,19 @@ def test_speedrun_on_gpus_prints_the_smoke_tests_line_before_tokenizing(tmp_path
     assert ok < next(i for i, line in enumerate(lines) if line.startswith("== tokenize:"))
     assert "torchrun: training would start: train_gpt.py --preset=tiny" in done.stdout
     assert (repo / "runs" / "smoke.log").read_text().startswith("smoke test: OK")
+    # FP8 by default on GPUs, as nanochat's speedrun, where the smoke test passes with it
+    assert "FP8: on (--fp8=true: the smoke test passed with it)" in lines
+    assert done.stdout.rstrip().splitlines()[-1].endswith("--fp8=true")
+
+
+def test_speedrun_trains_in_bf16_and_says_so_in_one_line_when_fp8_fails_the_smoke_test(tmp_path, corpus):
+    from tests.test_resume import TINY
+    repo, done = gpu_speedrun(tmp_path, corpus, TINY, FP8_FAILS="no FP8 kernel for this GPU")
+    assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-3000:]
+    assert ("FP8: the smoke test failed with --fp8=true (cannot start: no FP8 kernel for this GPU; "
+            "runs/smoke_fp8.log) and passed without; training in bf16") in done.stdout.splitlines()
+    training = next(line for line in done.stdout.splitlines() if line.startswith("torchrun: training would start"))
+    assert "--fp8" not in training and (repo / "runs" / "smoke.log").read_text().startswith("smoke test: OK")
 
 
 def test_speedrun_on_gpus_stops_with_the_one_line_when_the_run_cannot_start(tmp_path, corpus):
