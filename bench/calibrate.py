@@ -37,12 +37,13 @@ PUBLISHED = {"gpu": "H100", "world": 8, "preset": "gpt2-core", "fp8_tokens_per_s
                        "(../shared/ANCHORS.md)"}
 
 
-def published_comparison(published=PUBLISHED):
+def published_comparison(published=None):
     """The dry run's uncalibrated step of the published run's config against its published step (in bf16)."""
+    published = published or PUBLISHED
     config = parse_args(train_gpt.Config, train_gpt.PRESETS, [f"--preset={published['preset']}",
                                                                  f"--gpu={published['gpu']}",
                                                                  f"--world={published['world']}"])
-    planned = dryrun.plan(train_gpt, config, calibrated=False)
+    planned = dryrun.plan(train_gpt, config, vocab=published.get("vocab"), calibrated=False)
     bf16_tokens_per_s = published["fp8_tokens_per_s"] / published["fp8_speedup"]
     step_ms = 1000 * config.total_batch_tokens / bf16_tokens_per_s
     modelled = 1000 * planned["step_s"][0]
@@ -148,8 +149,8 @@ def main(argv=None):
 
 def calibrate_on_published(args):
     row = published_comparison()
-    print(line(row).replace("measured", "published (bf16)", 1).replace("; peak n/a published (bf16) (no GPU)",
-                                                                      "; peak not published"))
+    print(f"{row['part']}: step {row['step_ms']:.1f} ms published (bf16: {PUBLISHED['source']}), "
+          f"{row['modelled_step_ms']:.1f} ms modelled (x{row['step_ratio']:.3f})")
     if not args.write:
         return 0
     with open(args.calibration) as f:

@@ -121,7 +121,7 @@ def static_bytes(model, optimizer):
     """What one process holds for the whole run, by kind, in bytes: weights (the parameters, and the element
     buckets' padded flat buffers they become views of, and the model's buffers), gradients (the buckets' flat
     buffers and their reduce buffers), optimizer state (the update rules' state) and optimizer buffers (anything
-    else the shards keep: Muon's gathered bf16 directions, fp32 work copies)."""
+    else the shards keep: the matrix rules' gathered directions or steps, fp32 work copies)."""
     weights = storages([*model.parameters(), *model.buffers()])
     gradients = storages([t for b in optimizer.buckets for t in vars(b).values()], weights)
     state = storages([t for shard in optimizer.shards for *_, s in shard.states() for t in s.values()],
@@ -541,7 +541,7 @@ def report(p):
         ("exact", "weights", "parameters (element buckets' padded flat buffers) and model buffers"),
         ("exact", "gradients", "the buckets' flat buffers and their reduce buffers"),
         ("exact", "optimizer state", f"the update rules' state, sharded over {world} as the engine shards it"),
-        ("exact", "optimizer buffers", "Muon's gathered bf16 directions, fp32 work copies"))]
+        ("exact", "optimizer buffers", "the matrix rules' gathered directions or steps, fp32 work copies"))]
     fp8 = "; --fp8 not modelled (bf16's figure)" if config.fp8 else ""
     memory += [("modelled", "saved, compiled", gb(activations_at(p, "compiled", config.device_batch)),
                 f"+-{COMPILED_ACTIVATION_ERROR:.0%} (assumed; a real compiled CPU step within "

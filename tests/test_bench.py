@@ -16,6 +16,7 @@ import bench.data
 import bench.gpu
 import bench.record
 import bench.train
+from tests.helpers import config_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,6 +130,36 @@ def test_a_written_calibration_makes_the_dry_run_reproduce_its_calibration_point
     measured = summary["parts"]["train_core_bf16"]["figures"]["step_ms"]
     assert 1000 * planned["step_s"][0] == pytest.approx(measured, rel=1e-3)  # the factor is rounded to 4 digits
     assert "calibrated x" in planned["calibration"] and "peak memory measured x" in planned["calibration"]
+
+
+def test_published_figures_calibrate_the_dry_run_until_a_gpu_measures_it(tmp_path, monkeypatch, capsys):
+    """--published: the factor is the published step (bf16, from the FP8 figure and FP8's gain) over the modelled
+    one, labelled as such in the dry run; a GPU's measured entry is never replaced by it."""
+    import bench.calibrate
+    from harness import dryrun
+    published = dict(bench.calibrate.PUBLISHED, preset="tiny", world=1, vocab=4096, fp8_tokens_per_s=1.17e6,
+                     source="a test's figure")
+    monkeypatch.setattr(bench.calibrate, "PUBLISHED", published)
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text((REPO / "bench" / "calibration.json").read_text())
+    monkeypatch.setattr(dryrun, "CALIBRATION", str(calibration))
+    assert bench.calibrate.main(["--published", "--write", f"--calibration={calibration}"]) == 0
+    entry = json.loads(calibration.read_text())["H100"]
+    config = dataclasses.replace(config_of("--preset=tiny"), gpu="H100", world=1)
+    modelled = 1000 * dryrun.plan(bench.calibrate.train_gpt, config, vocab=4096, calibrated=False)["step_s"][0]
+    published_ms = 1000 * config.total_batch_tokens / 1e6  # 1.17 M tokens/s in FP8 is 1 M in bf16
+    assert entry["published_step_ms"] == pytest.approx(published_ms, abs=0.05)
+    assert entry["factor"] == pytest.approx(published_ms / modelled, rel=1e-3)
+    assert entry["measured_by"] is None and entry["published_by"] == "a test's figure"
+    planned = dryrun.plan(bench.calibrate.train_gpt, config, vocab=4096)
+    assert planned["calibration"].startswith("calibrated on published figures x")
+    assert 1000 * planned["step_s"][0] == pytest.approx(published_ms, rel=1e-3)
+    table = json.loads(calibration.read_text())
+    table["H100"] = {"factor": 1.3, "measured_by": "bench.calibrate of a GPU run"}
+    calibration.write_text(json.dumps(table))
+    assert bench.calibrate.main(["--published", "--write", f"--calibration={calibration}"]) == 1
+    assert "which published figures do not replace" in capsys.readouterr().err
+    assert json.loads(calibration.read_text())["H100"]["factor"] == 1.3
 
 
 def test_gpu_sweep_measures_each_switch_against_a_baseline_of_the_same_call(tmp_path):
