@@ -109,6 +109,8 @@ RUN_ID=${RUN_ID:-speedrun_${DATA_NAME}_${VOCAB_SIZE}${SHARDS_TAG}_${PRESET}${TRA
 RUN_DIR=runs/$RUN_ID
 RAW=data/raw/$DATA_NAME
 TOKENIZER=data/tokenizers/${DATA_NAME}_$VOCAB_SIZE
+# ClimbMix (gpt2-core's data) as nanochat tokenizes it: its nine special tokens; other corpora BOS and 7 reserved
+if [ "$DATASET" = climbmix ]; then SPECIALS=chat; else SPECIALS=reserved; fi
 TOKENS=data/tokens/${DATA_NAME}_$VOCAB_SIZE$SHARDS_TAG
 PY=.venv/bin/python
 if [ "$NUM_GPUS" -gt 0 ]; then LAUNCH=(.venv/bin/torchrun --standalone --nproc_per_node="$NUM_GPUS"); else LAUNCH=($PY); fi
@@ -185,7 +187,7 @@ if [ -f "$TOKENIZER/tokenizer.json" ]; then
   echo "$TOKENIZER exists; keeping it"
   $PY -m data.tokenizer report --tokenizer "$TOKENIZER" --corpus "$RAW" "${GPT2_ARGS[@]}"
 else
-  $PY -m data.tokenizer train --corpus "$RAW" --out "$TOKENIZER" --vocab-size "$VOCAB_SIZE" \
+  $PY -m data.tokenizer train --corpus "$RAW" --out "$TOKENIZER" --vocab-size "$VOCAB_SIZE" --special-tokens "$SPECIALS" \
     "${TOKENIZER_SUBSET[@]}" "${GPT2_ARGS[@]}"
 fi
 

@@ -72,6 +72,8 @@ class Config:
     rows: str = option("slices", choices=("slices", "documents"))  # training rows: consecutive slices of the token
                                   # stream (every token a target once an epoch), or documents: every row starts at
                                   # BOS, whole documents packed best fit, the one that fills a row cropped (harness/data.py)
+    doc_pool: int = option(256, at_least=1)  # --rows=documents: the documents waiting to be packed (nanochat: 1000)
+    doc_crop: str = option("oldest", choices=("oldest", "shortest"))  # --rows=documents: which one fills a row
     attention: str = option("auto", choices=("auto", "sdpa", "flex"))  # flex: FlexAttention; auto: flex when
                                   # compiling on CUDA, else sdpa
     # batch: total_batch_tokens = world_size x device_batch x seq_len x accumulation steps
@@ -172,7 +174,7 @@ PRESETS = {
                       lr_batch_ref=2**19, adam_groups="nanochat", muon="normuon", muon_split_qkv=True,
                       orthogonalizer="polar_express", normuon_beta2=0.9, weight_decay=0.28, cautious_wd=True,
                       wd_schedule="cosine", wd_ref_depth=12, muon_momentum=0.97, muon_momentum_warmup=400,
-                      muon_momentum_end=0.90),
+                      muon_momentum_end=0.90, doc_pool=1000, doc_crop="shortest"),
 }
 
 

@@ -34,6 +34,13 @@ GPT4_SPELLING = SPLIT_PATTERN.replace(r"]?\p{L}+", r"]?+\p{L}+").replace(r"\p{N}
 GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 BOS = "<|bos|>"
 NUM_SPECIAL_SLOTS = 8  # <|bos|> plus 7 reserved ids, so later special tokens do not change the vocab size
+# The special tokens after the merge ranks, by set: "reserved" (the default), or nanochat's nine ("chat": BOS and the
+# conversation and tool delimiters its fine-tuning uses), whose 32,768 ids then hold nanochat's 32,759 merges.
+SPECIAL_SETS = {
+    "reserved": [BOS] + [f"<|reserved_{i}|>" for i in range(1, NUM_SPECIAL_SLOTS)],
+    "chat": [BOS, "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>", "<|python_start|>",
+             "<|python_end|>", "<|output_start|>", "<|output_end|>"],
+}
 DEFAULT_VOCAB_SIZE = 32768
 MAX_VOCAB_SIZE = 1 << 16  # token shards store uint16
 FORMAT_VERSION = 1
@@ -141,18 +148,18 @@ def sha256_file(path, chunk_size=1 << 20):
 # -----------------------------------------------------------------------------
 # Training
 
-def check_vocab_size(vocab_size):
+def check_vocab_size(vocab_size, specials="reserved"):
     """Rejects vocab sizes rustbpe cannot train (it panics under 256, which no `except Exception` catches)."""
-    smallest = 256 + NUM_SPECIAL_SLOTS
+    slots = len(SPECIAL_SETS[specials])
+    smallest = 256 + slots
     if not isinstance(vocab_size, int) or not smallest <= vocab_size <= MAX_VOCAB_SIZE:
         raise TokenizerError(f"vocab size {vocab_size} must be an integer in [{smallest}, {MAX_VOCAB_SIZE}]: 256 "
-                             f"byte tokens + {NUM_SPECIAL_SLOTS} special slots at least, and uint16 shards at most")
+                             f"byte tokens + {slots} special slots at least, and uint16 shards at most")
 
 
-def special_tokens_for(num_ranks):
-    """<|bos|> and the reserved slots, numbered after the merge ranks."""
-    names = [BOS] + [f"<|reserved_{i}|>" for i in range(1, NUM_SPECIAL_SLOTS)]
-    return {name: num_ranks + i for i, name in enumerate(names)}
+def special_tokens_for(num_ranks, specials="reserved"):
+    """A set of special tokens (SPECIAL_SETS), <|bos|> first, numbered after the merge ranks."""
+    return {name: num_ranks + i for i, name in enumerate(SPECIAL_SETS[specials])}
 
 
 def byte_tokenizer(pattern=SPLIT_PATTERN):
@@ -162,17 +169,19 @@ def byte_tokenizer(pattern=SPLIT_PATTERN):
     return Tokenizer(ranks, pattern, special_tokens_for(len(ranks)), BOS, name="bytes")
 
 
-def train_tokenizer(documents, vocab_size=DEFAULT_VOCAB_SIZE, pattern=SPLIT_PATTERN):
-    """Trains BPE with rustbpe on an iterable of strings; returns a Tokenizer of exactly vocab_size ids."""
-    check_vocab_size(vocab_size)
+def train_tokenizer(documents, vocab_size=DEFAULT_VOCAB_SIZE, pattern=SPLIT_PATTERN, specials="reserved"):
+    """Trains BPE with rustbpe on an iterable of strings; returns a Tokenizer of exactly vocab_size ids, the last
+    of them the special tokens of the set `specials`."""
+    check_vocab_size(vocab_size, specials)
     import rustbpe
+    num_ranks = vocab_size - len(SPECIAL_SETS[specials])
     trainer = rustbpe.Tokenizer()
-    trainer.train_from_iterator(iter(documents), vocab_size - NUM_SPECIAL_SLOTS, pattern=pattern)
+    trainer.train_from_iterator(iter(documents), num_ranks, pattern=pattern)
     ranks = {bytes(token): rank for token, rank in trainer.get_mergeable_ranks()}
-    if len(ranks) != vocab_size - NUM_SPECIAL_SLOTS:
+    if len(ranks) != num_ranks:
         raise TokenizerError(f"the training text supports only {len(ranks)} merge ranks, fewer than the "
-                             f"{vocab_size - NUM_SPECIAL_SLOTS} asked for: give more text or a smaller vocab")
-    return Tokenizer(ranks, pattern, special_tokens_for(len(ranks)), BOS, name=f"bpe{vocab_size}")
+                             f"{num_ranks} asked for: give more text or a smaller vocab")
+    return Tokenizer(ranks, pattern, special_tokens_for(len(ranks), specials), BOS, name=f"bpe{vocab_size}")
 
 
 def gpt2_tokenizer(ranks_path=None):
@@ -235,7 +244,7 @@ def check_out_folder(out, force):
 
 
 def cmd_train(args):
-    check_vocab_size(args.vocab_size)
+    check_vocab_size(args.vocab_size, args.special_tokens)
     if args.max_train_files is not None and args.max_train_files < 1:
         raise TokenizerError(f"--max-train-files must be positive, got {args.max_train_files}")
     train_files, val_file = corpus_files(args.corpus, args.max_train_files)
@@ -250,7 +259,7 @@ def cmd_train(args):
 
     print(f"training a {args.vocab_size}-token BPE on up to {args.max_chars:,} chars of {len(train_files)} files")
     t0 = time.perf_counter()
-    tok = train_tokenizer(documents(), args.vocab_size)
+    tok = train_tokenizer(documents(), args.vocab_size, specials=args.special_tokens)
     train_s = time.perf_counter() - t0
     print(f"trained on {fed[0]:,} chars in {train_s:.1f}s ({fed[0] / train_s / 1e6:.1f} M chars/s)")
     staging = args.out.rstrip("/") + ".tmp"  # build beside, then swap in: a crash never leaves half a tokenizer
@@ -294,6 +303,9 @@ def main(argv=None):
     train.add_argument("--max-train-files", type=int, default=None, help="train on the first N train files only "
                        "(default: all)")
     train.add_argument("--gpt2", metavar="RANKS", help="gpt2.tiktoken file, to compare compression with GPT-2")
+    train.add_argument("--special-tokens", choices=sorted(SPECIAL_SETS), default="reserved",
+                       help="the special tokens after the merges: <|bos|> and 7 reserved ids, or nanochat's nine "
+                            "(chat)")
     train.add_argument("--force", action="store_true", help="replace an existing tokenizer")
     train.set_defaults(run=cmd_train)
     report = commands.add_parser("report", help="bytes per token on a corpus's validation file")

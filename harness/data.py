@@ -167,18 +167,17 @@ class DocumentLoader(DataLoader):
     """Rows that start at BOS (--rows=documents): whole documents packed best fit into rows of seq_len + 1 tokens.
 
     The documents (each from its BOS to the next) come in one global order, the same for every process: the shards
-    in a seeded order per epoch, each shard's documents in a seeded order of their own. A pool of the next POOL
+    in a seeded order per epoch, each shard's documents in a seeded order of their own. A pool of the next `pool`
     documents waits; each row takes the longest pooled document that fits in what is left of it, until none fits,
-    and then the oldest pooled document cropped to fill it exactly (its tail dropped, counted: `dropped`). So every
+    and then the oldest pooled document (crop="oldest"), or the shortest (crop="shortest", nanochat's), cropped to
+    fill it exactly (its tail dropped, counted: `dropped`). So every
     row starts at a BOS, no token is padding, and a document longer than a row is cut to the row. The pool and the
     position are the state (by shard and document index), so a resume continues exactly; the rows of a step are
     dealt to processes as the slices loader deals them."""
 
-    POOL = 256
-
     def __init__(self, pattern, seq_len, rows_per_step, rank, world, seed, device, vocab_size, bos_id,
-                 seq_len_of=None):
-        self.bos_id, self._starts = bos_id, {}
+                 seq_len_of=None, pool=256, crop="oldest"):
+        self.bos_id, self._starts, self.pool_size, self.crop = bos_id, {}, pool, crop
         self.seq_len_of = seq_len_of or (lambda step: seq_len)  # a stage schedule's row length (harness/schedule.py)
         super().__init__(pattern, seq_len, rows_per_step, rank, world, seed, device, vocab_size)
         self.shard_docs = [len(self.doc_starts(i)) for i in range(len(self.files))]
@@ -230,7 +229,7 @@ class DocumentLoader(DataLoader):
 
     def _make_batch(self, state):
         pool = [list(entry) for entry in state["pool"]]
-        while len(pool) < self.POOL:
+        while len(pool) < self.pool_size:
             pool.append(self._next_doc(state))
         lengths = np.array([length for *_, length in pool])
         rows, step = [], state.get("step", 0)
@@ -245,12 +244,13 @@ class DocumentLoader(DataLoader):
         return batch, {**state, "pool": [list(entry) for entry in pool]}
 
     def _pack_row(self, state, pool, lengths, need):
-        """One row of `need` tokens: the longest pooled documents that fit, then the oldest one cropped; the pool
-        (and its lengths, in place) refilled from the stream."""
+        """One row of `need` tokens: the longest pooled documents that fit, then the oldest (or shortest) one cropped;
+        the pool (and its lengths, in place) refilled from the stream."""
         pieces, left = [], need
         while left:
             fits = np.flatnonzero(lengths <= left)
-            pick = int(fits[np.argmax(lengths[fits])]) if len(fits) else 0
+            pick = int(fits[np.argmax(lengths[fits])]) if len(fits) else \
+                int(np.argmin(lengths)) if self.crop == "shortest" else 0
             index, doc, length = pool.pop(pick)
             take = min(length, left)
             pieces.append(np.asarray(self.document(index, doc)[:take]))

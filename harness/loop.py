@@ -90,7 +90,8 @@ class Trainer:
         if getattr(config, "rows", "slices") == "documents":  # rows that start at BOS, documents packed best fit
             return DocumentLoader(config.train_files, config.seq_len, rows_per_step, self.rank, self.world,
                                   config.seed, self.device, tokenizer["vocab_size"], tokenizer["bos_id"],
-                                  seq_len_of=self.schedule.seq_len)
+                                  seq_len_of=self.schedule.seq_len, pool=getattr(config, "doc_pool", 256),
+                                  crop=getattr(config, "doc_crop", "oldest"))
         return DataLoader(config.train_files, config.seq_len, rows_per_step, self.rank, self.world, config.seed,
                           self.device, tokenizer["vocab_size"])
 

@@ -186,3 +186,16 @@ def test_gpt2_tokenizer_from_its_ranks_file(tmp_path):
 def test_a_file_that_is_not_gpt2_ranks_is_refused(tokenizer_dir):
     with pytest.raises(TokenizerError, match="GPT-2 has 50256"):
         gpt2_tokenizer(str(tokenizer_dir / "tokenizer.tiktoken"))
+
+
+def test_nanochats_nine_special_tokens_take_one_more_id_from_the_merges(corpus, tmp_path):
+    """--special-tokens=chat: BOS and nanochat's eight conversation and tool delimiters after the merges (a vocab of
+    300 holds 291 merge ranks), saved and loaded back; a vocab too small for them is refused before training."""
+    main(["train", "--corpus", str(corpus), "--out", str(tmp_path / "chat"), "--vocab-size", "300",
+          "--special-tokens", "chat"])
+    tok = load_tokenizer(tmp_path / "chat")
+    assert tok.vocab_size == 300 and tok.bos_id == 291 and len(tok.special_tokens) == 9
+    assert tok.special_tokens["<|output_end|>"] == 299 and "<|assistant_start|>" in tok.special_tokens
+    with pytest.raises(TokenizerError, match=r"\[265, 65536\]: 256 byte tokens \+ 9 special slots"):
+        check_vocab_size(264, "chat")
+    check_vocab_size(264)  # the reserved set's 8

@@ -410,10 +410,25 @@ def test_a_position_in_other_shards_is_refused_naming_the_change(shards, tokeniz
         make_loader(shards, tokenizer_dir, pattern=pattern).load_state_dict(state)
 
 
-def document_loader(shards, tokenizer_dir, rank=0, world=1, rows_per_step=8, seq_len=64, seed=0):
+def document_loader(shards, tokenizer_dir, rank=0, world=1, rows_per_step=8, seq_len=64, seed=0, **choices):
     info = load_tokenizer_info(str(tokenizer_dir))
     return DocumentLoader(f"{shards}/train_*.bin", seq_len, rows_per_step, rank, world, seed, torch.device("cpu"),
-                          info["vocab_size"], info["bos_id"])
+                          info["vocab_size"], info["bos_id"], **choices)
+
+
+def test_the_document_that_fills_a_row_is_the_oldest_or_the_shortest_of_the_pool(shards, tokenizer_dir):
+    """When no pooled document fits what is left of a row: the oldest is cropped, or with crop="shortest"
+    (nanochat's) the shortest; the pool keeps its size."""
+    for crop in ("oldest", "shortest"):
+        loader = document_loader(shards, tokenizer_dir, pool=12, crop=crop)
+        state = dict(loader.state, pool=[])
+        pool = [loader._next_doc(state) for _ in range(12)]
+        lengths = np.array([length for *_, length in pool])
+        need = int(lengths.min()) - 1  # nothing fits: the row is one crop
+        expected = pool[0] if crop == "oldest" else pool[int(np.argmin(lengths))]
+        row = loader._pack_row(state, pool, lengths, need)
+        assert row.tolist() == np.asarray(loader.document(expected[0], expected[1])[:need]).tolist()
+        assert expected not in pool and len(pool) == 12 and state["dropped"] == expected[2] - need
 
 
 def test_document_rows_start_at_bos_hold_whole_documents_packed_best_fit_and_count_what_is_cropped(shards,
