@@ -3,8 +3,10 @@
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -215,3 +217,17 @@ def test_gpu_check_with_no_budget_left_skips_every_part_and_still_prints_its_tab
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {entry["status"] for entry in summary["parts"].values()} == {"skipped"}
     assert re.search(r"\ntrain_small_bf16 +skipped ", capsys.readouterr().out)  # the table's row
+
+
+def test_paired_runs_the_arms_in_turns_and_gives_the_ratio_of_their_step_times(monkeypatch):
+    """bench.paired: A B, then B A, ...; the ratio is the geometric mean of the rounds' IDEA / BASE."""
+    import bench.paired
+    runs = []
+    monkeypatch.setattr(bench.paired, "tree_for", lambda repo, out, arm, rev: arm)
+    monkeypatch.setattr(bench.paired, "step_ms", lambda tree, arm, args, scratch: runs.append(arm) or
+                        {"base": 10.0, "idea": 11.0}[arm] * (1 + 0.01 * len(runs)))
+    monkeypatch.setattr(bench.paired.subprocess, "run", lambda *args, **kwargs: None)  # no worktree to remove
+    times, ratio = bench.paired.paired("a", "b", ["--preset=tiny"], rounds=4, alpha=0.05, echo=lambda line: None)
+    assert runs == ["base", "idea", "idea", "base"] * 2 and len(times["base"]) == len(times["idea"]) == 4
+    expected = math.exp(statistics.mean(math.log(i / b) for b, i in zip(times["base"], times["idea"])))
+    assert ratio["time_ratio"] == pytest.approx(expected) and ratio["time_low"] < ratio["time_ratio"] < ratio["time_high"]

@@ -151,3 +151,28 @@ def test_the_recipe_agrees_on_1_2_and_4_processes_and_resumes_exactly(options, t
     for world in (2, 4):
         assert train_processes(recipe, options, world, run_id=f"world{world}") == pytest.approx(losses, rel=2e-4)
     assert math.isfinite(whole["val_loss"])
+
+
+def test_the_recipe_compiles_in_its_first_step_only_and_trains_like_eager(options, tmp_path, monkeypatch):
+    """Compiled (aot_eager: Dynamo's tracing and guards as on a GPU), the model and NorMuon's Polar Express on every
+    stack (tall, wide, square, of one) compile in the first warm-up step, nothing after; the losses are eager's."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    from harness import loop
+    recipe = idea(tmp_path)
+    options = {**options, **as_options(SWITCHES), "lr_batch_ref": 256, "warmup_timing_steps": 2}
+    _, eager = train(recipe, options, run_id="eager")
+    graphs, real_compile = CompileCounterWithBackend("aot_eager"), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda *args, **kwargs: real_compile(*args, **{**kwargs, "backend": graphs}))
+    calls, step = [], loop.Trainer.step
+
+    def counted(self, *args):
+        before = graphs.frame_count
+        out = step(self, *args)
+        calls.append((before, graphs.frame_count))
+        return out
+    monkeypatch.setattr(loop.Trainer, "step", counted)
+    torch._dynamo.reset()
+    _, compiled = train(recipe, options, run_id="compiled", compile="true")
+    assert len(calls) == 2 + 6 and calls[0][1] > calls[0][0] == 0
+    assert all(after == before for before, after in calls[1:]), calls
+    assert compiled == pytest.approx(eager, rel=1e-3)
