@@ -256,7 +256,7 @@ def test_dry_run_of_each_gpu_preset_at_world_8_prints_a_verdict_in_under_a_minut
     out = capsys.readouterr().out
     assert elapsed < 60, f"{preset}: {elapsed:.0f} s"
     assert "verdict: " in out and figures["verdict"] in ("fits", "tight", "does not fit")
-    assert "uncalibrated" in out and "known vocab" in out
+    assert ("uncalibrated" in out or "calibrated on published figures" in out) and "known vocab" in out
     assert all(p.device.type == "meta" for model in figures["models"] for p in model.parameters())
     assert all(line.startswith(("[exact]", "[spec]", "[modelled]", "dry run", "  vocab", "memory", "time", "verdict"))
                for line in out.splitlines())
