@@ -96,8 +96,7 @@ class Config:
     lr_batch_ref: int = option(0, at_least=0)  # 0, or every lr x sqrt(total_batch_tokens / this) (nanochat: 2 ** 19)
     adam_betas: tuple = (0.8, 0.95)
     adam_eps: float = 1e-10
-    adam_groups: str = option("shared", choices=("shared", "nanochat"))  # adam_betas and no decay for every row,
-                                  # or nanochat's betas, decay and lr per group (parameter_table)
+    adam_groups: str = option("shared", choices=("shared", "nanochat"))  # nanochat: betas, decay, lr per group
     adamw: str = option("torch", choices=("torch", "lerp"))  # torch's kernel, or the math in lerp form (nanochat's)
     fused_adam: str = option("auto", choices=("auto", "true", "false"))  # torch's fused AdamW kernel; auto: on CUDA
     muon: str = option("muon", choices=("muon", "normuon"))  # the harness applies lr x the bf16 direction, or the
@@ -113,12 +112,10 @@ class Config:
     muon_momentum_end: float = option(0.0, fraction=True)  # 0, or down to this over the lr's warm-down
     orthogonalizer: str = option("newton_schulz", choices=("newton_schulz", "polar_express"))
     ns_steps: int = option(5, at_least=0)  # iterations
-    normuon_beta2: float = option(0.0, fraction=True)  # normuon: 0, or the EMA of each row's (wide: column's) mean
-                                  # square that then evens them out, the norm kept (NorMuon)
+    normuon_beta2: float = option(0.0, fraction=True)  # normuon: 0, or the EMA that evens out the rows (NorMuon)
     muon_eq: bool = False         # normuon: rows brought to their mean norm before orthogonalizing (MuonEq)
     muon_plus: bool = False       # normuon: the direction's norm set to sqrt(min(rows, cols)) after (Muon+)
-    muon_dtype: str = option("bf16", choices=("bf16", "fp32"))  # normuon: the orthogonalization's (nanochat's
-                                  # compute dtype: fp32 on a CPU)
+    muon_dtype: str = option("bf16", choices=("bf16", "fp32"))  # normuon: orthogonalize in (nanochat: fp32 on CPUs)
     muon_update_dtype: str = option("bf16", choices=("bf16", "fp32"))  # normuon: lr x direction in bf16 (Run 6)
     muon_split_qkv: bool = False  # orthogonalize q, k and v as three matrices (the references) instead of one qkv
     # communication: gradients reduce-scattered in flat buckets, each process updates its shard, results all-gathered
@@ -141,6 +138,8 @@ class Config:
     compile: str = option("auto", choices=("auto", "true", "false", "blocks"))  # auto: on CUDA only; blocks: each
                                   # block on its own (its backward overlaps comms)
     fp8: bool = False             # FP8 matmuls in the large Linears while training (Hopper/Ada; else a notice)
+    fp8_scales: str = option("bounds", choices=("bounds", "dynamic"))  # fixed where a bound is known, or every
+                                  # scale from its tensor's amax (nanochat's tensorwise; harness/speedups.py)
     device: str = "auto"
     peak_flops: float = 0.0       # dense bf16 FLOP/s per device for MFU; 0: looked up from the GPU's name
     dry_run: bool = False         # print the run's plan (memory per GPU, steps, FLOPs, modelled time) and stop
@@ -174,7 +173,7 @@ PRESETS = {
                       lr_batch_ref=2**19, adam_groups="nanochat", muon="normuon", muon_split_qkv=True,
                       orthogonalizer="polar_express", normuon_beta2=0.9, weight_decay=0.28, cautious_wd=True,
                       wd_schedule="cosine", wd_ref_depth=12, muon_momentum=0.97, muon_momentum_warmup=400,
-                      muon_momentum_end=0.90, doc_pool=1000, doc_crop="shortest"),
+                      muon_momentum_end=0.90, doc_pool=1000, doc_crop="shortest", fp8_scales="dynamic"),
 }
 
 
@@ -387,6 +386,8 @@ class GPT(nn.Module):
         if config.embed_dtype == "bf16":  # initialized in fp32 first, so that both dtypes start from the same draw
             for emb in [self.embed, *self.value_embeds]:
                 emb.to(torch.bfloat16)
+        for linear in (m for m in self.modules() if config.fp8_scales == "dynamic" and isinstance(m, Linear)):
+            linear.normed_input = linear.mean_loss_head = False  # no fixed FP8 scale: each from its tensor's amax
 
     @torch.no_grad()
     def reset_parameters(self):

@@ -192,3 +192,22 @@ def test_a_tiny_run_with_fp8_learns_like_full_precision(options):  # noqa: F811
     _, fp8 = run(options, run_id="fp8", steps=12, fp8="true")
     assert losses(fp8)[12] < losses(fp8)[1] - 0.3
     assert losses(fp8)[12] == pytest.approx(losses(plain)[12], rel=0.05)
+
+
+def test_dynamic_fp8_scales_take_every_scale_from_its_tensors_amax(monkeypatch):
+    """--fp8_scales=dynamic (gpt2-core's, as nanochat's tensorwise recipe): no Linear keeps a fixed bound, so every
+    scale an FP8 matmul asks for comes from its tensor's amax; with bounds, the normed inputs and the head's gradient
+    get fixed ones. The model compiles and trains as before."""
+    asked = []
+    real = speedups.fp8_scale
+    monkeypatch.setattr(speedups, "fp8_scale", lambda t, dtype, bound=None: asked.append(bound) or real(t, dtype, bound))
+    for scales in ("bounds", "dynamic"):
+        torch.manual_seed(0)
+        config = train_gpt.Config(depth=2, model_dim=32, head_dim=16, seq_len=32, short_window=8, fp8_scales=scales)
+        model = train_gpt.GPT(config, vocab_size=200)
+        enable_fp8(model, torch.device("cpu"))
+        asked.clear()
+        idx = torch.randint(0, 200, (2, 32))
+        model(idx, idx).backward()
+        fixed = [bound for bound in asked if bound is not None]
+        assert (len(fixed) > 0) == (scales == "bounds") and len(asked) > 0, scales
