@@ -140,6 +140,7 @@ class Config:
     fp8: bool = False             # FP8 matmuls in the large Linears while training (Hopper/Ada; else a notice)
     fp8_scales: str = option("bounds", choices=("bounds", "dynamic"))  # fixed where a bound is known, or every
                                   # scale from its tensor's amax (nanochat's tensorwise; harness/speedups.py)
+    fp8_split_qkv: bool = False   # FP8: q, k and v quantized apart, with scales of their own (nanochat's 3 Linears)
     device: str = "auto"
     peak_flops: float = 0.0       # dense bf16 FLOP/s per device for MFU; 0: looked up from the GPU's name
     dry_run: bool = False         # print the run's plan (memory per GPU, steps, FLOPs, modelled time) and stop
@@ -173,7 +174,8 @@ PRESETS = {
                       lr_batch_ref=2**19, adam_groups="nanochat", muon="normuon", muon_split_qkv=True,
                       orthogonalizer="polar_express", normuon_beta2=0.9, weight_decay=0.28, cautious_wd=True,
                       wd_schedule="cosine", wd_ref_depth=12, muon_momentum=0.97, muon_momentum_warmup=400,
-                      muon_momentum_end=0.90, doc_pool=1000, doc_crop="shortest", fp8_scales="dynamic"),
+                      muon_momentum_end=0.90, doc_pool=1000, doc_crop="shortest", fp8_scales="dynamic",
+                      fp8_split_qkv=True),
 }
 
 
@@ -292,16 +294,18 @@ class Linear(nn.Linear):
     def __init__(self, in_features, out_features, normed_input=False, mean_loss_head=False):
         super().__init__(in_features, out_features, bias=False)
         self.use_fp8, self.normed_input, self.mean_loss_head = False, normed_input, mean_loss_head
+        self.fp8_parts = 1  # a fused matrix's parts (qkv: 3), each quantized with scales of its own
 
     def forward(self, x):
         if self.use_fp8 and self.training:
-            return fp8_linear(x, self.weight, self.normed_input, self.mean_loss_head)
+            parts = [fp8_linear(x, w, self.normed_input, self.mean_loss_head) 
+                     for w in self.weight.chunk(self.fp8_parts)]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return F.linear(x, self.weight.type_as(x))
 
 
 def gate(linear, x):
-    """A small learned gate's logits: linear's weight [outputs, channels] on the first channels of x. A plain
-    nn.Linear, never FP8 (too small for its kernels)."""
+    """A small gate's logits: linear (a plain nn.Linear, never FP8: too small) on the first channels of x."""
     return F.linear(x[..., :linear.in_features], linear.weight.type_as(x))
 
 
@@ -370,8 +374,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, config.head_dim, windows[i], i in self.value_layers,
                                           config.value_mix) for i in range(config.depth))
         self.head = Linear(dim, padded_vocab, normed_input=True, mean_loss_head=True)  # untied from the embedding
-        # learned scalars around the blocks (each None when off): the residual's and the embedding's share before
-        # each block, the smear's gate and strength, the share of the middle layer's output taken off at the end
+        # learned scalars around the blocks, each None when off (layer_scalars, smear, backout)
         self.resid_lambdas = nn.Parameter(torch.ones(config.depth)) if config.layer_scalars else None
         self.x0_lambdas = nn.Parameter(torch.zeros(config.depth)) if config.layer_scalars else None
         self.smear_gate = nn.Linear(SMEAR_CHANNELS, 1, bias=False) if config.smear else None
@@ -388,6 +391,8 @@ class GPT(nn.Module):
                 emb.to(torch.bfloat16)
         for linear in (m for m in self.modules() if config.fp8_scales == "dynamic" and isinstance(m, Linear)):
             linear.normed_input = linear.mean_loss_head = False  # no fixed FP8 scale: each from its tensor's amax
+        for block in self.blocks:
+            block.attn.qkv.fp8_parts = 3 if config.fp8_split_qkv else 1
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -551,9 +556,8 @@ POLAR_EXPRESS = [  # Polar Express's coefficients for 5 iterations (Amsel et al.
 
 
 def polar_express(X, steps):
-    """Polar Express on a stack [count, rows, cols] of either orientation, in X's dtype: scaled to norm just under 1,
-    then X <- a X + b (X X^T) X + c (X X^T)^2 X with each iteration's own coefficients (the Gram matrix taken on the
-    smaller side)."""
+    """Polar Express on a stack [count, rows, cols], in X's dtype: X scaled to norm just under 1, then X <- a X +
+    b (X X^T) X + c (X X^T)^2 X with each iteration's own coefficients (the Gram matrix on the smaller side)."""
     X = X / (X.norm(dim=(-2, -1), keepdim=True) * 1.01 + 1e-6)
     tall = X.size(-2) > X.size(-1)
     for a, b, c in POLAR_EXPRESS[:steps]:
@@ -564,8 +568,7 @@ def polar_express(X, steps):
 
 
 def nesterov_momentum(grads, state, momentum):
-    """The momentum buffer takes 1 - momentum of the gradient; the direction is the gradient taken momentum of the way
-    to the buffer (Nesterov), in place of the gradient."""
+    """Nesterov: the buffer takes 1 - momentum of the gradient, the gradient (in place) momentum of the buffer."""
     buffer = state.setdefault("momentum", torch.zeros_like(grads))
     buffer.lerp_(grads, 1 - momentum)
     return grads.lerp_(buffer, momentum)
@@ -580,10 +583,8 @@ def muon(grads, state, hp):
 
 
 def normuon(grads, state, hp, params):
-    """NorMuon, returning the whole step of a stack [count, rows, cols] (lr x direction + cautious weight decay):
-    momentum, orthogonalized (MuonEq and Muon+ around it when on), each row's (wide: column's) scale evened out by an
-    EMA of its mean square with the total norm kept, then the step in muon_update_dtype. The scalars are fp32 0-D
-    tensors cast to the direction's dtype, as nanochat's fused kernel has them."""
+    """NorMuon's whole step of a stack [count, rows, cols]: momentum, orthogonalized (MuonEq, Muon+ around it), rows
+    evened out, lr x direction + (cautious) decay in muon_update_dtype; scalars as fp32 0-D tensors, as nanochat's."""
     config = hp.config
     direction = nesterov_momentum(grads, state, torch.tensor(hp.momentum, dtype=torch.float32))
     X = direction.bfloat16() if config.muon_dtype == "bf16" else direction
@@ -607,8 +608,7 @@ def normuon(grads, state, hp, params):
 
 
 def evened_out(g, state, beta2):
-    """NorMuon's variance reduction: an EMA (state "second_moment", [count, rows, 1] or [count, 1, cols]) of the mean
-    square along the longer side, whose inverse square root scales g, then g's norm brought back to what it was."""
+    """NorMuon: g scaled by an EMA's ("second_moment") inverse square root of its rows' mean squares, norm kept."""
     along = -1 if g.size(-2) >= g.size(-1) else -2
     mean_square = g.float().square().mean(dim=along, keepdim=True)
     size = g.size(along)
@@ -621,8 +621,7 @@ def evened_out(g, state, beta2):
 
 
 def adamw(params, grads, states, lr, weight_decay, hp):
-    """AdamW on slices of parameters, the row's betas (hp.settings) or adam_betas: torch's kernel (fused on CUDA,
-    --fused_adam), or the same math in lerp form (--adamw=lerp)."""
+    """AdamW on slices of parameters, the row's betas (hp.settings) or adam_betas: torch's kernel, or lerp form."""
     for param, state in zip(params, states):
         if "exp_avg" not in state:  # (keys "engine.*" are the engine's own: harness/optim.py)
             state.update(exp_avg=torch.zeros_like(param), exp_avg_sq=torch.zeros_like(param))

@@ -211,3 +211,31 @@ def test_dynamic_fp8_scales_take_every_scale_from_its_tensors_amax(monkeypatch):
         model(idx, idx).backward()
         fixed = [bound for bound in asked if bound is not None]
         assert (len(fixed) > 0) == (scales == "bounds") and len(asked) > 0, scales
+
+
+def test_fp8_split_qkv_quantizes_q_k_and_v_with_scales_of_their_own(monkeypatch):
+    """--fp8_split_qkv (gpt2-core's, as nanochat's three Linears): the fused qkv matrix's FP8 matmul is three, each
+    part's weight scaled by its own amax, their outputs in qkv's order; without it, one scale for the whole matrix."""
+    torch.manual_seed(0)
+    layer = train_gpt.Linear(32, 96)
+    with torch.no_grad():
+        layer.weight[64:] *= 100  # v far larger than q and k
+    x = torch.randn(2, 8, 32)
+    reference = F.linear(x, layer.weight)
+    weight_scales = []
+    real = speedups.fp8_scale
+    monkeypatch.setattr(speedups, "fp8_scale", lambda t, dtype, bound=None: (
+        weight_scales.append((tuple(t.shape), t.detach().abs().amax().item())) if t.dim() == 2 and t.size(-1) == 32
+        and t.size(0) in (32, 96) and t.requires_grad else None) or real(t, dtype, bound))
+    layer.use_fp8 = True
+    layer(x)
+    assert weight_scales == [((96, 32), layer.weight.abs().amax().item())]
+    weight_scales.clear()
+    layer.fp8_parts = 3
+    apart = layer(x)
+    assert weight_scales == [((32, 32), part.abs().amax().item()) for part in layer.weight.detach().chunk(3)]
+    for part in range(3):
+        cols = slice(32 * part, 32 * (part + 1))
+        assert relative_error(apart[..., cols], reference[..., cols]) < 0.05, part
+    model = train_gpt.GPT(train_gpt.Config(depth=2, model_dim=32, head_dim=16, seq_len=32, fp8_split_qkv=True), 200)
+    assert {block.attn.qkv.fp8_parts for block in model.blocks} == {3}
