@@ -381,7 +381,7 @@ class GPT(nn.Module):
         self.smear_lambda = nn.Parameter(torch.zeros(1)) if config.smear else None
         self.backout_lambda = nn.Parameter(torch.zeros(1)) if config.backout else None
         self.backout_layer = config.depth // 2
-        self.init = config
+        self.config = config  # reset_parameters reads its init settings
         cos, sin = rotary_tables(config.seq_len, config.head_dim, config.rope_base)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -396,7 +396,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
-        dim, config, depth = self.embed.embedding_dim, self.init, len(self.blocks)
+        dim, config, depth = self.embed.embedding_dim, self.config, len(self.blocks)
         bound = 3 ** 0.5 * dim ** -0.5  # uniform with std dim ** -0.5
         nn.init.normal_(self.embed.weight, std=config.embed_init_std)
         for emb in self.value_embeds:
