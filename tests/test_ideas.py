@@ -47,6 +47,25 @@ def train(recipe, options, **changes):
     return results, {int(l["step"].split("/")[0]): float(l["train_loss"]) for l in lines if "train_loss" in l}
 
 
+def compiles_by_step(monkeypatch):
+    """From here on, torch.compile with the aot_eager backend (Dynamo's tracing and guards as on a GPU, without
+    Inductor's code generation); returns the list that each Trainer.step call then appends (graphs compiled before
+    it, after it) to."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    graphs, real_compile = CompileCounterWithBackend("aot_eager"), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda *args, **kwargs: real_compile(*args, **{**kwargs, "backend": graphs}))
+    calls, step = [], loop.Trainer.step
+
+    def counted(self, *args):
+        before = graphs.frame_count
+        out = step(self, *args)
+        calls.append((before, graphs.frame_count))
+        return out
+    monkeypatch.setattr(loop.Trainer, "step", counted)
+    torch._dynamo.reset()
+    return calls
+
+
 def train_processes(recipe, options, world, **changes):
     """The recipe under torchrun on `world` gloo processes: {step: train loss}."""
     args = [f"--{k}={v}" for k, v in {**options, **changes}.items()]
@@ -305,7 +324,6 @@ def test_a_context_that_grows_in_stages_counts_each_stages_flops_resumes_and_com
     are each stage's tokens x its own count (an independent trace per stage), a resume before or after the change is
     exact, 2 processes agree, and a compiled run compiles both stages in the untimed warm-up and nothing in the timed
     steps (aot_eager: Dynamo's guards as on a GPU)."""
-    from torch._dynamo.testing import CompileCounterWithBackend
     recipe = idea(tmp_path, *GROWING_CONTEXT)
     options = dict(options, total_batch_tokens=1024, steps=6, rows="documents")
     whole, losses = train(recipe, options, run_id="whole")
@@ -324,17 +342,7 @@ def test_a_context_that_grows_in_stages_counts_each_stages_flops_resumes_and_com
                                         resume=str(tmp_path / "runs" / f"cut{cut}" / "checkpoint.pt"))
         assert resumed_losses == losses and resumed["model_flops"] == whole["model_flops"], cut
     assert train_processes(recipe, options, 2, run_id="two") == pytest.approx(losses, rel=2e-4)
-    graphs, real_compile = CompileCounterWithBackend("aot_eager"), torch.compile
-    monkeypatch.setattr(torch, "compile", lambda *args, **kwargs: real_compile(*args, **{**kwargs, "backend": graphs}))
-    calls, step = [], loop.Trainer.step
-
-    def counted(self, *args):
-        before = graphs.frame_count
-        out = step(self, *args)
-        calls.append((before, graphs.frame_count))
-        return out
-    monkeypatch.setattr(loop.Trainer, "step", counted)
-    torch._dynamo.reset()
+    calls = compiles_by_step(monkeypatch)
     _, compiled = train(recipe, options, run_id="compiled", compile="true")
     warm, timed = calls[:2], calls[2:]  # warmup_timing_steps 1, and the second stage's first step
     assert len(timed) == 6 and warm[0][1] > 0 and warm[1][1] > warm[1][0]  # each stage compiled in the warm-up

@@ -17,7 +17,7 @@ from harness.optim import ShardedOptimizer, assign
 from harness.schedule import BatchSchedule
 from harness.trace import trace
 from tests.helpers import config_of
-from tests.test_ideas import idea, train, train_processes
+from tests.test_ideas import compiles_by_step, idea, train, train_processes
 from tests.test_train import options, shards  # noqa: F401  (fixtures)
 
 SHAPE_KEYS = {"depth", "total_batch_tokens", "tokens_per_param", "device_batch"}
@@ -156,22 +156,10 @@ def test_the_recipe_agrees_on_1_2_and_4_processes_and_resumes_exactly(options, t
 def test_the_recipe_compiles_in_its_first_step_only_and_trains_like_eager(options, tmp_path, monkeypatch):
     """Compiled (aot_eager: Dynamo's tracing and guards as on a GPU), the model and NorMuon's Polar Express on every
     stack (tall, wide, square, of one) compile in the first warm-up step, nothing after; the losses are eager's."""
-    from torch._dynamo.testing import CompileCounterWithBackend
-    from harness import loop
     recipe = idea(tmp_path)
     options = {**options, **as_options(SWITCHES), "lr_batch_ref": 256, "warmup_timing_steps": 2}
     _, eager = train(recipe, options, run_id="eager")
-    graphs, real_compile = CompileCounterWithBackend("aot_eager"), torch.compile
-    monkeypatch.setattr(torch, "compile", lambda *args, **kwargs: real_compile(*args, **{**kwargs, "backend": graphs}))
-    calls, step = [], loop.Trainer.step
-
-    def counted(self, *args):
-        before = graphs.frame_count
-        out = step(self, *args)
-        calls.append((before, graphs.frame_count))
-        return out
-    monkeypatch.setattr(loop.Trainer, "step", counted)
-    torch._dynamo.reset()
+    calls = compiles_by_step(monkeypatch)
     _, compiled = train(recipe, options, run_id="compiled", compile="true")
     assert len(calls) == 2 + 6 and calls[0][1] > calls[0][0] == 0
     assert all(after == before for before, after in calls[1:]), calls
