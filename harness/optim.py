@@ -15,9 +15,9 @@ Two kinds of update rule (UpdateRule.shards):
   A matrix rule with sees_params=True also gets params=, the stack's current values [count, rows, cols] (read-only:
   cautious weight decay, say, folds its decay into the direction and leaves the row's weight_decay at 0).
   A matrix rule with returns="step" returns the whole change instead, lr and decay included: the engine gives it
-  hp.lr and hp.weight_decay, one value per matrix [count, 1, 1] fp32 (the row's lr x the schedule's multiplier x
-  lr_scale, the row's weight decay), all-gathers the steps in fp32 and applies p <- p - step, so that a rule
-  decides the precision of its update (nanochat rounds lr x direction to bf16).
+  hp.lr and hp.weight_decay, one value per matrix [count, 1, 1] in float64 (the row's lr x the schedule's multiplier
+  x lr_scale, as Python multiplies them; the row's weight decay), all-gathers the steps in fp32 and applies
+  p <- p - step, so that a rule decides the precision of its update (nanochat rounds lr x direction to bf16).
 A rule keeps its state in the dicts it is given (`states`: one per slice; `state`: one per stack), created on its
 first step; the engine shards, snapshots and checkpoints them by parameter name, the same on any number of processes.
 A row's own settings (Rule.settings: AdamW's betas for the head, say) reach the rule as the dict hp.settings; rows that
@@ -210,7 +210,7 @@ class MatrixShard:
         self.rows = rows
         # for a rule that returns whole steps: each stack's rows' lrs and weight decays, made once (no copy per step)
         self.row_values = [(self.per_matrix(m, shape[0] // len(m), lambda row: row.lr),
-                            self.per_matrix(m, shape[0] // len(m), lambda row: row.weight_decay).float())
+                            self.per_matrix(m, shape[0] // len(m), lambda row: row.weight_decay))
                            for (_, shape, _), m in zip(self.stacks, self.members)] if self.steps_whole else []
         for members in self.members:
             if len({rows[i].settings for i in members}) > 1:
@@ -241,9 +241,9 @@ class MatrixShard:
                 continue
             hp.lr_scale = self.lr_scale(shape[1], shape[2])
             hp.settings = dict(self.rows[members[0]].settings)
-            if self.steps_whole:  # in float64 and then fp32, as Python's floats multiply
-                row_lr, hp.weight_decay = self.row_values[k]
-                hp.lr = (row_lr * hp.lr_multiplier * hp.lr_scale).float()
+            if self.steps_whole:  # in float64, as Python's floats multiply
+                hp.lr, hp.weight_decay = self.row_values[k]
+                hp.lr = hp.lr * hp.lr_multiplier * hp.lr_scale
             extra = {"params": torch.stack([self.bucket.params[i].detach() for i in members]).view(shape)} \
                 if self.rule.sees_params else {}
             direction = self.rule.fn(grads, state, hp, **extra)
