@@ -97,6 +97,8 @@ def reference_features(path):
 
 
 def our_side(features, steps, adamw):
+    """Our gpt2-core recipe at the small shape with the reference's switches (features), on the harness's optimizer
+    engine in one process, with our schedules."""
     import train_gpt
     from harness.comm import Comm
     from harness.optim import ShardedOptimizer
@@ -114,13 +116,14 @@ def our_side(features, steps, adamw):
                                momentum=train_gpt.muon_momentum(index, steps, config),
                                wd_multiplier=train_gpt.wd_multiplier(index, steps, config))
         optimizer.step()
+
     def zero():  # the engine zeroes its gradient buckets after each step; this is for a backward without one
         for bucket in optimizer.buckets:
             bucket.reset()
     return types.SimpleNamespace(model=model, config=config, step=step, zero=zero)
 
 
-def reference_side(gpt, optim_module, path, steps, our_model):
+def reference_side(gpt, path, steps, our_model):
     """nanochat's model with our weights, its optimizer as its training script sets it up, and its schedules."""
     defaults = script_defaults(path)
     dim = SHAPE["aspect_ratio"] * SHAPE["depth"]
@@ -251,13 +254,13 @@ def against(reference, other):
 def compare(path, steps, adamw):
     """Ours, the reference and the reference's floors (every block matrix one ulp up; one ulp down) from the same
     weights on the same batches: {quantity: {side: figures}}."""
-    gpt, optim_module, path = reference_modules(path)
+    gpt, _, path = reference_modules(path)
     features = reference_features(path)
     ours = our_side(features, steps, adamw)
     ours.ours = True
     sides = {"ours": ours}
     for label in ("reference", "floor (+1 ulp)", "floor (-1 ulp)"):
-        sides[label] = side = reference_side(gpt, optim_module, path, steps, ours.model)
+        sides[label] = side = reference_side(gpt, path, steps, ours.model)
         side.ours = False
     with torch.no_grad():
         for label, toward in (("floor (+1 ulp)", math.inf), ("floor (-1 ulp)", -math.inf)):
