@@ -58,8 +58,7 @@ class Config:
                                   # matmul then runs in bf16, also with --fp8)
     loss_chunk: int = option(4096, at_least=1)  # rows per chunk with --loss=chunked
     value_embeds: bool = True     # token embeddings mixed into the attention values of every other layer
-    value_mix: str = option("scalars", choices=("scalars", "gate"))  # v = a v + b ve (two scalars a layer), or
-                                  # v + 3 sigmoid(W x[:12]) ve (a gate per head, read off the block's input)
+    value_mix: str = option("scalars", choices=("scalars", "gate"))  # v = a v + b ve, or v + 3 sigmoid(W x[:12]) ve
     layer_scalars: bool = False   # before each block x = resid[i] x + x0[i] x0 (x0: the normed embedding)
     smear: bool = False           # x_t += s sigmoid(W x_t[:24]) x_t-1: the previous token's embedding, gated in
     backout: bool = False         # a learned share (0.2 at first) of the middle layer's output taken off at the end
@@ -99,13 +98,11 @@ class Config:
     adam_groups: str = option("shared", choices=("shared", "nanochat"))  # nanochat: betas, decay, lr per group
     adamw: str = option("torch", choices=("torch", "lerp"))  # torch's kernel, or the math in lerp form (nanochat's)
     fused_adam: str = option("auto", choices=("auto", "true", "false"))  # torch's fused AdamW kernel; auto: on CUDA
-    muon: str = option("muon", choices=("muon", "normuon"))  # the harness applies lr x the bf16 direction, or the
-                                  # rule makes the whole step (the options marked normuon; nanochat's)
+    muon: str = option("muon", choices=("muon", "normuon"))  # normuon: the rule makes the whole step (nanochat's)
     weight_decay: float = 0.0     # Muon's, decoupled and scaled by the lr
     cautious_wd: bool = False     # normuon: decay only where the update and the weight have the same sign
     wd_schedule: str = option("constant", choices=("constant", "cosine"))  # cosine: Muon's decay down to 0
-    wd_ref_depth: int = option(0, at_least=0)  # 0, or Muon's decay x sqrt(B / lr_batch_ref) x P_ref / P (T_epoch
-                                  # kept): P counted parameters, P_ref those at this depth (nanochat: 12)
+    wd_ref_depth: int = option(0, at_least=0)  # 0, or decay scaled to keep T_epoch of this depth's (horizon_wd_scale)
     muon_momentum: float = 0.95
     muon_momentum_start: float = 0.85
     muon_momentum_warmup: int = option(300, at_least=0)
@@ -138,8 +135,7 @@ class Config:
     compile: str = option("auto", choices=("auto", "true", "false", "blocks"))  # auto: on CUDA only; blocks: each
                                   # block on its own (its backward overlaps comms)
     fp8: bool = False             # FP8 matmuls in the large Linears while training (Hopper/Ada; else a notice)
-    fp8_scales: str = option("bounds", choices=("bounds", "dynamic"))  # fixed where a bound is known, or every
-                                  # scale from its tensor's amax (nanochat's tensorwise; harness/speedups.py)
+    fp8_scales: str = option("bounds", choices=("bounds", "dynamic"))  # dynamic: every scale from its amax (nanochat)
     fp8_split_qkv: bool = False   # FP8: q, k and v quantized apart, with scales of their own (nanochat's 3 Linears)
     device: str = "auto"
     peak_flops: float = 0.0       # dense bf16 FLOP/s per device for MFU; 0: looked up from the GPU's name
@@ -162,10 +158,8 @@ PRESETS = {
                                val_files="data/raw/fineweb10B-gpt2/fineweb_val_*.bin",
                                tokenizer="data/tokenizers/gpt2", depth=12, model_dim=768, head_dim=128,
                                seq_len=2048, total_batch_tokens=524_288, steps=5100, target_val_loss=3.28),
-    # nanochat's "time to GPT-2": its leaderboard recipe (Run 6, commit a825e63, 2026-03-14: CORE 0.2626 in 1.65 h on
-    # 8 x H100) with the initialization of smear and backout that it fixed after: own 32k tokenizer on ClimbMix, rows
-    # from BOS packed best fit, depth 24 for 8 x 729,810,624 counted parameters = 5,568 steps of 1,048,576 tokens,
-    # CORE. `python -m bench.parity --reference PATH` checks the math against nanochat's own code (bench/results.md).
+    # nanochat's "time to GPT-2": its leaderboard recipe (Run 6, a825e63: CORE 0.2626 in 1.65 h on 8 x H100) with its
+    # later smear/backout init; 5,568 steps of 1,048,576 tokens at depth 24; CORE. bench/parity.py checks the math.
     # device_batch 8, not nanochat's 16: the dry run models 16 rows at 82 GB a GPU (compiled; +-20%), 8 at 49 GB;
     # accumulation keeps the math. Modelled, not measured: a GPU's smoke test or bench.gpu revisits it.
     "gpt2-core": dict(depth=24, total_batch_tokens=1_048_576, tokens_per_param=8.0, device_batch=8, rows="documents",
@@ -227,8 +221,7 @@ def rotary_tables(seq_len, head_dim, base):
 
 
 def apply_rotary(x, cos, sin):
-    """Each channel pair (i, i + head_dim / 2) turned by -angle (nanochat's sense; only the relative turn of q and k
-    matters, but the sense fixes what a trained qkv matrix means)."""
+    """Each channel pair (i, i + head_dim / 2) turned by -angle (nanochat's sense, which a trained qkv depends on)."""
     x1, x2 = x.float().chunk(2, dim=-1)
     T = x.size(1)
     cos, sin = cos[:, :T], sin[:, :T]
@@ -298,7 +291,7 @@ class Linear(nn.Linear):
 
     def forward(self, x):
         if self.use_fp8 and self.training:
-            parts = [fp8_linear(x, w, self.normed_input, self.mean_loss_head) 
+            parts = [fp8_linear(x, w, self.normed_input, self.mean_loss_head)
                      for w in self.weight.chunk(self.fp8_parts)]
             return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return F.linear(x, self.weight.type_as(x))
@@ -377,8 +370,8 @@ class GPT(nn.Module):
         # learned scalars around the blocks, each None when off (layer_scalars, smear, backout)
         self.resid_lambdas = nn.Parameter(torch.ones(config.depth)) if config.layer_scalars else None
         self.x0_lambdas = nn.Parameter(torch.zeros(config.depth)) if config.layer_scalars else None
-        self.smear_gate = nn.Linear(SMEAR_CHANNELS, 1, bias=False) if config.smear else None
-        self.smear_lambda = nn.Parameter(torch.zeros(1)) if config.smear else None
+        self.smear_gate, self.smear_lambda = (nn.Linear(SMEAR_CHANNELS, 1, bias=False),
+                                              nn.Parameter(torch.zeros(1))) if config.smear else (None, None)
         self.backout_lambda = nn.Parameter(torch.zeros(1)) if config.backout else None
         self.backout_layer = config.depth // 2
         self.config = config  # reset_parameters reads its init settings
@@ -399,11 +392,9 @@ class GPT(nn.Module):
         dim, config, depth = self.embed.embedding_dim, self.config, len(self.blocks)
         bound = 3 ** 0.5 * dim ** -0.5  # uniform with std dim ** -0.5
         nn.init.normal_(self.embed.weight, std=config.embed_init_std)
-        for emb in self.value_embeds:
-            if config.value_embed_init == "normal":
-                nn.init.normal_(emb.weight, std=1.0)
-            else:
-                nn.init.uniform_(emb.weight, -bound, bound)
+        for emb in self.value_embeds:  # N(0, 1), or uniform like the qkv matrix
+            nn.init.uniform_(emb.weight, -bound, bound) if config.value_embed_init == "uniform" else \
+                nn.init.normal_(emb.weight)
         for block in self.blocks:
             nn.init.uniform_(block.attn.qkv.weight, -bound, bound)
             nn.init.uniform_(block.mlp.fc.weight, -bound * config.mlp_in_init, bound * config.mlp_in_init)
@@ -473,18 +464,20 @@ class GPT(nn.Module):
 # multiplies.
 
 
+BLOCK_MATRIX = r"blocks\.\d+\.(attn|mlp)\.\w+\.weight"  # Muon's; --tokens_per_param counts them and the head
+
+
 def parameter_table(config, model):
     batch = (config.total_batch_tokens / config.lr_batch_ref) ** 0.5 if config.lr_batch_ref else 1.0
     dim = (model.embed.embedding_dim / 768) ** -0.5
     matrix_lr, head_lr, embed_lr, scalar_lr = (lr * batch for lr in (config.matrix_lr, config.head_lr,
                                                                        config.embed_lr, config.scalar_lr))
     muon_wd = config.weight_decay * (batch * horizon_wd_scale(config, model) if config.wd_ref_depth else 1.0)
-    # AdamW per group: lr, weight decay and betas; nanochat's own, or one set for all
     adam = adam_groups(config, head_lr * dim, embed_lr * dim, scalar_lr)
-    table = [
+    return [
         Rule(r"blocks\.\d+\.attn\.qkv\.weight", config.muon, matrix_lr, muon_wd, counts=True,
              parts=3 if config.muon_split_qkv else 1),  # q, k and v orthogonalized apart, as the references do
-        Rule(r"blocks\.\d+\.(attn|mlp)\.\w+\.weight", config.muon, matrix_lr, muon_wd, counts=True),
+        Rule(BLOCK_MATRIX, config.muon, matrix_lr, muon_wd, counts=True),
         Rule(r"head\.weight", "adamw", **adam["head"], counts=True),
         Rule(r"embed\.weight", "adamw", **adam["embed"]),
         Rule(r"value_embeds\.\d+\.weight", "adamw", **adam["value_embeds"]),
@@ -493,7 +486,6 @@ def parameter_table(config, model):
         Rule(r"x0_lambdas", "adamw", **adam["x0"]),
         Rule(r"smear_gate\.weight|smear_lambda|backout_lambda", "adamw", **adam["smear"]),
     ]
-    return table
 
 
 def adam_groups(config, head_lr, embed_lr, scalar_lr):
@@ -509,12 +501,12 @@ def adam_groups(config, head_lr, embed_lr, scalar_lr):
 
 
 def horizon_wd_scale(config, model):
-    """P_ref / P: with the lrs x sqrt(B / lr_batch_ref), Muon's decay x sqrt(B / B_ref) x this keeps T_epoch =
-    B / (lr wd D) of the recipe at wd_ref_depth (D, the tokens, proportional to the counted parameters P)."""
+    """P_ref / P of the counted parameters: Muon's decay x sqrt(B / B_ref) x this keeps T_epoch = B / (lr wd D) of the
+    recipe at wd_ref_depth, D (tokens) proportional to P and the lrs x sqrt(B / lr_batch_ref). nanochat: depth 12."""
     with torch.device("meta"):
         reference = GPT(dataclasses.replace(config, depth=config.wd_ref_depth), model.vocab_size)
-    counted = lambda m: sum(p.numel() for name, p in m.named_parameters() if name == "head.weight" or
-                            re.fullmatch(r"blocks\.\d+\.(attn|mlp)\.\w+\.weight", name))
+    counted = lambda m: sum(p.numel() for name, p in m.named_parameters()
+                            if name == "head.weight" or re.fullmatch(BLOCK_MATRIX, name))
     return counted(reference) / counted(model)
 
 
@@ -575,8 +567,7 @@ def nesterov_momentum(grads, state, momentum):
 
 
 def muon(grads, state, hp):
-    """Muon on a stack of same-shape matrices [count, rows, cols]: momentum, Nesterov, then orthogonalized; the
-    harness applies lr x the direction."""
+    """Muon on a stack [count, rows, cols]: Nesterov momentum, orthogonalized; the harness applies lr x this."""
     nesterov = nesterov_momentum(grads, state, hp.momentum)
     iterate = newton_schulz if hp.config.orthogonalizer == "newton_schulz" else polar_express
     return orthogonalize(nesterov, hp.config.ns_steps, hp.compiled(iterate))
@@ -591,10 +582,8 @@ def normuon(grads, state, hp, params):
     if config.muon_eq:  # every row to the mean row norm
         target = X.float().norm(dim=(-2, -1), keepdim=True) / X.size(-2) ** 0.5
         X = X * (target / X.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)).to(X.dtype)
-    if config.orthogonalizer == "polar_express":
-        X = hp.compiled(polar_express)(X, config.ns_steps)
-    else:
-        X = orthogonalize(X, config.ns_steps, hp.compiled(newton_schulz))
+    X = hp.compiled(polar_express)(X, config.ns_steps) if config.orthogonalizer == "polar_express" else \
+        orthogonalize(X, config.ns_steps, hp.compiled(newton_schulz))  # polar_express takes either orientation
     g = X.to(torch.bfloat16 if config.muon_update_dtype == "bf16" else torch.float32)
     if config.muon_plus:  # the norm of an exactly semi-orthogonal matrix
         g = g * (min(g.shape[-2:]) ** 0.5 / g.float().norm(dim=(-2, -1), keepdim=True).clamp_min(1e-6)).to(g.dtype)
@@ -650,10 +639,13 @@ def adamw_lerp(params, grads, states, lr, weight_decay, betas, hp):
         param.add_(state["exp_avg"] / denominator, alpha=-(lr / (1 - beta1 ** step)).item())
 
 
+def tall_lr_scale(rows, cols):
+    return max(1.0, rows / cols) ** 0.5
+
+
 UPDATE_RULES = {
-    "muon": UpdateRule(muon, shards="matrices", lr_scale=lambda rows, cols: max(1.0, rows / cols) ** 0.5),
-    "normuon": UpdateRule(normuon, shards="matrices", lr_scale=lambda rows, cols: max(1.0, rows / cols) ** 0.5,
-                          sees_params=True, returns="step"),
+    "muon": UpdateRule(muon, shards="matrices", lr_scale=tall_lr_scale),
+    "normuon": UpdateRule(normuon, shards="matrices", lr_scale=tall_lr_scale, sees_params=True, returns="step"),
     "adamw": UpdateRule(adamw, shards="elements"),
 }
 
@@ -673,8 +665,7 @@ def lr_multiplier(step, num_steps, config):
 
 
 def muon_momentum(step, num_steps, config):
-    """Linear from muon_momentum_start to muon_momentum over its warm-up; then, with muon_momentum_end, linear down
-    to it over the lr's warm-down."""
+    """Up from muon_momentum_start over its warm-up; with muon_momentum_end, down to it over the lr's warm-down."""
     if step < config.muon_momentum_warmup:
         frac = step / config.muon_momentum_warmup
         return (1 - frac) * config.muon_momentum_start + frac * config.muon_momentum

@@ -83,8 +83,7 @@ def train_processes(recipe, options, world, **changes):
 
 NORMUON_CAUTIOUS = (
     ('''def muon(grads, state, hp):
-    """Muon on a stack of same-shape matrices [count, rows, cols]: momentum, Nesterov, then orthogonalized; the
-    harness applies lr x the direction."""
+    """Muon on a stack [count, rows, cols]: Nesterov momentum, orthogonalized; the harness applies lr x this."""
     nesterov = nesterov_momentum(grads, state, hp.momentum)
     iterate = newton_schulz if hp.config.orthogonalizer == "newton_schulz" else polar_express
     return orthogonalize(nesterov, hp.config.ns_steps, hp.compiled(iterate))''',
@@ -99,15 +98,10 @@ NORMUON_CAUTIOUS = (
     direction = direction / (rows.sqrt()[..., None] + 1.0)  # rows that move more move less
     cautious = (direction * params > 0).float()
     return direction + 0.5 / hp.lr_scale * params * cautious'''),
-    ('''    "muon": UpdateRule(muon, shards="matrices", lr_scale=lambda rows, cols: max(1.0, rows / cols) ** 0.5),
-    "normuon": UpdateRule(normuon, shards="matrices", lr_scale=lambda rows, cols: max(1.0, rows / cols) ** 0.5,
-                          sees_params=True, returns="step"),
-    "adamw": UpdateRule(adamw, shards="elements"),''',
-     '''    "muon": UpdateRule(muon, shards="matrices", lr_scale=lambda rows, cols: max(1.0, rows / cols) ** 0.5,
-                       sees_params=True),
-    "normuon": UpdateRule(normuon, shards="matrices", lr_scale=lambda rows, cols: max(1.0, rows / cols) ** 0.5,
-                          sees_params=True, returns="step"),
-    "adamw": UpdateRule(adamw, shards="elements", every=2),  # modded-nanogpt's Adam on odd steps'''),
+    ('''    "muon": UpdateRule(muon, shards="matrices", lr_scale=tall_lr_scale),''',
+     '''    "muon": UpdateRule(muon, shards="matrices", lr_scale=tall_lr_scale, sees_params=True),'''),
+    ('''    "adamw": UpdateRule(adamw, shards="elements"),''',
+     '''    "adamw": UpdateRule(adamw, shards="elements", every=2),  # modded-nanogpt's Adam on odd steps'''),
 )
 
 
